@@ -1,0 +1,198 @@
+"""Artifact contracts shared by every stage: atomic writes, flux matrices, tables, provenance.
+
+Every stage writes its outputs through these functions so that
+- a crash never leaves a half-written file where a complete one is expected (temp + rename),
+- flux matrices are float32 ``.npy`` files that later stages memory-map,
+- tables are Parquet with provenance (versions, git commit, config hash) in the schema metadata,
+- JSON side-cars are written the same way.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+PROVENANCE_KEY = b"starlabels"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The temporary file lives in the same directory so the final ``os.replace`` is atomic on
+    POSIX file systems. On error the temporary file is removed and ``path`` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def save_json(path: str | os.PathLike, obj: Mapping[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n")
+
+
+def load_json(path: str | os.PathLike) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+# ---------------------------------------------------------------- hashing and provenance
+
+def config_hash(config: Mapping[str, Any] | None) -> str:
+    """Stable sha256 (first 16 hex digits) of a config mapping, independent of key order."""
+    if config is None:
+        return "none"
+    blob = json.dumps(_jsonable(config), sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def array_hash(array: np.ndarray, chunk_rows: int = 4096) -> str:
+    """sha256 (16 hex) of an array's shape, dtype and bytes; streams memory-mapped arrays by rows."""
+    h = hashlib.sha256()
+    h.update(repr((array.shape, str(array.dtype))).encode())
+    if array.ndim == 0 or array.shape[0] == 0:
+        h.update(np.ascontiguousarray(array).tobytes())
+    else:
+        for start in range(0, array.shape[0], chunk_rows):
+            h.update(np.ascontiguousarray(array[start:start + chunk_rows]).tobytes())
+    return h.hexdigest()[:16]
+
+
+def git_commit(repo_dir: str | os.PathLike | None = None) -> str:
+    """The current git commit of the workflow checkout, or 'unknown' outside a git checkout."""
+    repo_dir = Path(repo_dir) if repo_dir else Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_dir, capture_output=True,
+                             text=True, timeout=10, check=True)
+        commit = out.stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=repo_dir, capture_output=True, text=True, timeout=10)
+        return commit + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def software_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for dist in ("starlabels", "numpy", "scipy", "pandas", "pyarrow", "astropy", "torch",
+                 "openTSNE", "snakemake"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = "not installed"
+    return versions
+
+
+def provenance(config: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """Metadata stamped on every artifact: versions, git commit, config hash, creation time."""
+    meta = {
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "config_hash": config_hash(config),
+        "versions": software_versions(),
+    }
+    meta.update(_jsonable(extra))
+    return meta
+
+
+# ---------------------------------------------------------------- flux matrices
+
+def save_matrix(path: str | os.PathLike, matrix: np.ndarray) -> None:
+    """Write a 2-D float32 matrix as ``.npy`` atomically (rows = spectra, columns = pixels)."""
+    matrix = np.asarray(matrix, dtype=np.float32)
+    if matrix.ndim != 2:
+        raise ValueError(f"flux matrix must be 2-D, got shape {matrix.shape}")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, matrix, allow_pickle=False)
+
+
+def open_matrix_writer(path: str | os.PathLike, n_rows: int, n_pixels: int) -> np.memmap:
+    """A float32 ``.npy`` memmap of the final shape, for stages that fill rows in a stream.
+
+    Write into the returned array, then call :func:`commit_matrix_writer` to flush and move it
+    into place; until then it lives under a temporary name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.writing.npy")
+    return np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n_rows, n_pixels))
+
+
+def commit_matrix_writer(matrix: np.memmap, path: str | os.PathLike) -> None:
+    matrix.flush()
+    tmp = Path(matrix.filename)
+    del matrix
+    os.replace(tmp, path)
+
+
+def load_matrix(path: str | os.PathLike, mmap: bool = True) -> np.ndarray:
+    """Open a flux matrix; memory-mapped read-only by default so it is never copied whole."""
+    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+
+
+# ---------------------------------------------------------------- tables
+
+def save_table(path: str | os.PathLike, table: pd.DataFrame,
+               metadata: Mapping[str, Any] | None = None) -> None:
+    """Write a DataFrame as Parquet atomically, provenance JSON under the 'starlabels' key."""
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    meta = dict(arrow.schema.metadata or {})
+    meta[PROVENANCE_KEY] = json.dumps(_jsonable(dict(metadata or {})), sort_keys=True).encode()
+    arrow = arrow.replace_schema_metadata(meta)
+    with atomic_path(path) as tmp:
+        pq.write_table(arrow, tmp)
+
+
+def load_table(path: str | os.PathLike, columns: list[str] | None = None) -> pd.DataFrame:
+    return pq.read_table(path, columns=columns).to_pandas()
+
+
+def table_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The provenance mapping stored by :func:`save_table` (empty if none)."""
+    meta = pq.read_schema(path).metadata or {}
+    raw = meta.get(PROVENANCE_KEY)
+    return json.loads(raw) if raw else {}
+
+
+def empty_rejects() -> pd.DataFrame:
+    """The rejects-table layout every stage uses: what was rejected, by which stage, and why."""
+    return pd.DataFrame({"spectrum_id": pd.Series(dtype=str), "path": pd.Series(dtype=str),
+                         "stage": pd.Series(dtype=str), "reason": pd.Series(dtype=str)})

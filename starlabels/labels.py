@@ -1,0 +1,28 @@
+"""The stellar labels the pipeline knows, in the astronomer's words, with units for catalogs."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Label:
+    name: str          # column name used everywhere: tables, catalogs, configs
+    unit: str          # FITS TUNIT string
+    latex: str         # axis label for plots
+    description: str
+
+
+LABELS: dict[str, Label] = {
+    "teff": Label("teff", "K", r"$T_\mathrm{eff}$ [K]", "effective temperature"),
+    "logg": Label("logg", "log(cm.s**-2)", r"$\log g$ [dex]", "surface gravity"),
+    "fe_h": Label("fe_h", "dex", "[Fe/H] [dex]", "iron abundance relative to the Sun"),
+    "mg_fe": Label("mg_fe", "dex", "[Mg/Fe] [dex]", "magnesium-to-iron ratio relative to the Sun"),
+    "al_fe": Label("al_fe", "dex", "[Al/Fe] [dex]", "aluminium-to-iron ratio relative to the Sun"),
+}
+
+
+def check_labels(names: list[str]) -> list[str]:
+    unknown = [n for n in names if n not in LABELS]
+    if unknown:
+        raise ValueError(f"unknown label(s) {unknown}; known labels are {sorted(LABELS)}")
+    return list(names)
