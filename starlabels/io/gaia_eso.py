@@ -1,0 +1,552 @@
+"""Gaia-ESO Survey files as the ESO archive serves them: Phase-3 GIRAFFE 1-D spectra and the
+DR5.1 parameter catalog (``safcat."GES_DR5_1_V1"``).
+
+Spectrum file (ESO Phase-3 "SCIENCE.SPECTRUM", one file per star and GIRAFFE setup)
+-----------------------------------------------------------------------------------
+Primary HDU, header only:
+    ORIGIN='ESO', TELESCOP='ESO-VLT-U2', INSTRUME='GIRAFFE', OBJECT=<CNAME>,
+    PRODCATG='SCIENCE.SPECTRUM', SPEC_RES (R), SNR, WAVELMIN / WAVELMAX (nm), CONTNORM=F,
+    SETUP=<GIRAFFE setup, e.g. 'HR10'> and the same value in the Phase-3 keyword DISPELEM
+    (the standard's "dispersive element"), VRAD (km/s, the star's radial velocity; the
+    wavelengths are NOT shifted to the rest frame), SPECSYS='TOPOCENT', FLUXCAL='UNCALIBRATED',
+    and a COMMENT that the wavelengths are in air.
+HDU1 'SPECTRUM', binary table with ONE row of array columns:
+    WAVE float64 (TUNIT 'nm', TUCD 'em.wl;obs.atmos' = air wavelengths in the ESO standard),
+    FLUX float32 (TUNIT 'adu'), ERR float32 (1-sigma, same unit), QUAL int32 (0 = good).
+
+Reading tolerates what real archive files vary in: WAVE in nm or Angstrom (from TUNIT),
+``FLUX`` or ``FLUX_REDUCED``, ``ERR``/``ERR_REDUCED`` (sigma) or ``IVAR``, no QUAL column,
+setup in SETUP or DISPELEM, no VRAD keyword. Whatever cannot be read becomes a
+:class:`SpectrumFormatError` that names the file.
+
+Catalog file
+------------
+A FITS binary table with the DR5.1 column names (OBJECT, RA, DECLINATION, TEFF, E_TEFF, LOGG,
+E_LOGG, FEH, E_FEH, MG1, E_MG1, AL1, E_AL1, SNR, VRAD, E_VRAD, SETUP, GES_TYPE). Abundances
+MG1/AL1 are absolute, log eps(X) = log10(N_X/N_H) + 12; the reader turns them into [X/Fe].
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+from astropy.io import fits
+
+from ..artifacts import atomic_path
+from .fitsfast import write_fits
+from .spectrum import Spectrum, SpectrumFormatError
+
+__all__ = [
+    "write_ges_spectrum", "read_ges_spectrum", "write_ges_catalog", "read_ges_catalog",
+    "ges_spectrum_filename", "GES_CATALOG_COLUMNS",
+]
+
+# FITS wavelength units we accept, and the factor that turns them into Angstrom. Anything else
+# (including the ambiguous 'A', which FITS reads as ampere) is refused rather than guessed.
+_WAVELENGTH_UNIT_TO_ANGSTROM = {
+    "nm": 10.0, "nanometer": 10.0, "nanometers": 10.0,
+    "angstrom": 1.0, "angstroms": 1.0, "aa": 1.0, "\u00e5": 1.0, "0.1nm": 1.0,
+}
+
+# astropy warnings on open that mean the file is damaged, not merely non-standard
+_FATAL_OPEN_WARNINGS = ("truncated", "corrupt", "Error validating header")
+
+# UCD the ESO Phase-3 standard gives to a wavelength column: air adds ';obs.atmos'.
+_UCD_AIR = "em.wl;obs.atmos"
+_UCD_VACUUM = "em.wl"
+
+
+# ---------------------------------------------------------------- shared small helpers
+
+def _safe_name_part(text: str, what: str) -> str:
+    """Map ``text`` onto the characters [A-Za-z0-9._+-] with no leading dots.
+
+    Every other character (path separators included) becomes '_', so the result can never
+    leave the folder it is joined to, nor be a hidden file or '.'/'..'.
+    """
+    safe = re.sub(r"[^A-Za-z0-9._+-]", "_", str(text)).lstrip(".")
+    if not safe:
+        raise ValueError(f"{what} {text!r} leaves nothing usable for a file name")
+    return safe
+
+
+def _check_fits_size(path: Path) -> None:
+    """Refuse empty files and uncompressed FITS whose size is not a whole number of 2880-byte
+    blocks: astropy reads some truncated files silently, dropping or shortening the last HDU."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            magic = fh.read(6)
+    except OSError as exc:
+        raise SpectrumFormatError(path, f"cannot open file ({exc.strerror or exc})") from exc
+    if size == 0:
+        raise SpectrumFormatError(path, "empty file")
+    if magic == b"SIMPLE" and size % 2880 != 0:
+        raise SpectrumFormatError(path, f"file size {size} bytes is not a multiple of the FITS "
+                                        f"block size 2880: truncated or corrupt")
+
+
+@contextlib.contextmanager
+def _open_fits(path: Path) -> Iterator[fits.HDUList]:
+    """Open a FITS file for reading; turn every astropy/numpy failure inside the block into a
+    :class:`SpectrumFormatError` naming the file (data are read lazily, so a corrupt data unit
+    fails only when the block touches it)."""
+    _check_fits_size(path)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            hdul = fits.open(path, memmap=False, lazy_load_hdus=False)
+    except Exception as exc:  # astropy raises OSError, ValueError, TypeError, ... on junk
+        raise SpectrumFormatError(path, f"not a readable FITS file ({type(exc).__name__}: "
+                                        f"{exc})") from exc
+    for warning in caught:
+        # astropy only warns about a file cut on a block boundary and drops the broken HDU
+        if any(word in str(warning.message) for word in _FATAL_OPEN_WARNINGS):
+            hdul.close()
+            raise SpectrumFormatError(path, f"truncated or corrupt FITS file "
+                                            f"({str(warning.message).splitlines()[0]})")
+        warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                               warning.lineno)
+    try:
+        yield hdul
+    except SpectrumFormatError:
+        raise
+    except (OSError, ValueError, TypeError, KeyError, IndexError, EOFError) as exc:
+        raise SpectrumFormatError(path, f"corrupt FITS content ({type(exc).__name__}: "
+                                        f"{exc})") from exc
+    finally:
+        hdul.close()
+
+
+def _table_hdu(hdul: fits.HDUList, path: Path, index: int = 1) -> fits.BinTableHDU:
+    """The binary table at ``index``; missing HDU or a non-table there is a format error."""
+    if len(hdul) <= index:
+        raise SpectrumFormatError(path, f"missing HDU {index}: file has only {len(hdul)} HDU(s)")
+    hdu = hdul[index]
+    if not isinstance(hdu, fits.BinTableHDU):
+        raise SpectrumFormatError(path, f"HDU {index} is a {type(hdu).__name__}, "
+                                        f"expected a binary table")
+    return hdu
+
+
+def _column_lookup(hdu: fits.BinTableHDU, path: Path) -> dict[str, str]:
+    """Map upper-case column name -> name as stored (TAP output may be lower case)."""
+    lookup: dict[str, str] = {}
+    for name in hdu.columns.names:
+        key = name.strip().upper()
+        if key in lookup:
+            raise SpectrumFormatError(path, f"columns {lookup[key]!r} and {name!r} differ only "
+                                            f"in case")
+        lookup[key] = name
+    return lookup
+
+
+def _wavelength_scale(unit: str | None, path: Path, column: str) -> float:
+    """Factor from the stored wavelength unit to Angstrom; unknown or missing unit is an error."""
+    if unit is None or not str(unit).strip():
+        raise SpectrumFormatError(path, f"column {column} has no TUNIT; cannot tell nm from "
+                                        f"Angstrom")
+    key = str(unit).strip().lower()
+    if key not in _WAVELENGTH_UNIT_TO_ANGSTROM:
+        raise SpectrumFormatError(path, f"unknown wavelength unit {unit!r} in column {column} "
+                                        f"(expected nm or Angstrom)")
+    return _WAVELENGTH_UNIT_TO_ANGSTROM[key]
+
+
+def _header_float(header: fits.Header, key: str, default: float = math.nan) -> float:
+    """A numeric header value as float; absent or non-numeric gives ``default``."""
+    value = header.get(key)
+    if isinstance(value, (bool, np.bool_)) or value is None:
+        return default
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _as_text(values: np.ndarray) -> np.ndarray:
+    """FITS string column -> object array of stripped ``str`` (bytes decoded as ASCII)."""
+    out = []
+    for v in np.asarray(values).ravel():
+        if isinstance(v, (bytes, np.bytes_)):
+            v = v.decode("ascii", errors="replace")
+        out.append(str(v).strip())
+    return np.array(out, dtype=object)
+
+
+def _set_header(header: fits.Header, extra: dict | None) -> None:
+    """Apply caller keywords last (they may override ours); ``None`` deletes a keyword.
+
+    Long or spaced names (ESO's 'ESO INS EXP MODE') become HIERARCH cards explicitly, so astropy
+    does not warn about converting them.
+    """
+    for key, value in (extra or {}).items():
+        key = str(key)
+        if not key.upper().startswith("HIERARCH ") and (
+                len(key) > 8 or not re.fullmatch(r"[A-Z0-9_-]+", key.upper())):
+            key = "HIERARCH " + key
+        if value is None:
+            header.remove(key, ignore_missing=True, remove_all=True)
+        else:
+            header[key] = value
+
+
+# ---------------------------------------------------------------- file names
+
+def ges_spectrum_filename(cname: str, setup: str) -> str:
+    """File name for one star's spectrum in one GIRAFFE setup: ``{cname}_{setup}.fits``.
+
+    Both parts are reduced to [A-Za-z0-9._+-] (other characters -> '_', leading dots dropped),
+    so a hostile or odd CNAME/setup ('../x', 'HR10|HR21') cannot escape the download folder.
+    """
+    return f"{_safe_name_part(cname, 'cname')}_{_safe_name_part(setup, 'setup')}.fits"
+
+
+# ---------------------------------------------------------------- spectrum writer
+
+def _finite_header_value(header: fits.Header, key: str, value: float, comment: str) -> None:
+    """FITS headers cannot hold NaN: write finite values, leave the keyword out otherwise."""
+    if value is not None and math.isfinite(float(value)):
+        header[key] = (float(value), comment)
+
+
+def write_ges_spectrum(path: str | os.PathLike, wavelength_air, flux, err, *, cname: str,
+                       setup: str, snr: float, resolution: float, vrad_kms: float, qual=None,
+                       extra_header: dict | None = None) -> None:
+    """Write one GIRAFFE spectrum as an ESO Phase-3 1-D spectrum file (atomically).
+
+    wavelength_air : Angstrom, air, strictly increasing (stored as nm, like the archive)
+    flux, err      : flux and its 1-sigma error (any linear unit; stored float32, TUNIT 'adu')
+    qual           : int pixel flags, 0 = good (default all good)
+    vrad_kms       : the star's radial velocity; the spectrum stays in the observed frame
+    extra_header   : keywords added to the primary header last (None as a value deletes one)
+    """
+    wavelength_air = np.asarray(wavelength_air, dtype=np.float64)
+    flux = np.asarray(flux, dtype=np.float32)
+    err = np.asarray(err, dtype=np.float32)
+    qual = (np.zeros(wavelength_air.shape, dtype=np.int32) if qual is None
+            else np.asarray(qual, dtype=np.int32))
+    if wavelength_air.ndim != 1 or wavelength_air.size < 2:
+        raise ValueError(f"wavelength_air must be 1-D with >= 2 pixels, got {wavelength_air.shape}")
+    for name, array in (("flux", flux), ("err", err), ("qual", qual)):
+        if array.shape != wavelength_air.shape:
+            raise ValueError(f"{name} has shape {array.shape}, wavelength_air has "
+                             f"{wavelength_air.shape}")
+    if not (np.all(np.isfinite(wavelength_air)) and np.all(np.diff(wavelength_air) > 0)):
+        raise ValueError("wavelength_air must be finite and strictly increasing")
+
+    wave_nm = wavelength_air / 10.0
+    n = wave_nm.size
+    primary = fits.PrimaryHDU()
+    h = primary.header
+    h["ORIGIN"] = ("ESO", "European Southern Observatory")
+    h["TELESCOP"] = ("ESO-VLT-U2", "ESO telescope designation")
+    h["INSTRUME"] = ("GIRAFFE", "Instrument name")
+    h["OBJECT"] = (str(cname), "Gaia-ESO CNAME")
+    h["PRODCATG"] = ("SCIENCE.SPECTRUM", "Data product category")
+    h["SETUP"] = (str(setup), "GIRAFFE setup (starlabels reads this first)")
+    h["DISPELEM"] = (str(setup), "Dispersive element (GIRAFFE setup)")
+    h["SPECSYS"] = ("TOPOCENT", "Wavelengths not corrected for VRAD")
+    h["FLUXCAL"] = ("UNCALIBRATED", "Flux calibration")
+    h["CONTNORM"] = (False, "Spectrum is not continuum-normalised")
+    _finite_header_value(h, "SPEC_RES", resolution, "Resolving power lambda/dlambda")
+    _finite_header_value(h, "SNR", snr, "Median signal-to-noise ratio")
+    h["WAVELMIN"] = (float(wave_nm[0]), "[nm] Minimum wavelength")
+    h["WAVELMAX"] = (float(wave_nm[-1]), "[nm] Maximum wavelength")
+    _finite_header_value(h, "VRAD", vrad_kms, "[km/s] Radial velocity of the star")
+    h.add_comment("Wavelengths (WAVE) are in AIR, in the observed (topocentric) frame.")
+    _set_header(h, extra_header)
+
+    columns = [
+        fits.Column(name="WAVE", format=f"{n}D", unit="nm", array=wave_nm[None, :]),
+        fits.Column(name="FLUX", format=f"{n}E", unit="adu", array=flux[None, :]),
+        fits.Column(name="ERR", format=f"{n}E", unit="adu", array=err[None, :]),
+        fits.Column(name="QUAL", format=f"{n}J", array=qual[None, :]),
+    ]
+    table = fits.BinTableHDU.from_columns(columns, name="SPECTRUM")
+    th = table.header
+    th["TUCD1"] = (_UCD_AIR, "Air wavelength (ESO Phase-3 UCD)")
+    th["TDMIN1"] = float(wave_nm[0])
+    th["TDMAX1"] = float(wave_nm[-1])
+    th["NELEM"] = (n, "Number of pixels in each array")
+    th["VOCLASS"] = ("SPECTRUM V2.0", "VO data model")
+    # astropy byte-swaps array columns element by element (~40 ms a spectrum); write_fits
+    # writes the same header and records directly (see fitsfast)
+    write_fits(path, primary, table)
+
+
+# ---------------------------------------------------------------- spectrum reader
+
+def _row_array(data, lookup: dict[str, str], name: str, path: Path) -> np.ndarray:
+    """Row 0 of array column ``name`` as a 1-D float64 array."""
+    values = np.asarray(data[lookup[name]][0], dtype=np.float64)
+    if values.ndim != 1:
+        raise SpectrumFormatError(path, f"column {name} holds shape {values.shape} in its row, "
+                                        f"expected a 1-D array")
+    return values
+
+
+def _choose_flux_column(flux_column: str, lookup: dict[str, str], path: Path) -> str:
+    """'auto' = FLUX, else FLUX_REDUCED; an explicit name must exist (case-insensitive)."""
+    if flux_column == "auto":
+        for candidate in ("FLUX", "FLUX_REDUCED"):
+            if candidate in lookup:
+                return candidate
+        raise SpectrumFormatError(path, f"missing column FLUX (and FLUX_REDUCED); columns are "
+                                        f"{sorted(lookup)}")
+    name = flux_column.upper()
+    if name not in lookup:
+        raise SpectrumFormatError(path, f"missing column {flux_column} (columns: {sorted(lookup)})")
+    return name
+
+
+def _ivar_from_file(data, lookup: dict[str, str], flux_name: str, path: Path) -> np.ndarray:
+    """Inverse variance from the error column paired with the flux column.
+
+    FLUX pairs with ERR, FLUX_REDUCED with ERR_REDUCED (sigma -> 1/sigma^2); without one an
+    IVAR column is used as is. Pixels with sigma <= 0, non-finite sigma or negative/non-finite
+    IVAR carry no information: ivar 0.
+    """
+    sigma_name = "ERR" + flux_name[len("FLUX"):] if flux_name.startswith("FLUX") else None
+    if sigma_name and sigma_name in lookup:
+        sigma = _row_array(data, lookup, sigma_name, path)
+        good = np.isfinite(sigma) & (sigma > 0)
+        ivar = np.zeros_like(sigma)
+        ivar[good] = 1.0 / sigma[good] ** 2
+        return ivar
+    if "IVAR" in lookup:
+        ivar = _row_array(data, lookup, "IVAR", path)
+        return np.where(np.isfinite(ivar) & (ivar > 0), ivar, 0.0)
+    raise SpectrumFormatError(path, f"missing error column for {flux_name}: need "
+                                    f"{sigma_name or 'ERR'} (sigma) or IVAR")
+
+
+def _medium(medium: str, wave_ucd: str | None, path: Path) -> str:
+    """Wavelength medium: 'air'/'vacuum' as configured, or 'header' = from the WAVE column's
+    TUCD ('em.wl;obs.atmos' air, 'em.wl' vacuum). A configured value the TUCD contradicts is
+    kept but warned about, because the archive's convention is UNVERIFIED."""
+    ucd = (wave_ucd or "").strip().lower()
+    from_ucd = {_UCD_AIR: "air", _UCD_VACUUM: "vacuum"}.get(ucd)
+    if medium == "header":
+        if from_ucd is None:
+            raise SpectrumFormatError(path, f"medium='header' but the WAVE column has no air/"
+                                            f"vacuum TUCD (found {wave_ucd!r})")
+        return from_ucd
+    if from_ucd is not None and from_ucd != medium:
+        warnings.warn(f"{path}: configured medium {medium!r} but WAVE TUCD says {from_ucd!r}",
+                      stacklevel=3)
+    return medium
+
+
+def read_ges_spectrum(path: str | os.PathLike, *, flux_column: str = "auto",
+                      medium: str = "air") -> Spectrum:
+    """Read an ESO Phase-3 GIRAFFE 1-D spectrum into a :class:`Spectrum` (wavelength in Å).
+
+    flux_column : 'auto' (FLUX, else FLUX_REDUCED) or a column name
+    medium      : 'air', 'vacuum', or 'header' (from the WAVE column's TUCD)
+
+    mask is True where QUAL != 0 (the ESO standard: any non-zero flag is bad) or the flux is
+    not finite; such non-finite pixels also get ivar 0. rv_kms is the VRAD keyword (NaN when
+    absent). Raises :class:`SpectrumFormatError` for anything malformed.
+    """
+    if medium not in ("air", "vacuum", "header"):
+        raise ValueError(f"medium must be 'air', 'vacuum' or 'header', got {medium!r}")
+    path = Path(path)
+    with _open_fits(path) as hdul:
+        header = hdul[0].header
+        star_id = header.get("OBJECT", header.get("CNAME"))
+        if star_id is None or not str(star_id).strip():
+            raise SpectrumFormatError(path, "primary header has no OBJECT (CNAME) keyword")
+        setup = header.get("SETUP", header.get("DISPELEM"))
+        if setup is None or not str(setup).strip():
+            raise SpectrumFormatError(path, "primary header has neither SETUP nor DISPELEM: "
+                                            "cannot tell the GIRAFFE setup")
+        table = _table_hdu(hdul, path, 1)
+        lookup = _column_lookup(table, path)
+        if "WAVE" not in lookup:
+            raise SpectrumFormatError(path, f"missing column WAVE (columns: {sorted(lookup)})")
+        flux_name = _choose_flux_column(flux_column, lookup, path)
+        data = table.data
+        nrows = 0 if data is None else len(data)
+        if nrows == 0:
+            raise SpectrumFormatError(path, "empty table: HDU1 has no rows")
+        if nrows != 1:
+            raise SpectrumFormatError(path, f"HDU1 has {nrows} rows; a Phase-3 1-D spectrum "
+                                            f"has exactly one row of array columns")
+        wave_col = table.columns[lookup["WAVE"]]
+        scale = _wavelength_scale(wave_col.unit, path, "WAVE")
+        wave_ucd = table.header.get(f"TUCD{table.columns.names.index(wave_col.name) + 1}")
+        wavelength = _row_array(data, lookup, "WAVE", path) * scale
+        flux = _row_array(data, lookup, flux_name, path)
+        ivar = _ivar_from_file(data, lookup, flux_name, path)
+        qual = (_row_array(data, lookup, "QUAL", path) if "QUAL" in lookup
+                else np.zeros_like(wavelength))
+        flux_unit = table.columns[lookup[flux_name]].unit or ""
+
+    for name, array in ((flux_name, flux), ("error", ivar), ("QUAL", qual)):
+        if array.shape != wavelength.shape:
+            raise SpectrumFormatError(path, f"{name} has {array.size} pixels but WAVE has "
+                                            f"{wavelength.size}")
+    if wavelength.size < 2:
+        raise SpectrumFormatError(path, f"WAVE has {wavelength.size} pixel(s)")
+    if not np.all(np.isfinite(wavelength)):
+        raise SpectrumFormatError(path, "WAVE contains non-finite values")
+    if not np.all(np.diff(wavelength) > 0):
+        raise SpectrumFormatError(path, "WAVE is not strictly increasing")
+
+    bad_flux = ~np.isfinite(flux)
+    ivar[bad_flux] = 0.0
+    mask = (qual != 0) | bad_flux
+    return Spectrum(
+        spectrum_id=path.stem, star_id=str(star_id).strip(), setup=str(setup).strip(),
+        wavelength=wavelength, flux=flux, ivar=ivar, mask=mask,
+        medium=_medium(medium, wave_ucd, path),
+        snr=_header_float(header, "SNR"), rv_kms=_header_float(header, "VRAD"),
+        resolution=_header_float(header, "SPEC_RES"), path=str(path),
+        meta={"flux_column": flux_name, "flux_unit": flux_unit,
+              "contnorm": bool(header.get("CONTNORM", False))},
+    )
+
+
+# ---------------------------------------------------------------- catalog
+
+# DR5.1 column -> (FITS format, TUNIT). Strings get 'A<width>' at write time.
+GES_CATALOG_COLUMNS: dict[str, tuple[str, str | None]] = {
+    "OBJECT": ("A", None), "RA": ("D", "deg"), "DECLINATION": ("D", "deg"),
+    "TEFF": ("D", "K"), "E_TEFF": ("D", "K"),
+    "LOGG": ("D", "log(cm.s**-2)"), "E_LOGG": ("D", "dex"),
+    "FEH": ("D", "dex"), "E_FEH": ("D", "dex"),
+    "MG1": ("D", "dex"), "E_MG1": ("D", "dex"), "AL1": ("D", "dex"), "E_AL1": ("D", "dex"),
+    "SNR": ("D", None), "VRAD": ("D", "km/s"), "E_VRAD": ("D", "km/s"),
+    "SETUP": ("A", None), "GES_TYPE": ("A", None),
+}
+_GES_REQUIRED = ("OBJECT", "TEFF", "LOGG", "FEH")
+
+
+def _string_column(name: str, values) -> fits.Column:
+    """A fixed-width ASCII string column; missing values (None/NaN) become ''."""
+    text = ["" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+            for v in values]
+    for t in text:
+        if not t.isascii():
+            raise ValueError(f"column {name}: FITS strings must be ASCII, got {t!r}")
+    width = max([len(t) for t in text] + [1])
+    return fits.Column(name=name, format=f"{width}A", array=np.array(text, dtype=f"S{width}"))
+
+
+def write_ges_catalog(path: str | os.PathLike, table: pd.DataFrame) -> None:
+    """Write a DR5.1-like parameter catalog (FITS binary table, HDU1 'GES_DR5_1_V1').
+
+    ``table`` uses the upper-case DR5.1 names of :data:`GES_CATALOG_COLUMNS`. OBJECT, TEFF,
+    LOGG and FEH are required; the others may be left out (to mimic catalogs without them);
+    an unknown column is refused because its unit would be unknown.
+    """
+    missing = [c for c in _GES_REQUIRED if c not in table.columns]
+    unknown = [c for c in table.columns if c not in GES_CATALOG_COLUMNS]
+    if missing or unknown:
+        raise ValueError(f"GES catalog: missing required columns {missing}, unknown columns "
+                         f"{unknown}")
+    columns = []
+    for name, (fmt, unit) in GES_CATALOG_COLUMNS.items():
+        if name not in table.columns:
+            continue
+        if fmt == "A":
+            columns.append(_string_column(name, table[name].tolist()))
+        else:
+            values = pd.to_numeric(table[name], errors="raise").to_numpy(dtype=np.float64)
+            columns.append(fits.Column(name=name, format=fmt, unit=unit, array=values))
+    hdu = fits.BinTableHDU.from_columns(columns, name="GES_DR5_1_V1")
+    hdu.header["ORIGIN"] = ("ESO", "Gaia-ESO Survey DR5.1-like catalog")
+    hdu.header.add_comment("MG1, AL1: absolute abundances log eps(X) = log10(N_X/N_H) + 12")
+    with atomic_path(path) as tmp:
+        fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp, checksum=True)
+
+
+def _numeric_column(data, column: fits.Column, path: Path) -> np.ndarray:
+    """A catalog column as float64 with NULLs (integer TNULL, NaN) as NaN."""
+    raw = np.asarray(data[column.name])
+    if not (np.issubdtype(raw.dtype, np.number) or raw.dtype == bool) or raw.ndim != 1:
+        raise SpectrumFormatError(path, f"column {column.name} should be a numeric scalar "
+                                        f"column, found {raw.dtype} shape {raw.shape[1:]}")
+    values = raw.astype(np.float64)
+    if column.null is not None and np.issubdtype(raw.dtype, np.integer):
+        values[raw == column.null] = np.nan
+    return values
+
+
+# output name -> catalog names tried in order (case-insensitive), and whether it is text
+_GES_OUTPUT = {
+    "star_id": (("OBJECT", "CNAME"), True), "ra": (("RA",), False),
+    "dec": (("DECLINATION", "DEC"), False),
+    "teff": (("TEFF",), False), "e_teff": (("E_TEFF",), False),
+    "logg": (("LOGG",), False), "e_logg": (("E_LOGG",), False),
+    "fe_h": (("FEH",), False), "e_fe_h": (("E_FEH",), False),
+    "mg1": (("MG1",), False), "e_mg1": (("E_MG1",), False),
+    "al1": (("AL1",), False), "e_al1": (("E_AL1",), False),
+    "snr": (("SNR",), False), "vrad": (("VRAD",), False), "e_vrad": (("E_VRAD",), False),
+    "setup": (("SETUP",), True), "ges_type": (("GES_TYPE",), True),
+}
+_GES_OUTPUT_REQUIRED = {"star_id", "teff", "logg", "fe_h"}
+
+
+def read_ges_catalog(path: str | os.PathLike, *, solar_mg: float = 7.53,
+                     solar_al: float = 6.37) -> pd.DataFrame:
+    """Read a DR5.1-like GES catalog into astronomer-named columns.
+
+    Returns star_id, ra, dec, teff, e_teff, logg, e_logg, fe_h, e_fe_h, mg_fe, e_mg_fe, al_fe,
+    e_al_fe, snr, vrad, e_vrad, setup, ges_type. The catalog gives absolute abundances, so
+    [Mg/Fe] = MG1 - solar_mg - FEH and [Al/Fe] = AL1 - solar_al - FEH (solar log eps defaults
+    are the Grevesse et al. 2007 values GES uses). e_mg_fe = E_MG1 and e_al_fe = E_AL1: the
+    catalog's abundance error is the only per-star error GES gives for the element; adding
+    E_FEH in quadrature would double-count the atmospheric-parameter part the two share.
+
+    Column names match case-insensitively. Missing OBJECT/TEFF/LOGG/FEH -> SpectrumFormatError;
+    any other missing column becomes NaN ('' for text) with one warning. NULLs stay NaN.
+    """
+    path = Path(path)
+    with _open_fits(path) as hdul:
+        hdu = _table_hdu(hdul, path, 1)
+        lookup = _column_lookup(hdu, path)
+        data = hdu.data
+        nrows = 0 if data is None else len(data)
+        found = {out: next((lookup[n] for n in names if n in lookup), None)
+                 for out, (names, _) in _GES_OUTPUT.items()}
+        absent_required = [_GES_OUTPUT[o][0][0] for o in _GES_OUTPUT_REQUIRED if found[o] is None]
+        if absent_required:
+            raise SpectrumFormatError(path, f"missing required column(s) {sorted(absent_required)}"
+                                            f" (columns: {sorted(lookup)})")
+        if nrows == 0:
+            raise SpectrumFormatError(path, "empty table: the catalog has no rows")
+        columns: dict[str, np.ndarray] = {}
+        for out, (names, is_text) in _GES_OUTPUT.items():
+            stored = found[out]
+            if stored is None:
+                columns[out] = (np.array([""] * nrows, dtype=object) if is_text
+                                else np.full(nrows, np.nan))
+            elif is_text:
+                columns[out] = _as_text(data[stored])
+            else:
+                columns[out] = _numeric_column(data, hdu.columns[stored], path)
+
+    absent = [_GES_OUTPUT[o][0][0] for o in _GES_OUTPUT if found[o] is None]
+    if absent:
+        warnings.warn(f"{path}: catalog lacks column(s) {absent}; filled with NaN/''",
+                      stacklevel=2)
+    frame = pd.DataFrame({
+        "star_id": columns["star_id"], "ra": columns["ra"], "dec": columns["dec"],
+        "teff": columns["teff"], "e_teff": columns["e_teff"],
+        "logg": columns["logg"], "e_logg": columns["e_logg"],
+        "fe_h": columns["fe_h"], "e_fe_h": columns["e_fe_h"],
+        "mg_fe": columns["mg1"] - solar_mg - columns["fe_h"], "e_mg_fe": columns["e_mg1"],
+        "al_fe": columns["al1"] - solar_al - columns["fe_h"], "e_al_fe": columns["e_al1"],
+        "snr": columns["snr"], "vrad": columns["vrad"], "e_vrad": columns["e_vrad"],
+        "setup": columns["setup"], "ges_type": columns["ges_type"],
+    })
+    return frame
