@@ -1,0 +1,512 @@
+"""Simulated surveys written in the real archives' file formats, with known true labels.
+
+Three generators, each driven by one experiment's ``simulate`` config block:
+
+* :func:`simulate_gaia_eso` — GIRAFFE HR10 + HR21 Phase-3 1-D spectra (one file per star and
+  setup) and a DR5.1-like parameter catalogue whose labels carry realistic errors;
+* :func:`simulate_marvels` — MARVELS-like per-plate files (60 stars, 2 beams each), a star
+  catalogue with labels for FGK dwarfs, a literature table for calibration stars and unlabelled
+  giant candidates;
+* :func:`simulate_phoenix_grid` — a PHOENIX-ACES-like HiRes grid (flux files + WAVE file, vacuum Å,
+  trimmed wavelength range) made with the clean line list.
+
+Every generator also writes a truth table (true labels, defect type) that only the validate stage
+reads, and a manifest of the files it wrote. Stars are simulated independently from
+``numpy.random.default_rng([seed, star_index])`` so output does not depend on worker count.
+
+Defects injected into ``defect_fraction`` of observed stars (type recorded in the truth table):
+cosmic-ray spikes, a zeroed detector run, bad continuum (additive scattered light, which
+normalisation cannot remove), double-lined binary, emission cores in the strong lines, and
+spectrum/label mismatch (the catalogue carries another star's labels).
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from ..artifacts import save_table
+from ..spectral import C_KMS, air_to_vacuum, resample_flux, log_lambda_grid
+from .physics import (ELEMENTS, Instrument, ForwardModel, LABEL_ORDER, blackbody_flux_per_cm,
+                      intrinsic_flux, load_linelist, perturbed_linelist)
+
+DEFECT_TYPES = ("cosmic_rays", "zeroed_run", "bad_continuum", "double_lined_binary",
+                "emission_cores", "label_mismatch")
+
+Log = Callable[[str], None]
+
+
+# ------------------------------------------------------------------ stellar populations
+
+def _main_sequence_logg(teff: np.ndarray) -> np.ndarray:
+    return 4.65 - 0.5 * ((teff - 4600.0) / 2200.0) ** 1.5
+
+
+def draw_labels(n: int, rng: np.random.Generator, population: str = "ges_field",
+                teff_range=(4000.0, 7000.0), logg_range=(1.0, 5.0), fe_h_range=(-1.5, 0.5)
+                ) -> pd.DataFrame:
+    """True labels of a Milky-Way-disc-like sample.
+
+    ``ges_field``: 55% main-sequence dwarfs, 10% subgiants, 35% giants (40% of them red clump);
+    ``dwarfs``: FGK main sequence only; ``giant_candidates``: 80% giants/subgiants, 20% dwarfs
+    (the deep-REMAP giant-candidate sample). [Fe/H] ~ N(−0.15, 0.3); [Mg/Fe] follows a thin disc
+    (slightly decreasing with [Fe/H]) or, with a probability rising at low metallicity, a thick
+    disc (α-enhanced knee); [Al/Fe] tracks [Mg/Fe] with extra scatter.
+    """
+    fractions = {"ges_field": (0.55, 0.10, 0.35), "dwarfs": (1.0, 0.0, 0.0),
+                 "giant_candidates": (0.20, 0.15, 0.65)}
+    if population not in fractions:
+        raise ValueError(f"population {population!r}: choose one of {sorted(fractions)}")
+    kind = rng.choice(3, size=n, p=fractions[population])
+    teff = np.empty(n)
+    logg = np.empty(n)
+    dw, sg, gi = kind == 0, kind == 1, kind == 2
+    teff[dw] = rng.uniform(4600.0, 6800.0, dw.sum())
+    logg[dw] = _main_sequence_logg(teff[dw]) - rng.exponential(0.08, dw.sum())
+    teff[sg] = rng.uniform(5000.0, 6300.0, sg.sum())
+    logg[sg] = rng.uniform(3.5, 4.1, sg.sum())
+    clump = gi & (rng.random(n) < 0.4)
+    rgb = gi & ~clump
+    teff[rgb] = rng.uniform(4000.0, 5300.0, rgb.sum())
+    logg[rgb] = 1.2 + 2.2 * (teff[rgb] - 4000.0) / 1300.0 + rng.normal(0, 0.15, rgb.sum())
+    teff[clump] = rng.normal(4750.0, 120.0, clump.sum())
+    logg[clump] = rng.normal(2.45, 0.1, clump.sum())
+    fe_h = rng.normal(-0.15, 0.3, n)
+    thick = rng.random(n) < np.clip(0.15 + 0.6 * (-fe_h - 0.1) / 0.8, 0.05, 0.7)
+    mg_fe = np.where(thick, 0.30 - 0.2 * np.maximum(fe_h + 0.6, 0.0), -0.15 * fe_h)
+    mg_fe = mg_fe + rng.normal(0.0, 0.04, n)
+    al_fe = 0.8 * mg_fe + 0.05 + rng.normal(0.0, 0.06, n)
+    labels = pd.DataFrame({
+        "teff": np.clip(teff, *teff_range), "logg": np.clip(logg, *logg_range),
+        "fe_h": np.clip(fe_h, *fe_h_range), "mg_fe": np.clip(mg_fe, -0.3, 0.5),
+        "al_fe": np.clip(al_fe, -0.4, 0.6),
+    })
+    labels["population"] = np.array(["dwarf", "subgiant", "giant"])[kind]
+    return labels
+
+
+def cname(ra_deg: float, dec_deg: float) -> str:
+    """Gaia-ESO CNAME 'HHMMSSss±DDMMSSs' from coordinates."""
+    h = ra_deg / 15.0
+    hh, mm = int(h), int((h % 1) * 60)
+    ss = (h * 3600.0) % 60
+    sign = "+" if dec_deg >= 0 else "-"
+    d = abs(dec_deg)
+    dd, dm = int(d), int((d % 1) * 60)
+    ds = (d * 3600.0) % 60
+    return f"{hh:02d}{mm:02d}{int(ss * 100):04d}{sign}{dd:02d}{dm:02d}{int(ds * 10):03d}"
+
+
+def draw_snr(n: int, rng: np.random.Generator, cfg: Mapping[str, float]) -> np.ndarray:
+    """S/N per pixel: log-normal around ``median`` with ``log_sigma``, clipped to [min, max]."""
+    snr = np.exp(rng.normal(np.log(cfg["median"]), cfg["log_sigma"], n))
+    return np.clip(snr, cfg["min"], cfg["max"])
+
+
+def observe_catalog_labels(truth: pd.DataFrame, rng: np.random.Generator,
+                           label_errors: Mapping[str, list[float]]) -> pd.DataFrame:
+    """Catalogue labels = truth + Gaussian error, error per star drawn from [lo, hi]."""
+    out = {}
+    for label in LABEL_ORDER:
+        lo, hi = label_errors[label]
+        err = rng.uniform(lo, hi, len(truth))
+        out[label] = truth[label].to_numpy() + rng.normal(0.0, 1.0, len(truth)) * err
+        out[f"e_{label}"] = err
+    return pd.DataFrame(out, index=truth.index)
+
+
+# ------------------------------------------------------------------ defects and instrument
+
+def choose_defects(n: int, rng: np.random.Generator, fraction: float,
+                   types: list[str]) -> np.ndarray:
+    unknown = set(types) - set(DEFECT_TYPES)
+    if unknown:
+        raise ValueError(f"simulate.defect_types: unknown {sorted(unknown)}; allowed {DEFECT_TYPES}")
+    defect = np.full(n, "", dtype=object)
+    if fraction > 0 and types:
+        hit = rng.random(n) < fraction
+        defect[hit] = rng.choice(types, size=hit.sum())
+    return defect
+
+
+def _emission_lines(lines: pd.DataFrame) -> np.ndarray:
+    strong = lines[(lines["species"].isin(["Ca II", "H I"])) | (lines["broadening"] >= 5)]
+    return strong["wavelength_air"].to_numpy()
+
+
+def apply_spectral_defect(kind: str, wavelength: np.ndarray, flux: np.ndarray,
+                          rng: np.random.Generator, *, rv_kms: float,
+                          emission_wavelengths: np.ndarray,
+                          companion: np.ndarray | None = None) -> np.ndarray:
+    """Defects that change the normalised spectrum itself (before continuum and noise)."""
+    f = flux.copy()
+    if kind == "double_lined_binary" and companion is not None:
+        light_ratio = rng.uniform(0.5, 1.0)
+        f = (f + light_ratio * companion) / (1.0 + light_ratio)
+    elif kind == "emission_cores":
+        amp = rng.uniform(0.5, 1.0)
+        for w0 in emission_wavelengths * (1.0 + rv_kms / C_KMS):
+            f += amp * np.exp(-0.5 * ((wavelength - w0) / 0.35) ** 2)
+    elif kind == "bad_continuum":
+        # scattered light adds a constant: lines get shallower by 1/(1+s), continuum fit can't tell
+        f = (f + rng.uniform(0.25, 0.5)) 
+    return f
+
+
+def raw_counts(wavelength: np.ndarray, flux: np.ndarray, snr: float, rng: np.random.Generator,
+               defect: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Normalised flux → detector-like counts with a blaze continuum, photon noise and defects.
+
+    Returns (counts, sigma, qual). S/N is per pixel at the mean continuum level.
+    """
+    x = np.linspace(-1.0, 1.0, wavelength.size)
+    blaze = 1.0 + rng.uniform(-0.25, 0.25) * x + rng.uniform(-0.35, 0.05) * x ** 2
+    level = 10 ** rng.uniform(2.7, 4.3)
+    expected = level * blaze * flux
+    mean_cont = level * blaze.mean()
+    sigma = (mean_cont / snr) * np.sqrt(np.clip(blaze * flux / blaze.mean(), 0.01, None))
+    counts = expected + rng.normal(0.0, 1.0, wavelength.size) * sigma
+    qual = np.zeros(wavelength.size, dtype=np.int32)
+    # a few genuinely flagged hot pixels: QUAL set, value garbage — normalize must mask them
+    hot = rng.random(wavelength.size) < 5e-4
+    counts[hot] = level * rng.uniform(2.0, 10.0, hot.sum())
+    qual[hot] = 1
+    if defect == "cosmic_rays":
+        for _ in range(rng.integers(5, 15)):
+            i = rng.integers(0, wavelength.size - 2)
+            counts[i:i + rng.integers(1, 3)] += level * blaze[i] * rng.uniform(1.0, 4.0)
+    elif defect == "zeroed_run":
+        length = int(rng.integers(wavelength.size // 50, wavelength.size // 12))
+        start = int(rng.integers(0, wavelength.size - length))
+        counts[start:start + length] = 0.0     # unflagged: QUAL stays 0
+    return counts, sigma, qual
+
+
+# ------------------------------------------------------------------ parallel helper
+
+def _run_parallel(func: Callable, tasks: list, threads: int, log: Log, what: str) -> list:
+    start = time.perf_counter()
+    results = []
+    step = max(1, len(tasks) // 10)
+    if threads > 1 and len(tasks) > 1:
+        with mp.get_context("fork").Pool(threads) as pool:
+            iterator = pool.imap(func, tasks, chunksize=max(1, len(tasks) // (threads * 20)))
+            for i, res in enumerate(iterator, 1):
+                results.append(res)
+                if i % step == 0 or i == len(tasks):
+                    _progress(log, what, i, len(tasks), start)
+    else:
+        for i, task in enumerate(tasks, 1):
+            results.append(func(task))
+            if i % step == 0 or i == len(tasks):
+                _progress(log, what, i, len(tasks), start)
+    return results
+
+
+def _progress(log: Log, what: str, done: int, total: int, start: float) -> None:
+    dt = time.perf_counter() - start
+    log(f"simulate {what}: {done}/{total} ({100 * done / total:.0f}%), "
+        f"{done / max(dt, 1e-9):.1f}/s, {dt:.1f} s")
+
+
+# ------------------------------------------------------------------ Gaia-ESO
+
+_WORKER_STATE: dict[str, Any] = {}
+
+
+def _setup_instruments(setups: list[Mapping[str, Any]]) -> list[Instrument]:
+    return [Instrument(s["name"], float(s["resolution"]),
+                       np.arange(float(s["start"]), float(s["end"]) + 1e-9, float(s["step"])))
+            for s in setups]
+
+
+def _ges_star(task: tuple) -> dict:
+    from ..io.gaia_eso import ges_spectrum_filename, write_ges_spectrum
+
+    index, row = task
+    st = _WORKER_STATE
+    rng = np.random.default_rng([st["seed"], index])
+    labels = {k: row[k] for k in LABEL_ORDER}
+    model: ForwardModel = st["model"]
+    per_setup = model.flux_per_setup(labels, row["rv_kms"], lines=st["lines"])
+    companion = None
+    if row["defect"] == "double_lined_binary":
+        comp = dict(labels, teff=max(4000.0, labels["teff"] - rng.uniform(0, 800)),
+                    logg=min(4.8, labels["logg"] + rng.uniform(0, 0.5)))
+        drv = rng.choice([-1, 1]) * rng.uniform(40.0, 100.0)
+        companion = model.flux_per_setup(comp, row["rv_kms"] + drv, lines=st["lines"])
+    files = []
+    zero_setup = rng.integers(len(per_setup))
+    for k, (inst, flux) in enumerate(zip(model.instruments, per_setup)):
+        f = apply_spectral_defect(row["defect"], inst.wavelength, flux, rng, rv_kms=row["rv_kms"],
+                                  emission_wavelengths=st["emission"],
+                                  companion=None if companion is None else companion[k])
+        defect = row["defect"] if (row["defect"] != "zeroed_run" or k == zero_setup) else ""
+        counts, sigma, qual = raw_counts(inst.wavelength, f, row["snr"], rng, defect)
+        path = st["spectra_dir"] / ges_spectrum_filename(row["star_id"], inst.name)
+        write_ges_spectrum(path, inst.wavelength, counts, sigma, cname=row["star_id"],
+                           setup=inst.name, snr=float(row["snr"]), resolution=inst.resolution,
+                           vrad_kms=float(row["rv_kms"]), qual=qual)
+        files.append({"path": str(path), "star_id": row["star_id"], "setup": inst.name})
+    return {"files": files}
+
+
+def simulate_gaia_eso(cfg: Mapping[str, Any], raw_dir: str | Path, truth_path: str | Path, *,
+                      threads: int = 1, log: Log = print, metadata: Mapping | None = None) -> dict:
+    """Write a simulated Gaia-ESO GIRAFFE survey: spectra, parameter catalogue, manifest, truth."""
+    from ..io.gaia_eso import write_ges_catalog
+
+    raw_dir = Path(raw_dir)
+    spectra_dir = raw_dir / "spectra"
+    spectra_dir.mkdir(parents=True, exist_ok=True)
+    seed = int(cfg["seed"])
+    rng = np.random.default_rng(seed)
+    n = int(cfg["n_stars"])
+    truth = draw_labels(n, rng, cfg["population"])
+    ra, dec = rng.uniform(0, 360, n), rng.uniform(-70, 20, n)
+    ids = [cname(a, d) for a, d in zip(ra, dec)]
+    # CNAMEs are coordinates; make them unique deterministically if two stars coincide
+    seen: dict[str, int] = {}
+    for i, s in enumerate(ids):
+        seen[s] = seen.get(s, 0) + 1
+        if seen[s] > 1:
+            ids[i] = f"{s}{seen[s]}"
+    truth.insert(0, "star_id", ids)
+    truth["ra"], truth["dec"] = ra, dec
+    truth["snr"] = draw_snr(n, rng, cfg["snr"])
+    truth["rv_kms"] = np.clip(rng.normal(cfg["rv_kms"]["mean"], cfg["rv_kms"]["sigma"], n),
+                              -cfg["rv_kms"]["max_abs"], cfg["rv_kms"]["max_abs"])
+    truth["defect"] = choose_defects(n, rng, cfg["defect_fraction"], list(cfg["defect_types"]))
+
+    lines = load_linelist(cfg.get("linelist"))
+    gap = cfg["synthetic_gap"]
+    obs_lines = perturbed_linelist(lines, np.random.default_rng([seed, 10**9]),
+                                   log_gf_sigma=gap["log_gf_sigma"],
+                                   extra_fraction=gap["extra_line_fraction"])
+    instruments = _setup_instruments(cfg["setups"])
+    _WORKER_STATE.clear()
+    _WORKER_STATE.update(seed=seed, model=ForwardModel(instruments, lines,
+                                                     sampling_kms=cfg["sampling_kms"]),
+                      lines=obs_lines, spectra_dir=spectra_dir, emission=_emission_lines(lines))
+    log(f"simulate gaia_eso: {n} stars, setups {[i.name for i in instruments]}, "
+        f"{(truth.defect != '').sum()} with defects, threads={threads}")
+    results = _run_parallel(_ges_star, list(truth.iterrows()), threads, log, "gaia_eso stars")
+    manifest = pd.DataFrame([f for r in results for f in r["files"]])
+    manifest["unit"] = manifest["star_id"]
+
+    cat = observe_catalog_labels(truth, rng, cfg["label_errors"])
+    mismatch = np.flatnonzero(truth["defect"].to_numpy() == "label_mismatch")
+    if mismatch.size:
+        donors = rng.integers(0, n, mismatch.size)
+        for label in LABEL_ORDER:
+            cat.loc[cat.index[mismatch], label] = cat[label].to_numpy()[donors]
+    solar = cfg["solar_abundances"]
+    catalog = pd.DataFrame({
+        "OBJECT": truth["star_id"], "RA": ra, "DECLINATION": dec,
+        "TEFF": cat["teff"], "E_TEFF": cat["e_teff"], "LOGG": cat["logg"], "E_LOGG": cat["e_logg"],
+        "FEH": cat["fe_h"], "E_FEH": cat["e_fe_h"],
+        # catalogue abundances are absolute: A(X) = A☉(X) + [X/Fe] + [Fe/H]
+        "MG1": solar["mg"] + cat["mg_fe"] + cat["fe_h"], "E_MG1": cat["e_mg_fe"],
+        "AL1": solar["al"] + cat["al_fe"] + cat["fe_h"], "E_AL1": cat["e_al_fe"],
+        "SNR": truth["snr"], "VRAD": truth["rv_kms"] + rng.normal(0, 0.3, n),
+        "E_VRAD": np.full(n, 0.3), "SETUP": "|".join(i.name for i in instruments),
+        "GES_TYPE": "GE_MW",
+    })
+    write_ges_catalog(raw_dir / "catalog.fits", catalog)
+    meta = dict(metadata or {}, survey="gaia_eso", n_stars=n)
+    # Gaia-ESO benchmark stars come from a resource table in real runs; the simulated survey has
+    # its truth table instead, so the calibration table is empty (same layout as MARVELS's)
+    empty = pd.DataFrame({c: pd.Series(dtype=float) for c in ("teff", "e_teff", "logg", "e_logg",
+                                                                "fe_h", "e_fe_h")})
+    empty.insert(0, "star_id", pd.Series(dtype=str))
+    empty["reference"] = pd.Series(dtype=str)
+    save_table(raw_dir / "calibration_stars.parquet", empty, meta)
+    save_table(raw_dir / "manifest.parquet", manifest, meta)
+    save_table(truth_path, truth, meta)
+    log(f"simulate gaia_eso: wrote {len(manifest)} spectrum files, catalogue and truth table")
+    return {"n_stars": n, "n_files": len(manifest)}
+
+
+# ------------------------------------------------------------------ MARVELS
+
+def _marvels_plate(task: tuple) -> dict:
+    from ..io.marvels import marvels_plate_filename, write_marvels_plate
+
+    plate, rows = task
+    st = _WORKER_STATE
+    model: ForwardModel = st["model"]
+    inst = model.instruments[0]
+    beams = []
+    for _, row in rows.iterrows():
+        rng = np.random.default_rng([st["seed"], int(row["index"])])
+        labels = {k: row[k] for k in LABEL_ORDER}
+        flux = model.flux(labels, row["rv_kms"], lines=st["lines"])
+        companion = None
+        if row["defect"] == "double_lined_binary":
+            comp = dict(labels, teff=max(4000.0, labels["teff"] - rng.uniform(0, 800)))
+            companion = model.flux(comp, row["rv_kms"] + rng.choice([-1, 1]) * rng.uniform(40, 100),
+                                   lines=st["lines"])
+        flux = apply_spectral_defect(row["defect"], inst.wavelength, flux, rng,
+                                     rv_kms=row["rv_kms"], emission_wavelengths=st["emission"],
+                                     companion=companion)
+        for beam in (1, 2):
+            # the two interferometer beams share the star but not the noise (S/N split in two)
+            counts, sigma, qual = raw_counts(inst.wavelength, flux, row["snr"] / np.sqrt(2), rng,
+                                             row["defect"] if beam == 1 else "")
+            beams.append(dict(starname=row["star_id"], beam=beam, wavelength=inst.wavelength,
+                              flux=counts, ivar=1.0 / sigma ** 2, mask=qual.astype(np.int16),
+                              snr=float(row["snr"] / np.sqrt(2)), vrad_kms=float(row["rv_kms"])))
+    path = st["spectra_dir"] / marvels_plate_filename(plate)
+    write_marvels_plate(path, plate, beams, inst.resolution)
+    return {"path": str(path), "plate": plate, "stars": list(rows["star_id"])}
+
+
+def simulate_marvels(cfg: Mapping[str, Any], raw_dir: str | Path, truth_path: str | Path, *,
+                     threads: int = 1, log: Log = print, metadata: Mapping | None = None) -> dict:
+    """Write a simulated MARVELS survey: plates of 60 stars × 2 beams, star catalogue, calibration
+    stars' literature table, manifest and truth.
+
+    Samples: ``n_dwarfs`` labelled FGK dwarfs (for fine-tuning), ``n_calibration`` calibration
+    stars with literature labels, ``n_giant_candidates`` unlabelled giant candidates (80% truly
+    giants/subgiants).
+    """
+    from ..io.marvels import write_marvels_star_catalog
+
+    raw_dir = Path(raw_dir)
+    spectra_dir = raw_dir / "spectra"
+    spectra_dir.mkdir(parents=True, exist_ok=True)
+    seed = int(cfg["seed"])
+    rng = np.random.default_rng(seed)
+    parts = [("dwarf_sample", draw_labels(cfg["n_dwarfs"], rng, "dwarfs")),
+             ("calibration", draw_labels(cfg["n_calibration"], rng, "dwarfs")),
+             ("giant_candidate", draw_labels(cfg["n_giant_candidates"], rng, "giant_candidates"))]
+    truth = pd.concat([p.assign(sample=name) for name, p in parts], ignore_index=True)
+    n = len(truth)
+    truth.insert(0, "star_id", [f"TYC {4000 + i // 997}-{i % 997 + 1:05d}-1" for i in range(n)])
+    order = rng.permutation(n)            # mix samples across plates like a real survey
+    truth = truth.iloc[order].reset_index(drop=True)
+    truth["plate"] = [f"PLATE{1000 + i // cfg['stars_per_plate']}" for i in range(n)]
+    truth["snr"] = draw_snr(n, rng, cfg["snr"])
+    truth["rv_kms"] = np.clip(rng.normal(cfg["rv_kms"]["mean"], cfg["rv_kms"]["sigma"], n),
+                              -cfg["rv_kms"]["max_abs"], cfg["rv_kms"]["max_abs"])
+    truth["defect"] = choose_defects(n, rng, cfg["defect_fraction"], list(cfg["defect_types"]))
+    truth["index"] = np.arange(n)
+
+    lines = load_linelist(cfg.get("linelist"))
+    gap = cfg["synthetic_gap"]
+    obs_lines = perturbed_linelist(lines, np.random.default_rng([seed, 10**9]),
+                                   log_gf_sigma=gap["log_gf_sigma"],
+                                   extra_fraction=gap["extra_line_fraction"])
+    instruments = _setup_instruments(cfg["setups"])
+    _WORKER_STATE.clear()
+    _WORKER_STATE.update(seed=seed, model=ForwardModel(instruments, lines,
+                                                     sampling_kms=cfg["sampling_kms"]),
+                      lines=obs_lines, spectra_dir=spectra_dir, emission=_emission_lines(lines))
+    tasks = list(truth.groupby("plate", sort=True))
+    log(f"simulate marvels: {n} stars on {len(tasks)} plates, threads={threads}")
+    results = _run_parallel(_marvels_plate, tasks, threads, log, "marvels plates")
+    manifest = pd.DataFrame([{"path": r["path"], "unit": r["plate"], "plate": r["plate"],
+                              "setup": "MARVELS"} for r in results])
+
+    cat = observe_catalog_labels(truth, rng, cfg["label_errors"])
+    labelled = truth["sample"].eq("dwarf_sample").to_numpy()
+    mismatch = np.flatnonzero(labelled & (truth["defect"].to_numpy() == "label_mismatch"))
+    donors = rng.choice(np.flatnonzero(labelled), mismatch.size) if mismatch.size else []
+    for label in ("teff", "logg", "fe_h"):
+        if mismatch.size:
+            cat.loc[cat.index[mismatch], label] = cat[label].to_numpy()[donors]
+    star_cat = pd.DataFrame({
+        "STARNAME": truth["star_id"], "PLATE": truth["plate"],
+        "TEFF": np.where(labelled, cat["teff"], np.nan),
+        "TEFF_E": np.where(labelled, cat["e_teff"], np.nan),
+        "LOG_G": np.where(labelled, cat["logg"], np.nan),
+        "LOG_G_E": np.where(labelled, cat["e_logg"], np.nan),
+        "FEH": np.where(labelled, cat["fe_h"], np.nan),
+        "FEH_E": np.where(labelled, cat["e_fe_h"], np.nan),
+        "RPM_LOG_G": np.where(truth["sample"].eq("giant_candidate"), "giant", "dwarf"),
+    })
+    write_marvels_star_catalog(raw_dir / "catalog.fits", star_cat)
+    # literature labels of the calibration stars (cf. Ghezzi et al. 2014): smaller errors
+    calib = truth["sample"].eq("calibration").to_numpy()
+    lit_err = cfg["literature_errors"]
+    literature = pd.DataFrame({"star_id": truth.loc[calib, "star_id"].to_numpy()})
+    for label in ("teff", "logg", "fe_h"):
+        literature[label] = truth.loc[calib, label].to_numpy() + rng.normal(0, lit_err[label],
+                                                                            calib.sum())
+        literature[f"e_{label}"] = lit_err[label]
+    literature["reference"] = "simulated (starlabels demo; stands in for Ghezzi et al. 2014)"
+    save_table(raw_dir / "calibration_stars.parquet", literature, dict(metadata or {}))
+    meta = dict(metadata or {}, survey="sdss_marvels", n_stars=n)
+    save_table(raw_dir / "manifest.parquet", manifest, meta)
+    save_table(truth_path, truth.drop(columns=["index"]), meta)
+    log(f"simulate marvels: wrote {len(manifest)} plate files, catalogue, {calib.sum()} "
+        f"calibration stars and truth table")
+    return {"n_stars": n, "n_files": len(manifest)}
+
+
+# ------------------------------------------------------------------ PHOENIX-like grid
+
+def _phoenix_model(task: tuple) -> dict:
+    from ..io.phoenix import phoenix_relpath, write_phoenix_spectrum
+
+    teff, logg, fe_h = task
+    st = _WORKER_STATE
+    labels = dict(teff=teff, logg=logg, fe_h=fe_h, mg_fe=0.0, al_fe=0.0)
+    norm = intrinsic_flux(labels, st["lines_vacuum"], st["fine_grid"])
+    flux, _, _ = resample_flux(st["fine_grid"], norm, st["wavelength_vacuum"])
+    flux = flux * blackbody_flux_per_cm(st["wavelength_vacuum"], teff)
+    rel = phoenix_relpath(teff, logg, fe_h, 0.0)
+    path = st["grid_dir"] / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_phoenix_spectrum(path, flux.astype(np.float32), teff=teff, logg=logg, fe_h=fe_h, alpha=0.0)
+    return {"path": str(path), "relpath": rel, "teff": teff, "logg": logg, "fe_h": fe_h,
+            "alpha": 0.0}
+
+
+def simulate_phoenix_grid(cfg: Mapping[str, Any], raw_dir: str | Path, *, threads: int = 1,
+                          log: Log = print, metadata: Mapping | None = None) -> dict:
+    """Write a PHOENIX-ACES-like HiRes grid: WAVE file (vacuum Å) + one flux file per model.
+
+    The grid uses the clean line list (no synthetic-gap perturbations), a blackbody continuum in
+    erg/s/cm²/cm, and a trimmed wavelength range sampled at ``sampling_resolution``. A random
+    ``missing_fraction`` of grid points is left out, as real grids have holes.
+    """
+    from ..io.phoenix import WAVE_FILENAME, write_phoenix_wave
+
+    raw_dir = Path(raw_dir)
+    grid_dir = raw_dir / "HiResFITS"
+    grid_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(int(cfg["seed"]))
+    g = cfg["grid"]
+    points = [(float(t), float(lg), float(z))
+              for t in np.arange(g["teff"][0], g["teff"][1] + 1e-6, g["teff"][2])
+              for lg in np.arange(g["logg"][0], g["logg"][1] + 1e-6, g["logg"][2])
+              for z in np.arange(g["fe_h"][0], g["fe_h"][1] + 1e-6, g["fe_h"][2])]
+    present = rng.random(len(points)) >= cfg["missing_fraction"]
+    points = [p for p, keep in zip(points, present) if keep]
+    lo, hi = (float(v) for v in cfg["wavelength_vacuum"])
+    wave = log_lambda_grid(lo, hi, float(cfg["sampling_resolution"]))
+    lines = load_linelist(cfg.get("linelist"))
+    lines_vac = lines.assign(wavelength_air=air_to_vacuum(lines["wavelength_air"].to_numpy()))
+    _WORKER_STATE.clear()
+    _WORKER_STATE.update(lines_vacuum=lines_vac, wavelength_vacuum=wave, grid_dir=grid_dir,
+                      fine_grid=log_lambda_grid(lo, hi, C_KMS / cfg["sampling_kms"]))
+    write_phoenix_wave(grid_dir / WAVE_FILENAME, wave)
+    log(f"simulate phoenix: {len(points)} grid models ({(~present).sum()} missing), "
+        f"{wave.size} pixels each, threads={threads}")
+    results = _run_parallel(_phoenix_model, points, threads, log, "phoenix models")
+    manifest = pd.DataFrame(results)
+    manifest["kind"] = "spectrum"
+    manifest = pd.concat([pd.DataFrame([{"path": str(grid_dir / WAVE_FILENAME),
+                                         "relpath": WAVE_FILENAME, "kind": "wave"}]), manifest],
+                         ignore_index=True)
+    save_table(raw_dir / "manifest.parquet", manifest, dict(metadata or {}, survey="phoenix"))
+    return {"n_models": len(points)}
+
+
+__all__ = ["simulate_gaia_eso", "simulate_marvels", "simulate_phoenix_grid", "draw_labels",
+           "DEFECT_TYPES", "ELEMENTS"]
