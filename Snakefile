@@ -1,0 +1,26 @@
+# starlabels: raw stellar spectra → CNN-ensemble label catalogues.
+# Stages: acquire → normalize → clean (t-SNE) → synthesize (PHOENIX) → trainset → train (ensemble)
+#         → predict (shards) → catalog → validate. See README.md.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/acquire.smk"
+include: "rules/normalize.smk"
+include: "rules/clean.smk"
+include: "rules/synthesize.smk"
+include: "rules/train.smk"
+include: "rules/predict.smk"
+include: "rules/catalog.smk"
+include: "rules/validate.smk"
+
+
+rule all:
+    input:
+        final_targets(),
+    default_target: True

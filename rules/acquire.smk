@@ -1,0 +1,43 @@
+# acquire: raw files in the archives' formats. `source: simulate` runs the embedded survey
+# simulator; real archive downloads plug in behind the same outputs (manifest + catalogue).
+
+
+rule acquire_observed:
+    output:
+        manifest=f"{R}/{{exp}}/raw/observed/manifest.parquet",
+        catalog=f"{R}/{{exp}}/raw/observed/catalog.fits",
+        calibration=f"{R}/{{exp}}/raw/observed/calibration_stars.parquet",
+        spectra=directory(f"{R}/{{exp}}/raw/observed/spectra"),
+        truth=f"{R}/{{exp}}/truth/truth.parquet",
+    params:
+        survey=lambda w: EXPERIMENTS[w.exp]["survey"],
+        source=lambda w: EXPERIMENTS[w.exp]["source"],
+        simulate=section("simulate"),
+        config_hash=section_hash("survey", "source", "simulate"),
+    threads: config["threads"]
+    log:
+        f"{R}/{{exp}}/logs/acquire_observed.log",
+    benchmark:
+        f"{R}/{{exp}}/benchmarks/acquire_observed.tsv"
+    conda:
+        "../envs/starlabels.yaml"
+    script:
+        "../workflow_scripts/acquire_observed.py"
+
+
+rule acquire_synthetic:
+    output:
+        manifest=f"{R}/{{exp}}/raw/phoenix/manifest.parquet",
+        models=directory(f"{R}/{{exp}}/raw/phoenix/HiResFITS"),
+    params:
+        simulate=lambda w: EXPERIMENTS[w.exp]["synthetic"]["simulate"],
+        config_hash=lambda w: config_hash(EXPERIMENTS[w.exp]["synthetic"]["simulate"]),
+    threads: config["threads"]
+    log:
+        f"{R}/{{exp}}/logs/acquire_synthetic.log",
+    benchmark:
+        f"{R}/{{exp}}/benchmarks/acquire_synthetic.tsv"
+    conda:
+        "../envs/starlabels.yaml"
+    script:
+        "../workflow_scripts/acquire_synthetic.py"

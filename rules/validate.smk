@@ -1,0 +1,65 @@
+# validate: metrics against the simulator's truth and the plots for `snakemake --report`.
+
+
+rule validate:
+    input:
+        catalog=f"{R}/{{exp}}/catalog/starlabels_{{exp}}.parquet",
+        table=f"{R}/{{exp}}/normalized/stars.parquet",
+        flux=f"{R}/{{exp}}/normalized/flux.npy",
+        clean=f"{R}/{{exp}}/clean/clean.parquet",
+        rejects=f"{R}/{{exp}}/normalized/rejects.parquet",
+        truth=f"{R}/{{exp}}/truth/truth.parquet",
+        models=model_files,
+    output:
+        metrics=f"{R}/{{exp}}/metrics.json",
+        one_to_one_true=report(
+            f"{R}/{{exp}}/plots/one_to_one_true.png",
+            caption="../resources/report/one_to_one_true.rst",
+            category="{exp}",
+            subcategory="precision",
+        ),
+        one_to_one_reference=report(
+            f"{R}/{{exp}}/plots/one_to_one_reference.png",
+            caption="../resources/report/one_to_one_reference.rst",
+            category="{exp}",
+            subcategory="precision",
+        ),
+        kiel=report(
+            f"{R}/{{exp}}/plots/kiel.png",
+            caption="../resources/report/kiel.rst",
+            category="{exp}",
+            subcategory="science",
+        ),
+        abundances=report(
+            f"{R}/{{exp}}/plots/abundances.png",
+            caption="../resources/report/abundances.rst",
+            category="{exp}",
+            subcategory="science",
+        ),
+        tsne=report(
+            f"{R}/{{exp}}/plots/tsne.png",
+            caption="../resources/report/tsne.rst",
+            category="{exp}",
+            subcategory="clean",
+        ),
+        gradients=report(
+            f"{R}/{{exp}}/plots/gradients.png",
+            caption="../resources/report/gradients.rst",
+            category="{exp}",
+            subcategory="interpretation",
+        ),
+    params:
+        labels=section("labels"),
+        survey=lambda w: EXPERIMENTS[w.exp]["survey"],
+        grid=section("grid"),
+        validate=section("validate"),
+        linelist=lambda w: EXPERIMENTS[w.exp]["simulate"]["linelist"],
+        config_hash=section_hash("labels", "validate"),
+    log:
+        f"{R}/{{exp}}/logs/validate.log",
+    benchmark:
+        f"{R}/{{exp}}/benchmarks/validate.tsv"
+    conda:
+        "../envs/starlabels.yaml"
+    script:
+        "../workflow_scripts/validate.py"

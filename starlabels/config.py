@@ -1,0 +1,97 @@
+"""Configuration: JSON-schema validation with defaults filled in and errors that name the key.
+
+The schema (schemas/config.schema.yaml) gives every key a description and a default. Validation
+fills defaults into nested blocks (each experiment block included) and stops at the first
+problems with messages such as::
+
+    config key 'experiments.demo_ges.train.device': 'gpu' is not one of ['auto', 'cpu', 'cuda']
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Mapping
+
+import jsonschema
+import yaml
+from jsonschema import Draft202012Validator, validators
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """The configuration does not satisfy the schema; the message lists each offending key."""
+
+
+def _with_defaults(validator_class):
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = copy.deepcopy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return validators.extend(validator_class, {"properties": set_defaults})
+
+
+_DefaultFillingValidator = _with_defaults(Draft202012Validator)
+
+
+def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
+    return yaml.safe_load(Path(path).read_text())
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    key = ".".join(str(p) for p in error.absolute_path) or "<top level>"
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
+        where = key if key != "<top level>" else "top level"
+        if allowed:
+            return (f"config key(s) {', '.join(repr(f'{key}.{e}' if key != '<top level>' else e) for e in extra)} "
+                    f"unknown at {where}; allowed keys: {allowed}")
+    if error.validator == "enum":
+        return f"config key '{key}': {error.instance!r} is not allowed; allowed values: {error.validator_value}"
+    return f"config key '{key}': {error.message}"
+
+
+def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any] | None = None
+                    ) -> dict[str, Any]:
+    """Return a deep copy of ``config`` with defaults filled in; raise ConfigError if invalid.
+
+    Cross-field rules the schema cannot say (experiments named in ``run`` must exist, label
+    lists must fit the survey) are checked here too.
+    """
+    schema = schema or load_schema()
+    config = copy.deepcopy(dict(config))
+    validator = _DefaultFillingValidator(schema)
+    # first pass fills defaults (nested blocks appear as {} and are filled as they are visited);
+    # validating twice reports errors against the completed config
+    list(validator.iter_errors(config))
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    messages = [_describe(e) for e in errors]
+    for name in config.get("run", []):
+        if name not in config.get("experiments", {}):
+            messages.append(f"config key 'run': experiment {name!r} is not defined under "
+                            f"'experiments' (defined: {sorted(config.get('experiments', {}))})")
+    for name, exp in config.get("experiments", {}).items():
+        if not isinstance(exp, dict):
+            continue
+        if exp.get("survey") == "sdss_marvels":
+            extra = sorted(set(exp.get("labels", [])) - {"teff", "logg", "fe_h"})
+            if extra:
+                messages.append(f"config key 'experiments.{name}.labels': MARVELS has no "
+                                f"catalogue values for {extra}; allowed: ['teff', 'logg', 'fe_h']")
+        if "synthetic" in exp.get("trainset", {}).get("sources", []) and \
+                not exp.get("synthetic", {}).get("enabled", False):
+            messages.append(f"config key 'experiments.{name}.trainset.sources': 'synthetic' needs "
+                            f"experiments.{name}.synthetic.enabled: true")
+    if messages:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(messages))
+    return config
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    return validate_config(yaml.safe_load(Path(path).read_text()) or {})

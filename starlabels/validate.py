@@ -1,0 +1,214 @@
+"""The validate stage: metrics against known truth, and the plots a person looks at.
+
+Metrics (written to ``metrics.json``):
+
+* **precision** — per label, bias / σ / robust σ (1.4826·MAD) / N of (predicted − reference) for
+  the evaluation sample (Gaia-ESO: the test split; MARVELS: the calibration stars), against the
+  simulator's true labels (``vs_true``, spectra without injected defects; ``vs_true_all`` with
+  them) and against the catalogue or literature labels (``vs_reference``);
+* **ensemble calibration** — spread of z = (pred − true)/σ_ensemble and the fraction of true labels
+  inside ±1σ (68% coverage);
+* **clean** — fraction of injected defective training spectra the t-SNE stage rejected, per defect
+  type, and the fraction of good training spectra it rejected; normalize rejects per reason;
+* **giant classes** (MARVELS) — giant / sub-giant / dwarf fractions of the giant candidates from
+  the predicted log g, beside the simulated truth;
+* **network gradients** — mean |∂label/∂flux| near each element's lines relative to elsewhere.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import artifacts
+from .grid import WavelengthGrid
+
+#: issue-2 acceptance targets for demo_ges (σ against true labels on the test split)
+DEMO_GES_TARGETS = {"teff": 100.0, "logg": 0.15, "fe_h": 0.08, "mg_fe": 0.08, "al_fe": 0.12}
+#: the spectral lines each label is expected to be read from (element, for the gradient ratio)
+LABEL_ELEMENTS = {"fe_h": ["Fe"], "mg_fe": ["Mg"], "al_fe": ["Al"]}
+
+
+def label_stats(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    d = np.asarray(pred, dtype=float) - np.asarray(ref, dtype=float)
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        return {"n": 0, "bias": float("nan"), "sigma": float("nan"), "robust_sigma": float("nan")}
+    return {"n": int(d.size), "bias": float(np.mean(d)), "sigma": float(np.std(d, ddof=1))
+            if d.size > 1 else 0.0,
+            "robust_sigma": float(1.4826 * np.median(np.abs(d - np.median(d))))}
+
+
+def ensemble_calibration(pred: np.ndarray, std: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    pred, std, true = (np.asarray(a, dtype=float) for a in (pred, std, true))
+    ok = np.isfinite(pred) & np.isfinite(true) & np.isfinite(std) & (std > 0)
+    if not ok.any():
+        return {"n": 0, "z_sigma": float("nan"), "coverage_68": float("nan")}
+    z = (pred[ok] - true[ok]) / std[ok]
+    return {"n": int(ok.sum()), "z_sigma": float(np.std(z)),
+            "coverage_68": float(np.mean(np.abs(z) <= 1.0))}
+
+
+def precision_block(cat: pd.DataFrame, truth: pd.DataFrame, labels: Sequence[str],
+                    rows: np.ndarray) -> dict[str, Any]:
+    """Precision of the rows ``rows`` of ``cat`` (joined to ``truth`` on star_id)."""
+    sub = cat.loc[rows].merge(truth, on="star_id", how="left", suffixes=("", "_true"))
+    clean = sub["defect"].fillna("").eq("").to_numpy() if "defect" in sub else \
+        np.ones(len(sub), dtype=bool)
+    out: dict[str, Any] = {"n_stars": int(len(sub)), "n_without_defects": int(clean.sum()),
+                           "vs_true": {}, "vs_true_all": {}, "vs_reference": {}, "ensemble": {}}
+    for label in labels:
+        true = sub[f"{label}_true"].to_numpy(dtype=float)
+        pred = sub[label].to_numpy(dtype=float)
+        out["vs_true"][label] = label_stats(pred[clean], true[clean])
+        out["vs_true_all"][label] = label_stats(pred, true)
+        out["vs_reference"][label] = label_stats(pred, sub[f"{label}_ref"].to_numpy(dtype=float))
+        out["ensemble"][label] = ensemble_calibration(pred[clean],
+                                                      sub[f"{label}_std"].to_numpy()[clean],
+                                                      true[clean])
+    return out
+
+
+def clean_metrics(truth: pd.DataFrame, stars: pd.DataFrame, cleaned: pd.DataFrame,
+                  rejects: pd.DataFrame) -> dict[str, Any]:
+    """How well the clean stage removed injected defects from the training set.
+
+    The sample is the training candidates that reached the clean stage (splits it cleaned);
+    normalize rejects are counted separately per defect type.
+    """
+    t = truth[["star_id", "defect"]].copy()
+    t["defect"] = t["defect"].fillna("")
+    c = pd.DataFrame({"star_id": stars["star_id"], "cleaned": cleaned["cleaned"].to_numpy(),
+                      "keep": cleaned["keep"].to_numpy(), "reason": cleaned["reason"].to_numpy()})
+    c = c[c["cleaned"]].merge(t, on="star_id", how="left")
+    c["defect"] = c["defect"].fillna("")
+    bad = c["defect"] != ""
+    out: dict[str, Any] = {
+        "n_cleaned": int(len(c)),
+        "n_defective": int(bad.sum()),
+        "defective_rejected_fraction": float((~c.loc[bad, "keep"]).mean()) if bad.any() else None,
+        "good_rejected_fraction": float((~c.loc[~bad, "keep"]).mean()) if (~bad).any() else None,
+        "per_defect": {},
+    }
+    for kind, grp in c[bad].groupby("defect"):
+        out["per_defect"][kind] = {"n": int(len(grp)),
+                                   "rejected_fraction": float((~grp["keep"]).mean())}
+    reached = set(stars["star_id"])
+    lost = t[~t["star_id"].isin(reached)]
+    out["normalize_rejected"] = {
+        "n": int(len(lost)),
+        "per_defect": {k or "none": int(v) for k, v in lost["defect"].value_counts().items()},
+        "per_reason": {str(k): int(v) for k, v in rejects["reason"].str.split(":").str[0]
+                       .value_counts().items()} if len(rejects) else {},
+    }
+    return out
+
+
+def giant_fractions(logg: np.ndarray, giant_max: float, dwarf_min: float) -> dict[str, float]:
+    logg = np.asarray(logg, dtype=float)
+    logg = logg[np.isfinite(logg)]
+    if logg.size == 0:
+        return {"giant": float("nan"), "subgiant": float("nan"), "dwarf": float("nan"), "n": 0}
+    return {"giant": float(np.mean(logg < giant_max)),
+            "subgiant": float(np.mean((logg >= giant_max) & (logg < dwarf_min))),
+            "dwarf": float(np.mean(logg >= dwarf_min)), "n": int(logg.size)}
+
+
+def gradient_line_ratios(wavelength: np.ndarray, gradients: np.ndarray, labels: Sequence[str],
+                         lines: pd.DataFrame, half_width: float = 0.5) -> dict[str, float]:
+    """Mean |gradient| within ±half_width Å of the label's element lines / mean elsewhere."""
+    out = {}
+    for i, label in enumerate(labels):
+        elements = LABEL_ELEMENTS.get(label)
+        if not elements:
+            continue
+        centres = lines.loc[lines["element"].isin(elements), "wavelength_air"].to_numpy()
+        near = np.zeros(wavelength.size, dtype=bool)
+        for w0 in centres:
+            near |= np.abs(wavelength - w0) <= half_width
+        if near.any() and (~near).any():
+            out[label] = float(np.mean(gradients[i, near]) / np.mean(gradients[i, ~near]))
+    return out
+
+
+def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: str, truth: str,
+             model_dirs: Sequence[str], labels: Sequence[str], survey: str,
+             grid_cfg: Mapping[str, Any], cfg: Mapping[str, Any], metrics: str,
+             plots: Mapping[str, str], experiment: str, linelist: str | None = None,
+             log=print, config_hash: str = "none") -> dict[str, Any]:
+    """Compute metrics.json and draw the validation plots (paths in ``plots``)."""
+    from . import plots as P
+    from .predict import input_gradients
+    from .simulate.physics import load_linelist
+
+    cat = artifacts.load_table(catalog)
+    stars = artifacts.load_table(table)
+    cleaned = artifacts.load_table(clean_table)
+    rej = artifacts.load_table(rejects)
+    true = artifacts.load_table(truth)
+    true_labels = true.rename(columns={k: f"{k}_true" for k in labels})
+    result: dict[str, Any] = {"experiment": experiment, "survey": survey, "labels": list(labels),
+                              "n_catalog": int(len(cat)), "n_normalize_rejected": int(len(rej))}
+
+    eval_split = "test" if survey == "gaia_eso" else "calibration"
+    rows = np.flatnonzero(cat["split"].to_numpy() == eval_split)
+    result["evaluation_split"] = eval_split
+    result["precision"] = precision_block(cat, true_labels, labels, rows)
+    if survey == "gaia_eso":
+        result["targets"] = {
+            label: {"sigma_vs_true": result["precision"]["vs_true"][label]["sigma"],
+                    "target": DEMO_GES_TARGETS[label],
+                    "met": bool(result["precision"]["vs_true"][label]["sigma"]
+                                <= DEMO_GES_TARGETS[label])}
+            for label in labels if label in DEMO_GES_TARGETS}
+    result["clean"] = clean_metrics(true, stars, cleaned, rej)
+    log(f"validate: {eval_split} σ vs true: " + ", ".join(
+        f"{k}={v['sigma']:.3g}" for k, v in result["precision"]["vs_true"].items()))
+    cl = result["clean"]
+    log(f"validate: clean rejected {cl['defective_rejected_fraction']} of defective and "
+        f"{cl['good_rejected_fraction']} of good training spectra")
+
+    if survey == "sdss_marvels" and "sample" in true:
+        cand = cat.merge(true[["star_id", "sample", "logg"]].rename(columns={"logg": "logg_true"}),
+                         on="star_id")
+        cand = cand[cand["sample"] == "giant_candidate"]
+        gmax, dmin = cfg["giant_logg_max"], cfg["dwarf_logg_min"]
+        result["giant_candidates"] = {
+            "predicted": giant_fractions(cand["logg"], gmax, dmin),
+            "true": giant_fractions(cand["logg_true"], gmax, dmin),
+        }
+
+    # network gradients on a sample of the evaluation split (the paper's gradient figure)
+    grid = WavelengthGrid.from_config(grid_cfg["segments"])
+    matrix = artifacts.load_matrix(flux)
+    rng = np.random.default_rng(0)
+    sample = rows if rows.size <= cfg["gradient_sample"] else \
+        np.sort(rng.choice(rows, cfg["gradient_sample"], replace=False))
+    lines = load_linelist(linelist)
+    if sample.size:
+        grads = input_gradients(list(model_dirs), np.asarray(matrix[sample]), device="cpu")
+        result["gradient_line_ratio"] = gradient_line_ratios(grid.wavelength_air, grads, labels,
+                                                             lines)
+        diag = lines[lines["species"].isin(["Mg I", "Al I", "Ca II"])]
+        P.gradient_spectrum(grid.wavelength_air, grads, list(labels), plots["gradients"],
+                            lines=diag, segment_slices=grid.segment_slices)
+    else:
+        P.gradient_spectrum(grid.wavelength_air, np.zeros((len(labels), grid.n_pixels)),
+                            list(labels), plots["gradients"], lines=None,
+                            segment_slices=grid.segment_slices)
+
+    ev = cat.loc[rows].merge(true_labels, on="star_id", how="left")
+    P.one_to_one(ev[list(labels)], ev[[f"{k}_true" for k in labels]].set_axis(list(labels), axis=1),
+                 list(labels), plots["one_to_one_true"], ref_name="true")
+    P.one_to_one(ev[list(labels)], ev[[f"{k}_ref" for k in labels]].set_axis(list(labels), axis=1),
+                 list(labels), plots["one_to_one_reference"],
+                 ref_name="catalogue" if survey == "gaia_eso" else "literature")
+    P.kiel_diagram(cat, plots["kiel"])
+    P.abundance_trends(cat, plots["abundances"])
+    P.tsne_map(cleaned, plots["tsne"])
+
+    result["provenance"] = artifacts.provenance(None, config_hash=config_hash, stage="validate")
+    artifacts.save_json(metrics, result)
+    return result

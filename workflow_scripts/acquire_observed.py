@@ -1,0 +1,15 @@
+import sys
+
+sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)  # the rule log gets everything
+
+from starlabels import stages  # noqa: E402
+
+stages.acquire_observed(
+    survey=snakemake.params.survey,
+    source=snakemake.params.source,
+    simulate_cfg=snakemake.params.simulate,
+    raw_dir=snakemake.output.spectra.rsplit("/", 1)[0],
+    truth=snakemake.output.truth,
+    threads=snakemake.threads,
+    config_hash=snakemake.params.config_hash,
+)

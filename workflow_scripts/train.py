@@ -1,0 +1,15 @@
+import sys
+
+sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)  # the rule log gets everything
+
+from starlabels import stages  # noqa: E402
+
+stages.train(
+    flux=snakemake.input.flux,
+    table=snakemake.input.table,
+    labels=snakemake.params.labels,
+    member=int(snakemake.wildcards.member),
+    cfg=snakemake.params.train,
+    model_dir=snakemake.output.sidecar.rsplit("/", 1)[0],
+    threads=snakemake.threads,
+)
