@@ -1,0 +1,723 @@
+"""Normalize stage: raw archive spectra → one continuum-normalised flux matrix, a table, rejects.
+
+Per star (:func:`normalize_star`):
+
+1. each spectrum is brought into the grid's medium (vacuum → air) and shifted to the rest frame
+   (catalogue RV if given, else the file's RV, else 0);
+2. it is resampled (flux-conserving) onto every grid segment it overlaps; input pixels that are
+   flagged, non-finite, have ivar ≤ 0 or flux ≤ 0 (zeroed detector runs) carry no weight, and
+   grid pixels less than ``min_coverage`` covered by good input are masked;
+3. each (spectrum, segment) piece is continuum-normalised by a sigma-clipped Chebyshev fit
+   (:func:`normalize_segment`, shared with the synthesize stage);
+4. pieces covering the same segment (repeat observations, the two MARVELS beams) are coadded by
+   inverse-variance weighting.
+
+Normalising each piece *before* coadding differs from "coadd, then normalise" on purpose: two
+beams or two epochs have different throughput and blaze, and a pixel masked in one of them would
+otherwise make the coadded continuum jump between the two levels, which no low-order polynomial
+can follow. After normalisation every piece has continuum 1, so the weighted mean is clean.
+
+Masked pixels get flux 1.0 (continuum: no line signal for the network) and ivar 0.
+
+The survey driver (:func:`normalize_survey`) runs the stars in parallel, streams the rows into
+memory-mapped float32 ``.npy`` files, and accounts for every input star or file in either the
+table or the rejects table. The parallel map, the row stream and the progress log are reused by
+:mod:`starlabels.synthesize`.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import math
+import multiprocessing
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import artifacts
+from .grid import WavelengthGrid
+from .io.spectrum import Spectrum, SpectrumFormatError
+from .spectral import air_to_vacuum, doppler_shift, fit_continuum, resample_flux, vacuum_to_air
+
+__all__ = [
+    "NORMALIZE_DEFAULTS", "CONTINUUM_DEFAULTS", "MASKED_FLUX", "RejectSpectrum",
+    "normalize_config", "normalize_segment", "normalize_star", "normalize_survey",
+    "grid_segments", "ordered_map", "MatrixRowStream", "Progress", "rejects_frame",
+]
+
+CONTINUUM_DEFAULTS: dict[str, Any] = {
+    "method": "chebyshev", "order": 3, "sigma_low": 2.0, "sigma_high": 3.0, "iterations": 5,
+}
+NORMALIZE_DEFAULTS: dict[str, Any] = {
+    "continuum": CONTINUUM_DEFAULTS,
+    "rest_frame": True,
+    "min_coverage": 0.99,
+    "max_masked_fraction": 0.25,
+    "medium": "air",
+}
+# Masked pixels look like continuum to the network: no line signal, and ivar 0 says "no data".
+MASKED_FLUX = 1.0
+STAGE = "normalize"
+# Table columns this stage computes; a catalogue column of the same name is kept as catalog_<name>.
+_OWN_COLUMNS = ("spectrum_id", "star_id", "row", "snr", "masked_fraction", "rv_used",
+                "n_spectra", "files", "setups", "dropped")
+
+
+class RejectSpectrum(Exception):
+    """A star (or spectrum) that cannot be normalised; ``reason`` goes into the rejects table.
+
+    ``key`` groups reasons for the summary counts: 'masked fraction 0.41 > 0.25' and
+    'masked fraction 0.30 > 0.25' share the key 'masked fraction > 0.25'.
+    """
+
+    def __init__(self, reason: str, key: str | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.key = key or reason
+
+
+# ---------------------------------------------------------------- configuration
+
+def _merged(defaults: Mapping[str, Any], cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``defaults`` updated by ``cfg``, recursively for nested mappings (unknown keys are kept)."""
+    out = copy.deepcopy(dict(defaults))
+    for key, value in dict(cfg or {}).items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def check_continuum_config(continuum: Mapping[str, Any]) -> None:
+    """Refuse a continuum sub-config this module cannot honour (a config error, not bad data)."""
+    if continuum["method"] != "chebyshev":
+        raise ValueError(f"continuum.method {continuum['method']!r} is not supported "
+                         f"(only 'chebyshev')")
+    if int(continuum["order"]) < 0 or int(continuum["iterations"]) < 1:
+        raise ValueError("continuum.order must be ≥ 0 and continuum.iterations ≥ 1")
+    if not (continuum["sigma_low"] > 0 and continuum["sigma_high"] > 0):
+        raise ValueError("continuum.sigma_low and continuum.sigma_high must be > 0")
+
+
+def normalize_config(cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The normalize config with defaults filled in, checked for values that cannot work."""
+    c = _merged(NORMALIZE_DEFAULTS, cfg)
+    check_continuum_config(c["continuum"])
+    if c["medium"] not in ("air", "vacuum"):
+        raise ValueError(f"normalize.medium must be 'air' or 'vacuum', got {c['medium']!r}")
+    if not 0.0 <= float(c["min_coverage"]) <= 1.0:
+        raise ValueError("normalize.min_coverage must be in [0, 1]")
+    if not 0.0 <= float(c["max_masked_fraction"]) <= 1.0:
+        raise ValueError("normalize.max_masked_fraction must be in [0, 1]")
+    return c
+
+
+# ---------------------------------------------------------------- grid helpers
+
+@functools.lru_cache(maxsize=16)
+def grid_segments(grid: WavelengthGrid) -> tuple[tuple[str, np.ndarray, slice], ...]:
+    """(name, wavelength, columns) per grid segment, computed once per grid (grids are frozen)."""
+    slices = grid.segment_slices
+    out = []
+    for segment in grid.segments:
+        wavelength = segment.wavelength_air
+        wavelength.setflags(write=False)    # shared by every call: nobody may edit it
+        out.append((segment.name, wavelength, slices[segment.name]))
+    return tuple(out)
+
+
+def _segment_range(wavelength: np.ndarray) -> tuple[float, float]:
+    """Outer pixel edges of a linear segment."""
+    half = 0.5 * (wavelength[1] - wavelength[0]) if wavelength.size > 1 else 0.5
+    return float(wavelength[0] - half), float(wavelength[-1] + half)
+
+
+def _crop(wavelength: np.ndarray, lo: float, hi: float, pad: int = 2) -> slice:
+    """Input pixels covering [lo, hi], with ``pad`` spare pixels each side (resampling is local)."""
+    start = max(int(np.searchsorted(wavelength, lo)) - pad, 0)
+    stop = min(int(np.searchsorted(wavelength, hi)) + pad, wavelength.size)
+    return slice(start, stop)
+
+
+# ---------------------------------------------------------------- one segment
+
+def normalize_segment(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray,
+                      usable: np.ndarray, continuum: Mapping[str, Any],
+                      segment_name: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """Divide one segment by its continuum; flux → flux / c, ivar → ivar · c².
+
+    The continuum is the ivar-weighted, sigma-clipped Chebyshev fit over the ``usable`` pixels.
+    Unusable pixels come back as the masked convention (flux 1.0, ivar 0). Raises
+    :class:`RejectSpectrum` when the fit fails (too few pixels, or a continuum ≤ 0 where there
+    is data, which would flip or blow up the normalised flux).
+    """
+    usable = np.asarray(usable, dtype=bool)
+    cont = fit_continuum(wavelength, flux, ivar, order=int(continuum["order"]),
+                         sigma_low=float(continuum["sigma_low"]),
+                         sigma_high=float(continuum["sigma_high"]),
+                         iterations=int(continuum["iterations"]), mask=~usable)
+    where = f" in segment {segment_name}" if segment_name else ""
+    good_cont = np.isfinite(cont) & (cont > 0)
+    if not usable.any() or not good_cont[usable].all():
+        raise RejectSpectrum(f"continuum fit failed{where}")
+    safe = np.where(usable, cont, 1.0)
+    flux_norm = np.where(usable, flux / safe, MASKED_FLUX)
+    ivar_norm = np.where(usable, ivar * safe ** 2, 0.0)
+    return flux_norm, ivar_norm
+
+
+# ---------------------------------------------------------------- one star
+
+@dataclass
+class _Prepared:
+    """One spectrum in the grid's frame: bad pixels carry flux 0 and ivar 0 (no weight)."""
+    spectrum: Spectrum
+    wavelength: np.ndarray
+    flux: np.ndarray
+    ivar: np.ndarray
+    rv_used: float
+
+
+def _rest_frame_rv(spectrum: Spectrum, rv_kms: float | None, rest_frame: bool) -> float:
+    """Catalogue RV if finite, else the file's RV if finite, else 0 (no shift if rest_frame off)."""
+    if not rest_frame:
+        return 0.0
+    for candidate in (rv_kms, spectrum.rv_kms):
+        if candidate is not None and math.isfinite(float(candidate)):
+            return float(candidate)
+    return 0.0
+
+
+def _prepare(spectrum: Spectrum, cfg: Mapping[str, Any], rv_kms: float | None) -> _Prepared:
+    """Validate one spectrum, move it to the grid's medium and the rest frame."""
+    wavelength = np.asarray(spectrum.wavelength, dtype=np.float64)
+    flux = np.asarray(spectrum.flux, dtype=np.float64)
+    ivar = np.asarray(spectrum.ivar, dtype=np.float64)
+    flagged = np.asarray(spectrum.mask, dtype=bool)
+    defined = np.isfinite(wavelength) & np.isfinite(flux)
+    if not defined.any():
+        raise RejectSpectrum("all-NaN flux")
+    if not (flux[defined] > 0).any():
+        raise RejectSpectrum("zero flux")
+    bad = flagged | ~defined | ~np.isfinite(ivar) | (ivar <= 0) | (flux <= 0)
+    if bad.all():
+        raise RejectSpectrum("no valid pixels (all flagged or ivar ≤ 0)")
+    # a pixel without a wavelength cannot be placed anywhere: drop it (dead-beam rows are all-NaN)
+    keep = np.isfinite(wavelength)
+    wavelength, flux, ivar, bad = wavelength[keep], flux[keep], ivar[keep], bad[keep]
+    if wavelength.size < 2 or np.any(np.diff(wavelength) <= 0):
+        raise RejectSpectrum("wavelength not strictly increasing")
+    if spectrum.medium == "vacuum" and cfg["medium"] == "air":
+        wavelength = vacuum_to_air(wavelength)
+    elif spectrum.medium == "air" and cfg["medium"] == "vacuum":
+        wavelength = air_to_vacuum(wavelength)
+    rv = _rest_frame_rv(spectrum, rv_kms, bool(cfg["rest_frame"]))
+    if rv != 0.0:
+        # observed λ = rest λ · D(v): dividing by D is a shift by -v
+        wavelength = doppler_shift(wavelength, -rv)
+    return _Prepared(spectrum, wavelength, np.where(bad, 0.0, flux), np.where(bad, 0.0, ivar), rv)
+
+
+def _piece(prepared: _Prepared, segment_wavelength: np.ndarray, min_coverage: float
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Resample one spectrum onto one segment: (flux, ivar, usable), or None if it misses it."""
+    lo, hi = _segment_range(segment_wavelength)
+    if prepared.wavelength[-1] < lo or prepared.wavelength[0] > hi:
+        return None
+    cut = _crop(prepared.wavelength, lo, hi)
+    flux, ivar, coverage = resample_flux(prepared.wavelength[cut], prepared.flux[cut],
+                                         segment_wavelength, ivar_in=prepared.ivar[cut])
+    usable = (coverage >= min_coverage) & np.isfinite(flux) & (flux > 0) & (ivar > 0)
+    if not usable.any():
+        return None
+    return flux, ivar, usable
+
+
+def normalize_star(spectra: Sequence[Spectrum], grid: WavelengthGrid,
+                   cfg: Mapping[str, Any] | None = None, rv_kms: float | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """All spectra of one star → (flux, ivar, info) on ``grid``, continuum-normalised, coadded.
+
+    ``rv_kms`` is the catalogue radial velocity (used for every spectrum when finite); otherwise
+    each spectrum's own ``rv_kms`` (if finite) or 0. A spectrum that is unusable on its own
+    (all-NaN, zero flux, no overlap with the grid, failed continuum) is dropped and listed in
+    ``info['dropped']`` as long as others remain; when nothing is left, or a grid segment has no
+    coverage, or too much of the grid is masked, :class:`RejectSpectrum` is raised.
+
+    info: snr (median flux·sqrt(ivar) over unmasked pixels), masked_fraction, rv_used (median
+    over the spectra used), n_spectra (spectra used), setups (list), dropped (list of
+    'spectrum_id: reason').
+    """
+    c = normalize_config(cfg)
+    if not spectra:
+        raise RejectSpectrum("no spectra")
+    prepared: list[_Prepared] = []
+    problems: dict[int, str] = {}
+    for i, spectrum in enumerate(spectra):
+        try:
+            prepared.append(_prepare(spectrum, c, rv_kms))
+        except RejectSpectrum as exc:
+            problems[i] = exc.reason
+    if not prepared:
+        reasons = list(dict.fromkeys(problems.values()))
+        raise RejectSpectrum("; ".join(reasons), key=reasons[0] if len(reasons) == 1 else None)
+
+    n_pixels = grid.n_pixels
+    flux = np.full(n_pixels, MASKED_FLUX)
+    ivar = np.zeros(n_pixels)
+    used = [False] * len(prepared)
+    failed_fit: set[int] = set()
+    dropped = [f"{spectra[i].spectrum_id}: {reason}" for i, reason in problems.items()]
+    min_coverage = float(c["min_coverage"])
+    for name, wavelength, columns in grid_segments(grid):
+        weighted_flux = np.zeros(wavelength.size)
+        weight = np.zeros(wavelength.size)
+        fit_failed = False
+        for k, piece in enumerate(prepared):
+            resampled = _piece(piece, wavelength, min_coverage)
+            if resampled is None:
+                continue
+            try:
+                f_norm, iv_norm = normalize_segment(wavelength, *resampled, c["continuum"], name)
+            except RejectSpectrum as exc:
+                fit_failed = True
+                failed_fit.add(k)
+                dropped.append(f"{piece.spectrum.spectrum_id}: {exc.reason}")
+                continue
+            weighted_flux += f_norm * iv_norm     # masked pixels have iv_norm = 0: no weight
+            weight += iv_norm
+            used[k] = True
+        if not weight.any():
+            if fit_failed:
+                raise RejectSpectrum(f"continuum fit failed in segment {name}",
+                                     key="continuum fit failed")
+            raise RejectSpectrum(f"no coverage of grid segment {name}")
+        has_data = weight > 0
+        flux[columns] = np.where(has_data, weighted_flux / np.where(has_data, weight, 1.0),
+                                 MASKED_FLUX)
+        ivar[columns] = weight
+
+    masked = ivar <= 0
+    masked_fraction = float(masked.mean())
+    limit = float(c["max_masked_fraction"])
+    if masked_fraction > limit:
+        raise RejectSpectrum(f"masked fraction {masked_fraction:.2f} > {limit:.2f}",
+                             key=f"masked fraction > {limit:.2f}")
+    snr = float(np.median(flux[~masked] * np.sqrt(ivar[~masked])))
+
+    for k, piece in enumerate(prepared):
+        if not used[k] and k not in failed_fit:
+            dropped.append(f"{piece.spectrum.spectrum_id}: not used (no usable overlap with "
+                           f"the grid)")
+    used_pieces = [p for p, u in zip(prepared, used) if u]
+    info = {
+        "snr": snr,
+        "masked_fraction": masked_fraction,
+        "rv_used": float(np.median([p.rv_used for p in used_pieces])),
+        "n_spectra": len(used_pieces),
+        "setups": list(dict.fromkeys(p.spectrum.setup for p in used_pieces)),
+        "dropped": dropped,
+    }
+    return flux, ivar, info
+
+
+# ---------------------------------------------------------------- shared driver machinery
+
+def _say(log: Callable[[str], Any], message: str) -> None:
+    """Log one line and flush, so progress shows up in Snakemake log files while a job runs."""
+    log(message)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+
+
+_WORKER: tuple[Callable[[Any, Any], Any], Any] | None = None
+
+
+_THREAD_LIMITS: Any = None
+
+
+def _one_native_thread_per_worker() -> None:
+    """Keep BLAS to one thread inside a pool worker.
+
+    The continuum fits call LAPACK; with N workers each starting an OpenBLAS pool sized to the
+    whole machine, N² threads fight over N cores and the pool ends up slower than one process.
+    threadpoolctl is optional: without it the environment (OMP_NUM_THREADS) decides.
+    """
+    global _THREAD_LIMITS
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    _THREAD_LIMITS = threadpool_limits(limits=1)
+
+
+def _set_worker(func: Callable[[Any, Any], Any], state: Any) -> None:
+    """Pool initializer: the per-task function and the read-only state it needs, sent once."""
+    global _WORKER
+    _WORKER = (func, state)
+    _one_native_thread_per_worker()
+
+
+def _run_task(item: Any) -> Any:
+    func, state = _WORKER
+    return func(state, item)
+
+
+def ordered_map(func: Callable[[Any, Any], Any], state: Any, items: Sequence[Any],
+                threads: int = 1) -> Iterator[Any]:
+    """``func(state, item)`` for every item, results in input order.
+
+    threads=1 runs in-process (no pool: simple tracebacks, no pickling). Otherwise a
+    ``multiprocessing`` Pool receives ``state`` once per worker through its initializer and the
+    items through ``imap`` in chunks, which keeps the order whatever the number of workers.
+    """
+    threads = max(1, min(int(threads), len(items)))
+    if threads == 1:
+        for item in items:
+            yield func(state, item)
+        return
+    # a few chunks per worker: few round trips, yet the last chunks still balance the load
+    chunksize = max(2, min(64, len(items) // (threads * 8)))
+    with multiprocessing.get_context().Pool(threads, initializer=_set_worker,
+                                            initargs=(func, state)) as pool:
+        yield from pool.imap(_run_task, items, chunksize=chunksize)
+
+
+class MatrixRowStream:
+    """Rows of flux and ivar streamed into float32 ``.npy`` memmaps, trimmed when committed.
+
+    ``capacity`` is an upper bound on the number of rows. The staging files are sparse until
+    written, so a generous bound costs no disk. :meth:`commit` moves them into place when they
+    are full, or copies the filled rows in chunks into right-sized files when some inputs were
+    rejected; the whole matrix is never held in memory.
+    """
+
+    def __init__(self, paths: Sequence[str | os.PathLike], capacity: int, n_pixels: int):
+        self.paths = [Path(p) for p in paths]
+        self.capacity = int(capacity)
+        self.n_pixels = int(n_pixels)
+        self.n_rows = 0
+        self._staging = [artifacts.open_matrix_writer(p.with_name(p.name + ".staging.npy"),
+                                                      self.capacity, self.n_pixels)
+                         for p in self.paths]
+
+    def append(self, *rows: np.ndarray) -> int:
+        """Write one row per matrix; returns the row index."""
+        if self.n_rows >= self.capacity:
+            raise RuntimeError(f"more rows than the capacity {self.capacity}")
+        for matrix, row in zip(self._staging, rows, strict=True):
+            matrix[self.n_rows] = row
+        self.n_rows += 1
+        return self.n_rows - 1
+
+    def commit(self, chunk_rows: int = 1024) -> None:
+        for i, (staging, path) in enumerate(zip(self._staging, self.paths)):
+            if self.n_rows == self.capacity:
+                artifacts.commit_matrix_writer(staging, path)
+            else:
+                final = artifacts.open_matrix_writer(path, self.n_rows, self.n_pixels)
+                for start in range(0, self.n_rows, chunk_rows):
+                    stop = min(start + chunk_rows, self.n_rows)
+                    final[start:stop] = staging[start:stop]
+                artifacts.commit_matrix_writer(final, path)
+                _discard(staging)
+            self._staging[i] = None
+        self._staging = []
+
+    def abort(self) -> None:
+        """Remove the staging files (after an error); the final paths are left untouched."""
+        for staging in self._staging:
+            if staging is not None:
+                _discard(staging)
+        self._staging = []
+
+
+def _discard(matrix: np.memmap) -> None:
+    filename = matrix.filename
+    del matrix
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(filename)
+
+
+class Progress:
+    """Logs a line about every ``every`` of the work (5 %), with rates and rejects so far."""
+
+    def __init__(self, log: Callable[[str], Any], stage: str, total: int, what: str,
+                 every: float = 0.05):
+        self.log, self.stage, self.total, self.what = log, stage, int(total), what
+        self.step = max(1, int(math.ceil(every * self.total)))
+        self.next = self.step
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def update(self, done: int, detail: str, n_spectra: int, n_rejects: int) -> None:
+        if done < self.next and done != self.total:
+            return
+        while self.next <= done:
+            self.next += self.step
+        elapsed = self.elapsed()
+        rate = n_spectra / elapsed if elapsed > 0 else float("nan")
+        pct = 100.0 * done / self.total if self.total else 100.0
+        _say(self.log, f"{self.stage}: {done}/{self.total} {self.what} ({pct:.0f}%), {detail}, "
+                       f"{rate:.1f} spectra/s, {n_rejects} rejected so far, "
+                       f"{elapsed:.1f} s elapsed")
+
+
+def rejects_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Rejects rows in the layout of :func:`artifacts.empty_rejects`."""
+    empty = artifacts.empty_rejects()
+    if not rows:
+        return empty
+    return pd.DataFrame([{k: str(r[k]) for k in empty.columns} for r in rows],
+                        columns=empty.columns)
+
+
+def log_reject_counts(log: Callable[[str], Any], stage: str, per_reason: Mapping[str, int]) -> None:
+    """The final per-reason summary, most frequent first."""
+    if not per_reason:
+        _say(log, f"{stage}: no rejects")
+        return
+    _say(log, f"{stage}: rejects by reason:")
+    for reason, count in sorted(per_reason.items(), key=lambda kv: (-kv[1], kv[0])):
+        _say(log, f"{stage}:   {count:7d}  {reason}")
+
+
+def exception_text(exc: BaseException) -> str:
+    """'TypeName: message' for an unexpected exception, as recorded in a rejects table."""
+    return f"{type(exc).__name__}: {exc}"
+
+
+# ---------------------------------------------------------------- the survey driver
+
+@dataclass
+class _Accepted:
+    star_id: str
+    flux: np.ndarray
+    ivar: np.ndarray
+    info: dict[str, Any]
+    files: list[str]
+
+
+@dataclass
+class _Rejected:
+    spectrum_id: str
+    path: str
+    reason: str
+    key: str
+    is_star: bool = True     # False: a whole file (its stars are unknown)
+
+
+@dataclass
+class _UnitResult:
+    results: list[_Accepted | _Rejected] = field(default_factory=list)
+    n_spectra: int = 0
+    n_files: int = 0
+
+
+@dataclass(frozen=True)
+class _SurveyState:
+    read_fn: Callable[[str], Any]
+    grid: WavelengthGrid
+    cfg: dict[str, Any]
+    known_stars: frozenset[str]
+    rv_by_star: dict[str, float]
+
+
+def _read_unit(paths: Sequence[str], read_fn: Callable[[str], Any], out: _UnitResult
+               ) -> dict[str, list[tuple[Spectrum, str]]]:
+    """Read every file of a unit; spectra grouped by star in order of first appearance.
+
+    A file that cannot be read becomes one reject row: which stars it held is unknowable.
+    """
+    by_star: dict[str, list[tuple[Spectrum, str]]] = {}
+    for path in paths:
+        path = str(path)
+        out.n_files += 1
+        file_name = Path(path).name
+        try:
+            spectra = read_fn(path)
+            if isinstance(spectra, Spectrum):
+                spectra = [spectra]
+            spectra = list(spectra)
+            if not all(isinstance(s, Spectrum) for s in spectra):
+                raise TypeError("reader returned something other than Spectrum objects")
+        except SpectrumFormatError as exc:
+            out.results.append(_Rejected(file_name, path, f"unreadable: {exc}", "unreadable",
+                                         is_star=False))
+            continue
+        except Exception as exc:   # noqa: BLE001 - a survey run must survive any bad file
+            out.results.append(_Rejected(file_name, path, f"unreadable: {exception_text(exc)}",
+                                         "unreadable", is_star=False))
+            continue
+        if not spectra:
+            out.results.append(_Rejected(file_name, path, "no spectra in file",
+                                         "no spectra in file", is_star=False))
+            continue
+        out.n_spectra += len(spectra)
+        for spectrum in spectra:
+            by_star.setdefault(str(spectrum.star_id), []).append((spectrum, path))
+    return by_star
+
+
+def _normalize_unit(state: _SurveyState, paths: Sequence[str]) -> _UnitResult:
+    """Read one unit and normalise each of its stars; never raises for bad input."""
+    out = _UnitResult()
+    for star_id, pairs in _read_unit(paths, state.read_fn, out).items():
+        files = list(dict.fromkeys(path for _, path in pairs))
+        if star_id not in state.known_stars:
+            out.results.append(_Rejected(star_id, ";".join(files), "not in catalogue",
+                                         "not in catalogue"))
+            continue
+        try:
+            flux, ivar, info = normalize_star([s for s, _ in pairs], state.grid, state.cfg,
+                                              rv_kms=state.rv_by_star.get(star_id))
+        except RejectSpectrum as exc:
+            out.results.append(_Rejected(star_id, ";".join(files), exc.reason, exc.key))
+            continue
+        except Exception as exc:   # noqa: BLE001 - one broken star must not stop the survey
+            text = exception_text(exc)
+            out.results.append(_Rejected(star_id, ";".join(files), f"error: {text}",
+                                         f"error: {type(exc).__name__}"))
+            continue
+        out.results.append(_Accepted(star_id, flux.astype(np.float32), ivar.astype(np.float32),
+                                     info, files))
+    return out
+
+
+def _catalogue(stars: pd.DataFrame) -> pd.DataFrame:
+    """The star catalogue indexed by star_id (str), unique, without a star_id column."""
+    cat = stars.set_index("star_id") if "star_id" in stars.columns else stars.copy()
+    cat.index = cat.index.map(str)
+    cat.index.name = "star_id"
+    duplicated = cat.index[cat.index.duplicated()].unique()
+    if len(duplicated):
+        raise ValueError(f"stars: {len(duplicated)} duplicate star_id(s), e.g. "
+                         f"{list(duplicated[:5])}; one catalogue row per star is required")
+    return cat
+
+
+def _catalogue_rv(cat: pd.DataFrame, rv_column: str | None) -> dict[str, float]:
+    if not rv_column or rv_column not in cat.columns:
+        return {}
+    rv = pd.to_numeric(cat[rv_column], errors="coerce")
+    return {sid: float(v) for sid, v in zip(cat.index, rv) if np.isfinite(v)}
+
+
+def _star_table(records: list[dict[str, Any]], cat: pd.DataFrame) -> pd.DataFrame:
+    """Accepted-star records followed by their catalogue columns (renamed where they collide)."""
+    base = pd.DataFrame.from_records(records, columns=list(_OWN_COLUMNS))
+    base = base.astype({"spectrum_id": str, "star_id": str, "row": np.int64, "snr": np.float64,
+                        "masked_fraction": np.float64, "rv_used": np.float64,
+                        "n_spectra": np.int64, "files": str, "setups": str, "dropped": str})
+    extra = cat.loc[list(base["star_id"])].reset_index(drop=True)
+    extra.columns = [f"catalog_{c}" if c in _OWN_COLUMNS else str(c) for c in extra.columns]
+    return pd.concat([base, extra], axis=1)
+
+
+def normalize_survey(units: Sequence[Sequence[str]], read_fn: Callable[[str], Any],
+                     grid: WavelengthGrid, stars: pd.DataFrame, cfg: Mapping[str, Any] | None,
+                     flux_path: str | os.PathLike, ivar_path: str | os.PathLike,
+                     table_path: str | os.PathLike, rejects_path: str | os.PathLike, *,
+                     rv_column: str | None = "vrad", threads: int = 1,
+                     log: Callable[[str], Any] = print,
+                     metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Normalise a survey: groups of files → flux/ivar matrices, star table and rejects table.
+
+    units    : groups of file paths read together (a star's files; one MARVELS plate file)
+    read_fn  : path → list of Spectrum (a single Spectrum is accepted too); must be picklable
+               (a module-level function or functools.partial) when threads > 1
+    stars    : the catalogue, indexed by star_id or with a star_id column; every column is
+               copied into the table; ``rv_column`` (if present) gives the rest-frame RV
+
+    Rows are in unit order, then in order of the stars' first spectrum in the unit, whatever
+    ``threads``. Every star read and every unreadable file ends up either in the table or in the
+    rejects table. A star met again in a later unit is rejected as a duplicate (group a star's
+    files into one unit to coadd them). Returns counts: n_units, n_files, n_spectra, n_stars
+    (star occurrences), n_accepted, n_rejected, per_reason (by reason key),
+    n_catalogue_unobserved (catalogue stars no unit held), elapsed_s, spectra_per_s.
+    """
+    c = normalize_config(cfg)
+    cat = _catalogue(stars)
+    units = [[str(p) for p in unit] for unit in units]
+    state = _SurveyState(read_fn, grid, c, frozenset(cat.index), _catalogue_rv(cat, rv_column))
+    n_pixels = grid.n_pixels
+    _say(log, f"{STAGE}: {len(units)} units, {len(cat)} catalogue stars, grid {grid.hash()} "
+              f"({n_pixels} pixels in {len(grid.segments)} segments), threads={threads}")
+
+    # one row per catalogue star at most: anything else is rejected before it is written
+    stream = MatrixRowStream([flux_path, ivar_path], capacity=len(cat), n_pixels=n_pixels)
+    records: list[dict[str, Any]] = []
+    rejects: list[dict[str, Any]] = []
+    per_reason: Counter[str] = Counter()
+    accepted_from: dict[str, str] = {}
+    n_spectra = n_files = n_stars = 0
+    progress = Progress(log, STAGE, len(units), "units")
+    try:
+        for done, unit in enumerate(ordered_map(_normalize_unit, state, units, threads), 1):
+            n_spectra += unit.n_spectra
+            n_files += unit.n_files
+            for result in unit.results:
+                if isinstance(result, _Accepted):
+                    n_stars += 1
+                    files = ";".join(result.files)
+                    if result.star_id in accepted_from:
+                        result = _Rejected(result.star_id, files,
+                                           f"duplicate: star already normalised from "
+                                           f"{accepted_from[result.star_id]}", "duplicate star")
+                    else:
+                        accepted_from[result.star_id] = files
+                        row = stream.append(result.flux, result.ivar)
+                        info = result.info
+                        records.append({
+                            "spectrum_id": result.star_id, "star_id": result.star_id, "row": row,
+                            "snr": info["snr"], "masked_fraction": info["masked_fraction"],
+                            "rv_used": info["rv_used"], "n_spectra": info["n_spectra"],
+                            "files": files, "setups": ";".join(info["setups"]),
+                            "dropped": "; ".join(info["dropped"])})
+                        continue
+                elif result.is_star:
+                    n_stars += 1
+                rejects.append({"spectrum_id": result.spectrum_id, "path": result.path,
+                                "stage": STAGE, "reason": result.reason})
+                per_reason[result.key] += 1
+            progress.update(done, f"{n_stars} stars done ({len(records)} accepted)",
+                            n_spectra, len(rejects))
+        stream.commit()
+    except BaseException:
+        stream.abort()
+        raise
+
+    meta = artifacts.provenance(config=c, stage=STAGE)
+    meta.update(dict(metadata or {}))
+    meta.update({"grid_hash": grid.hash(), "n_pixels": n_pixels,
+                 "segments": [s.name for s in grid.segments], "n_rows": len(records)})
+    artifacts.save_table(table_path, _star_table(records, cat), metadata=meta)
+    artifacts.save_table(rejects_path, rejects_frame(rejects), metadata=meta)
+
+    elapsed = progress.elapsed()
+    seen = set(accepted_from) | {r["spectrum_id"] for r in rejects}
+    n_unobserved = sum(1 for star_id in cat.index if star_id not in seen)
+    counts = {
+        "n_units": len(units), "n_files": n_files, "n_spectra": n_spectra, "n_stars": n_stars,
+        "n_accepted": len(records), "n_rejected": len(rejects), "per_reason": dict(per_reason),
+        "n_catalogue_unobserved": n_unobserved,
+        "elapsed_s": elapsed, "spectra_per_s": n_spectra / elapsed if elapsed > 0 else math.nan,
+    }
+    _say(log, f"{STAGE}: done in {elapsed:.1f} s: {len(records)} stars accepted, "
+              f"{len(rejects)} rejected, {n_spectra} spectra read "
+              f"({counts['spectra_per_s']:.1f} spectra/s); {n_unobserved} catalogue stars "
+              f"had no spectra in the units")
+    log_reject_counts(log, STAGE, per_reason)
+    return counts
