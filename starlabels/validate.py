@@ -100,6 +100,9 @@ def clean_metrics(truth: pd.DataFrame, stars: pd.DataFrame, cleaned: pd.DataFram
     out["normalize_rejected"] = {
         "n": int(len(lost)),
         "per_defect": {k or "none": int(v) for k, v in lost["defect"].value_counts().items()},
+        "per_broken_file": {k or "none": int(v) for k, v in
+                            truth.loc[truth["star_id"].isin(lost["star_id"]), "broken"]
+                            .fillna("").value_counts().items()} if "broken" in truth else {},
         "per_reason": {str(k): int(v) for k, v in rejects["reason"].str.split(":").str[0]
                        .value_counts().items()} if len(rejects) else {},
     }

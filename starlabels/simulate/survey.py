@@ -17,7 +17,9 @@ reads, and a manifest of the files it wrote. Stars are simulated independently f
 Defects injected into ``defect_fraction`` of observed stars (type recorded in the truth table):
 cosmic-ray spikes, a zeroed detector run, bad continuum (additive scattered light, which
 normalisation cannot remove), double-lined binary, emission cores in the strong lines, and
-spectrum/label mismatch (the catalogue carries another star's labels).
+spectrum/label mismatch (the catalogue carries another star's labels). Separately, a
+``broken_file_fraction`` of Gaia-ESO stars get archive-level failures (a truncated file, all-NaN
+or zero flux, a missing setup) that the normalize stage must reject with a reason.
 """
 from __future__ import annotations
 
@@ -36,6 +38,9 @@ from .physics import (ELEMENTS, Instrument, ForwardModel, LABEL_ORDER, blackbody
 
 DEFECT_TYPES = ("cosmic_rays", "zeroed_run", "bad_continuum", "double_lined_binary",
                 "emission_cores", "label_mismatch")
+#: archive-level failures (a star's files, not its spectrum): normalize must reject these with a
+#: reason and carry on
+BROKEN_FILE_TYPES = ("truncated_file", "all_nan_flux", "zero_flux", "missing_setup")
 
 Log = Callable[[str], None]
 
@@ -90,15 +95,19 @@ def draw_labels(n: int, rng: np.random.Generator, population: str = "ges_field",
 
 
 def cname(ra_deg: float, dec_deg: float) -> str:
-    """Gaia-ESO CNAME 'HHMMSSss±DDMMSSs' from coordinates."""
-    h = ra_deg / 15.0
-    hh, mm = int(h), int((h % 1) * 60)
-    ss = (h * 3600.0) % 60
+    """Gaia-ESO CNAME 'HHMMSSss±DDMMSSs' from coordinates (truncated, as the survey does).
+
+    Works in integer hundredths of a time-second and tenths of an arcsecond so that values
+    such as −32.05° do not come out as 32°02'59.9" through floating-point error.
+    """
+    ra_cs = int(round(ra_deg / 15.0 * 360000.0, 6)) % (24 * 360000)
+    hh, rem = divmod(ra_cs, 360000)
+    mm, cs = divmod(rem, 6000)
+    dec_ds = int(round(abs(dec_deg) * 36000.0, 6))
+    dd, rem = divmod(dec_ds, 36000)
+    dm, ds = divmod(rem, 600)
     sign = "+" if dec_deg >= 0 else "-"
-    d = abs(dec_deg)
-    dd, dm = int(d), int((d % 1) * 60)
-    ds = (d * 3600.0) % 60
-    return f"{hh:02d}{mm:02d}{int(ss * 100):04d}{sign}{dd:02d}{dm:02d}{int(ds * 10):03d}"
+    return f"{hh:02d}{mm:02d}{cs:04d}{sign}{dd:02d}{dm:02d}{ds:03d}"
 
 
 def draw_snr(n: int, rng: np.random.Generator, cfg: Mapping[str, float]) -> np.ndarray:
@@ -186,6 +195,19 @@ def raw_counts(wavelength: np.ndarray, flux: np.ndarray, snr: float, rng: np.ran
     return counts, sigma, qual
 
 
+def truncate_file(path: Path) -> None:
+    """Cut a written file to half its bytes: an interrupted transfer the archive never fixed."""
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: len(data) // 2])
+
+
+def choose_broken(n: int, rng: np.random.Generator, fraction: float) -> np.ndarray:
+    broken = np.full(n, "", dtype=object)
+    hit = rng.random(n) < fraction
+    broken[hit] = rng.choice(BROKEN_FILE_TYPES, size=hit.sum())
+    return broken
+
+
 # ------------------------------------------------------------------ parallel helper
 
 def _run_parallel(func: Callable, tasks: list, threads: int, log: Log, what: str) -> list:
@@ -241,16 +263,25 @@ def _ges_star(task: tuple) -> dict:
         companion = model.flux_per_setup(comp, row["rv_kms"] + drv, lines=st["lines"])
     files = []
     zero_setup = rng.integers(len(per_setup))
+    broken = row["broken"]
     for k, (inst, flux) in enumerate(zip(model.instruments, per_setup)):
+        if broken == "missing_setup" and k == len(per_setup) - 1:
+            continue                      # the archive holds no spectrum in this setup
         f = apply_spectral_defect(row["defect"], inst.wavelength, flux, rng, rv_kms=row["rv_kms"],
                                   emission_wavelengths=st["emission"],
                                   companion=None if companion is None else companion[k])
         defect = row["defect"] if (row["defect"] != "zeroed_run" or k == zero_setup) else ""
         counts, sigma, qual = raw_counts(inst.wavelength, f, row["snr"], rng, defect)
+        if broken == "all_nan_flux":
+            counts[:] = np.nan
+        elif broken == "zero_flux":
+            counts[:] = 0.0
         path = st["spectra_dir"] / ges_spectrum_filename(row["star_id"], inst.name)
         write_ges_spectrum(path, inst.wavelength, counts, sigma, cname=row["star_id"],
                            setup=inst.name, snr=float(row["snr"]), resolution=inst.resolution,
                            vrad_kms=float(row["rv_kms"]), qual=qual)
+        if broken == "truncated_file" and k == 0:
+            truncate_file(path)
         files.append({"path": str(path), "star_id": row["star_id"], "setup": inst.name})
     return {"files": files}
 
@@ -281,6 +312,8 @@ def simulate_gaia_eso(cfg: Mapping[str, Any], raw_dir: str | Path, truth_path: s
     truth["rv_kms"] = np.clip(rng.normal(cfg["rv_kms"]["mean"], cfg["rv_kms"]["sigma"], n),
                               -cfg["rv_kms"]["max_abs"], cfg["rv_kms"]["max_abs"])
     truth["defect"] = choose_defects(n, rng, cfg["defect_fraction"], list(cfg["defect_types"]))
+    truth["broken"] = choose_broken(n, np.random.default_rng([seed, 2 * 10**9]),
+                                    cfg["broken_file_fraction"])
 
     lines = load_linelist(cfg.get("linelist"))
     gap = cfg["synthetic_gap"]
@@ -292,6 +325,8 @@ def simulate_gaia_eso(cfg: Mapping[str, Any], raw_dir: str | Path, truth_path: s
     _WORKER_STATE.update(seed=seed, model=ForwardModel(instruments, lines,
                                                      sampling_kms=cfg["sampling_kms"]),
                       lines=obs_lines, spectra_dir=spectra_dir, emission=_emission_lines(lines))
+    log(f"simulate gaia_eso: {(truth.broken != '').sum()} stars with broken archive files "
+        f"({dict(truth.loc[truth.broken != '', 'broken'].value_counts())})")
     log(f"simulate gaia_eso: {n} stars, setups {[i.name for i in instruments]}, "
         f"{(truth.defect != '').sum()} with defects, threads={threads}")
     results = _run_parallel(_ges_star, list(truth.iterrows()), threads, log, "gaia_eso stars")

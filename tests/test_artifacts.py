@@ -1,0 +1,66 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from starlabels import artifacts
+
+
+def test_atomic_path_leaves_nothing_on_error(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with artifacts.atomic_path(target) as tmp:
+            tmp.write_text("half-written")
+            raise RuntimeError("crash mid-write")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_matrix_round_trip_is_float32_and_memory_mapped(tmp_path):
+    m = np.random.default_rng(0).random((7, 5))
+    artifacts.save_matrix(tmp_path / "f.npy", m)
+    back = artifacts.load_matrix(tmp_path / "f.npy")
+    assert isinstance(back, np.memmap) and back.dtype == np.float32
+    np.testing.assert_allclose(back, m.astype(np.float32))
+    with pytest.raises(ValueError):
+        artifacts.save_matrix(tmp_path / "g.npy", np.zeros(3))
+
+
+def test_streamed_matrix_writer_commits_only_at_the_end(tmp_path):
+    path = tmp_path / "s.npy"
+    w = artifacts.open_matrix_writer(path, 4, 3)
+    w[:] = np.arange(12).reshape(4, 3)
+    assert not path.exists()
+    artifacts.commit_matrix_writer(w, path)
+    np.testing.assert_array_equal(artifacts.load_matrix(path), np.arange(12).reshape(4, 3))
+
+
+def test_table_carries_provenance(tmp_path):
+    df = pd.DataFrame({"spectrum_id": ["a", "b"], "teff": [5000.0, 6000.0]})
+    meta = artifacts.provenance({"x": 1}, stage="test")
+    artifacts.save_table(tmp_path / "t.parquet", df, meta)
+    pd.testing.assert_frame_equal(artifacts.load_table(tmp_path / "t.parquet"), df)
+    got = artifacts.table_metadata(tmp_path / "t.parquet")
+    assert got["stage"] == "test" and got["config_hash"] == artifacts.config_hash({"x": 1})
+    assert {"numpy", "torch", "python"} <= set(got["versions"])
+
+
+def test_config_hash_ignores_key_order_but_not_values():
+    assert artifacts.config_hash({"a": 1, "b": [1, 2]}) == artifacts.config_hash({"b": [1, 2], "a": 1})
+    assert artifacts.config_hash({"a": 1}) != artifacts.config_hash({"a": 2})
+
+
+def test_array_hash_streams_memmaps(tmp_path):
+    m = np.random.default_rng(1).random((10000, 3)).astype(np.float32)
+    artifacts.save_matrix(tmp_path / "m.npy", m)
+    assert artifacts.array_hash(artifacts.load_matrix(tmp_path / "m.npy"), chunk_rows=7) == \
+        artifacts.array_hash(m)
+    m[5, 1] += 1
+    assert artifacts.array_hash(m) != artifacts.array_hash(artifacts.load_matrix(tmp_path / "m.npy"))
+
+
+def test_save_json_is_plain_json(tmp_path):
+    artifacts.save_json(tmp_path / "x.json", {"a": np.float32(1.5), "b": np.arange(2)})
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": 1.5, "b": [0, 1]}
