@@ -1,0 +1,180 @@
+"""Apply a trained ensemble to a flux matrix: per-shard label catalogs and network gradients.
+
+- :func:`select_members` keeps the members whose validation loss is within a quantile of all
+  (the group's practice: train many, keep those below the 80th percentile).
+- :func:`predict_shard` streams one shard of a memory-mapped flux matrix through every kept member,
+  one batch at a time, and returns label = ensemble mean, ``<label>_std`` = scatter across members.
+- :func:`input_gradients` gives the mean |∂label/∂flux| per pixel in physical units — the
+  "network gradients" figure that shows which lines the network reads.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from . import artifacts
+from .train import META_FILE, load_member, resolve_device, say
+
+ModelDir = str | os.PathLike
+
+
+def select_members(model_dirs: Sequence[ModelDir], keep_quantile: float = 1.0) -> list[ModelDir]:
+    """Members whose ``best_valid_loss`` ≤ the ``keep_quantile`` quantile of all members' losses.
+
+    1.0 keeps every member, 0.8 is the group's 80th-percentile cut, 0.0 keeps the best one(s).
+    Members whose loss is not finite are dropped. Input order is preserved.
+    """
+    if not 0.0 <= float(keep_quantile) <= 1.0:
+        raise ValueError(f"keep_quantile must be in [0, 1], got {keep_quantile}")
+    if len(model_dirs) == 0:
+        raise ValueError("no model folders given")
+    losses = np.array([float(artifacts.load_json(Path(d) / META_FILE)["best_valid_loss"])
+                       for d in model_dirs])
+    finite = np.isfinite(losses)
+    if not finite.any():
+        raise ValueError(f"no member has a finite best_valid_loss: {list(map(str, model_dirs))}")
+    threshold = np.quantile(losses[finite], float(keep_quantile))
+    # The quantile of the losses themselves is always ≥ the smallest, so one member always passes.
+    return [d for d, loss, ok in zip(model_dirs, losses, finite) if ok and loss <= threshold]
+
+
+def _load_ensemble(model_dirs: Sequence[ModelDir], device: torch.device
+                   ) -> list[tuple[nn.Module, dict[str, Any]]]:
+    """Load every member and check they predict the same labels from the same pixels."""
+    if len(model_dirs) == 0:
+        raise ValueError("no model folders given")
+    members = [load_member(d, device) for d in model_dirs]
+    first_dir, (_, first) = model_dirs[0], members[0]
+    for d, (_, meta) in zip(model_dirs, members):
+        for key in ("labels", "n_pixels", "grid_hash"):
+            if meta[key] != first[key]:
+                raise ValueError(f"ensemble members disagree on {key}: {d} has {meta[key]!r}, "
+                                 f"{first_dir} has {first[key]!r}")
+    return members
+
+
+def _label_scaling(meta: Mapping[str, Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(label_min, label_max − label_min) as float64 tensors: scaled → physical = min + span·y."""
+    low = torch.tensor(meta["label_min"], dtype=torch.float64, device=device)
+    span = torch.tensor(meta["label_max"], dtype=torch.float64, device=device) - low
+    return low, span
+
+
+def predict_shard(flux_path: str | os.PathLike, table_path: str | os.PathLike,
+                  model_dirs: Sequence[ModelDir], shard: int, n_shards: int,
+                  batch_size: int = 512, device: str = "auto",
+                  log: Callable[[str], Any] = print, threads: int | None = None) -> pd.DataFrame:
+    """Ensemble labels for shard ``shard`` of ``n_shards`` (contiguous matrix rows).
+
+    Columns: spectrum_id, row, then ``<label>`` (ensemble mean) and ``<label>_std`` (scatter across
+    members, ddof=0) per label, then n_members. ``df.attrs`` carries grid_hash, labels, members.
+    Inference runs in fp32 even on CUDA: bf16 outputs would quantise labels to ~0.4 % of their range.
+    """
+    if n_shards < 1 or not 0 <= shard < n_shards:
+        raise ValueError(f"shard {shard} of {n_shards}: need 0 <= shard < n_shards")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    device = resolve_device(device)
+
+    table = artifacts.load_table(table_path, columns=["spectrum_id"])
+    table_grid = artifacts.table_metadata(table_path).get("grid_hash")
+    flux = artifacts.load_matrix(flux_path)
+    if flux.ndim != 2 or flux.shape[0] != len(table):
+        raise ValueError(f"{flux_path}: flux matrix shape {flux.shape} does not match the table's "
+                         f"{len(table)} rows")
+    members = _load_ensemble(model_dirs, device)
+    for d, (_, meta) in zip(model_dirs, members):
+        if meta["grid_hash"] != table_grid:
+            raise ValueError(f"model {d} was trained on wavelength grid {meta['grid_hash']} but "
+                             f"{table_path} is on grid {table_grid}")
+        if int(meta["n_pixels"]) != flux.shape[1]:
+            raise ValueError(f"model {d} expects {meta['n_pixels']} pixels but {flux_path} has "
+                             f"{flux.shape[1]}")
+    labels = list(members[0][1]["labels"])
+    scalings = [_label_scaling(meta, device) for _, meta in members]
+
+    rows = np.array_split(np.arange(len(table)), n_shards)[shard]
+    n_rows = rows.size
+    mean = np.empty((n_rows, len(labels)), dtype=np.float64)
+    std = np.empty((n_rows, len(labels)), dtype=np.float64)
+    n_batches = math.ceil(n_rows / batch_size)
+    log_every = max(1, n_batches // 10)
+    say(log, f"shard {shard}/{n_shards}: {n_rows} spectra (rows {rows[:1].tolist()}.."
+              f"{rows[-1:].tolist()}), {len(members)} member(s), device {device}")
+    start_time = time.perf_counter()
+    with torch.inference_mode():
+        for b, start in enumerate(range(0, n_rows, batch_size)):
+            stop = min(start + batch_size, n_rows)
+            # Shard rows are contiguous: a slice reads just this batch from the memory map; the
+            # copy makes it writable for torch and is the only flux held in memory.
+            block = np.array(flux[rows[start]:rows[stop - 1] + 1], dtype=np.float32)
+            x = torch.from_numpy(block).to(device)
+            physical = torch.stack([model(x).double() * span + low
+                                    for (model, _), (low, span) in zip(members, scalings)])
+            mean[start:stop] = physical.mean(dim=0).cpu().numpy()
+            std[start:stop] = physical.std(dim=0, correction=0).cpu().numpy()
+            if (b + 1) % log_every == 0 or b + 1 == n_batches:
+                elapsed = time.perf_counter() - start_time
+                say(log, f"shard {shard}: {stop}/{n_rows} spectra, "
+                          f"{stop / max(elapsed, 1e-9):.0f} spectra/s, {elapsed:.1f} s")
+
+    columns: dict[str, Any] = {"spectrum_id": table["spectrum_id"].to_numpy()[rows].astype(str),
+                               "row": rows.astype(np.int64)}
+    for j, name in enumerate(labels):
+        columns[name] = mean[:, j]
+        columns[f"{name}_std"] = std[:, j]
+    columns["n_members"] = np.full(n_rows, len(members), dtype=np.int64)
+    df = pd.DataFrame(columns)
+    df.attrs.update({"grid_hash": table_grid, "labels": labels, "shard": int(shard),
+                     "n_shards": int(n_shards), "members": [str(d) for d in model_dirs]})
+    return df
+
+
+def input_gradients(model_dirs: Sequence[ModelDir], flux_rows: np.ndarray, device: str = "cpu",
+                    batch_size: int = 256) -> np.ndarray:
+    """Mean over spectra and members of |∂label/∂flux|, shape (n_labels, n_pixels), physical units.
+
+    The networks output scaled labels y = (label − min)/(max − min), so ∂label/∂flux =
+    (max − min)·∂y/∂flux. Evaluated in eval mode (no dropout). Per-spectrum gradients come from the
+    gradient of the batch sum, exact because no layer mixes spectra within a batch.
+    """
+    device = resolve_device(device)
+    flux_rows = np.array(flux_rows, dtype=np.float32)  # a writable copy (inputs may be memmaps)
+    if flux_rows.ndim == 1:
+        flux_rows = flux_rows[None, :]
+    members = _load_ensemble(model_dirs, device)
+    n_pixels = int(members[0][1]["n_pixels"])
+    n_labels = len(members[0][1]["labels"])
+    if flux_rows.ndim != 2 or flux_rows.shape[1] != n_pixels or flux_rows.shape[0] == 0:
+        raise ValueError(f"flux_rows must have shape (n_spectra>0, {n_pixels}), "
+                         f"got {flux_rows.shape}")
+    total = torch.zeros((n_labels, n_pixels), dtype=torch.float64, device=device)
+    with torch.enable_grad():
+        for model, meta in members:
+            model.requires_grad_(False)  # gradients with respect to the flux only
+            _, span = _label_scaling(meta, device)
+            for start in range(0, flux_rows.shape[0], batch_size):
+                x = torch.from_numpy(flux_rows[start:start + batch_size]).to(device)
+                x.requires_grad_(True)
+                out = model(x)
+                for j in range(n_labels):
+                    (grad,) = torch.autograd.grad(out[:, j].sum(), x,
+                                                  retain_graph=j < n_labels - 1)
+                    total[j] += grad.abs().sum(dim=0).double() * span[j]
+    return (total / (flux_rows.shape[0] * len(members))).cpu().numpy()
+
+
+def write_shard(df: pd.DataFrame, path: str | os.PathLike,
+                meta: Mapping[str, Any] | None = None) -> None:
+    """Write a shard table as Parquet; metadata = the frame's attrs (grid, members) + ``meta``."""
+    artifacts.save_table(path, df, {**df.attrs, **dict(meta or {})})

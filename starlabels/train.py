@@ -1,0 +1,390 @@
+"""Train one ensemble member: a network mapping normalised flux to min–max scaled stellar labels.
+
+One call of :func:`train_member` is one Snakemake job. It
+- picks the training and validation spectra (split column, t-SNE ``keep`` flags, finite labels),
+- seeds everything from ``cfg["seed"] + member`` so a member is reproducible bit for bit on CPU,
+- trains with Adam on MSE of scaled labels plus an L2 penalty on the convolution kernels,
+- stops early on the validation loss and restores the best epoch,
+- writes a model folder: ``model.pt`` (weights + plain metadata), ``model.json`` (the same metadata
+  plus provenance, written last so its presence means the folder is complete) and ``history.csv``.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import artifacts
+from .labels import check_labels
+from .models import build_model, conv_l2_penalty
+
+REQUIRED_CONFIG = ("seed", "device", "epochs", "batch_size", "learning_rate", "patience",
+                   "conv_l2", "architecture", "method", "min_delta")
+MODEL_FILE = "model.pt"
+META_FILE = "model.json"
+HISTORY_FILE = "history.csv"
+
+
+# ---------------------------------------------------------------- small helpers
+
+def say(log: Callable[[str], Any], message: str) -> None:
+    """Log one line and flush, so progress shows up in Snakemake log files while a job runs."""
+    log(message)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' → CUDA when present, else CPU. Asking for CUDA without one is an error, never CPU."""
+    name = str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                f"device {name!r}: this job asked for CUDA but torch.cuda.is_available() is False "
+                f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}); refusing to "
+                f"fall back to CPU — use device 'auto' or 'cpu', or run on a GPU node")
+        return torch.device(name)
+    raise ValueError(f"unknown device {name!r}; use 'auto', 'cpu' or 'cuda'")
+
+
+def training_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast for the training forward pass on CUDA (fp32 everywhere else).
+
+    The loss is computed outside this context, in fp32, from the upcast prediction.
+    """
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python, numpy and torch from one integer; return the generator used for shuffling.
+
+    ``torch.manual_seed`` fixes the weight initialisation and dropout masks (CPU and CUDA); the
+    returned CPU generator drives the per-epoch shuffle so it does not depend on how many random
+    numbers dropout consumed. Python's and numpy's global generators are seeded only so that any
+    library code drawing from them is reproducible too; training itself draws nothing from them.
+    """
+    seed = int(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(seed)
+    return generator
+
+
+def load_keep(keep_path_or_array: str | os.PathLike | np.ndarray | Sequence[bool],
+              n_rows: int) -> np.ndarray:
+    """The t-SNE clean stage's keep flags as a boolean array of length ``n_rows``.
+
+    Accepts an array, a ``.npy`` file, or a Parquet table with a boolean ``keep`` column.
+    """
+    if isinstance(keep_path_or_array, (str, os.PathLike)):
+        path = Path(keep_path_or_array)
+        if path.suffix == ".parquet":
+            keep = artifacts.load_table(path, columns=["keep"])["keep"].to_numpy()
+        else:
+            keep = np.load(path, allow_pickle=False)
+    else:
+        keep = np.asarray(keep_path_or_array)
+    keep = np.asarray(keep).reshape(-1)
+    if keep.dtype != bool:
+        # Integer 0/1 flags are unambiguous; anything else (floats, strings) is a wrong file.
+        if np.issubdtype(keep.dtype, np.integer) and np.isin(keep, (0, 1)).all():
+            keep = keep.astype(bool)
+        else:
+            raise ValueError(f"keep flags must be boolean, got dtype {keep.dtype}")
+    if keep.size != n_rows:
+        raise ValueError(f"keep flags have {keep.size} entries but the table has {n_rows} rows")
+    return keep
+
+
+def select_rows(table: pd.DataFrame, keep: np.ndarray, labels: Sequence[str]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Matrix rows for training and validation: right split, kept by t-SNE, all labels finite."""
+    missing = [name for name in labels if name not in table.columns]
+    if missing or "split" not in table.columns:
+        raise ValueError(f"table lacks column(s) {missing + ([] if 'split' in table else ['split'])}")
+    finite = np.isfinite(table[list(labels)].to_numpy(dtype=np.float64)).all(axis=1)
+    split = table["split"].astype(str).to_numpy()
+    usable = keep & finite
+    train = np.flatnonzero((split == "train") & usable)
+    valid = np.flatnonzero((split == "valid") & usable)
+    for name, rows in (("train", train), ("valid", valid)):
+        if rows.size == 0:
+            raise ValueError(
+                f"no usable {name!r} spectra: {int((split == name).sum())} rows have split={name!r}, "
+                f"{int(((split == name) & keep).sum())} of them kept by t-SNE, "
+                f"{int(((split == name) & usable).sum())} also with finite {list(labels)}")
+    return train, valid
+
+
+def training_set_hash(flux_train: np.ndarray, labels_train: np.ndarray,
+                      label_names: Sequence[str]) -> str:
+    """sha256 (16 hex) identifying the exact training spectra, their labels and label order."""
+    parts = [artifacts.array_hash(flux_train), artifacts.array_hash(labels_train),
+             ",".join(label_names)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _check_config(cfg: Mapping[str, Any]) -> None:
+    missing = [key for key in REQUIRED_CONFIG if key not in cfg]
+    if missing:
+        raise ValueError(f"training config lacks key(s) {missing}; required: {list(REQUIRED_CONFIG)}")
+    for key in ("epochs", "batch_size"):
+        if int(cfg[key]) < 1:
+            raise ValueError(f"training config: {key} must be >= 1, got {cfg[key]}")
+    if int(cfg["patience"]) < 1:
+        raise ValueError(f"training config: patience must be >= 1, got {cfg['patience']}")
+
+
+# ---------------------------------------------------------------- evaluation
+
+@torch.inference_mode()
+def predict_scaled(model: nn.Module, flux: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Scaled-label predictions in fp32, in eval mode (no dropout), batch by batch.
+
+    No autocast here: a bf16 output carries only ~3 significant digits, i.e. ~0.4 % of the label
+    range (≈12 K in Teff) — too coarse for validation losses that decide early stopping.
+    """
+    was_training = model.training
+    model.eval()
+    out = [model(flux[start:start + batch_size]).float()
+           for start in range(0, flux.shape[0], batch_size)]
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def _valid_loss(model: nn.Module, flux: torch.Tensor, scaled: torch.Tensor,
+                batch_size: int) -> tuple[float, np.ndarray]:
+    """(MSE over all labels, per-label MSE) on scaled labels."""
+    squared = (predict_scaled(model, flux, batch_size) - scaled).pow(2)
+    per_label = squared.mean(dim=0).cpu().numpy().astype(np.float64)
+    return float(per_label.mean()), per_label
+
+
+# ---------------------------------------------------------------- training
+
+def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, flux: torch.Tensor,
+              scaled_labels: torch.Tensor, batch_size: int, conv_l2: float,
+              shuffle_generator: torch.Generator) -> float:
+    """One pass over the training spectra in a fresh seeded order; returns their mean MSE.
+
+    The spectra already sit on the device as one tensor, so a batch is an index gather — no
+    DataLoader, no per-spectrum Python work. The returned MSE excludes the L2 penalty.
+    """
+    device = flux.device
+    n_train = flux.shape[0]
+    model.train()
+    order = torch.randperm(n_train, generator=shuffle_generator).to(device)
+    loss_sum = torch.zeros((), device=device)  # summed on the device: no GPU sync per batch
+    for start in range(0, n_train, batch_size):
+        batch = order[start:start + batch_size]
+        with training_precision(device):
+            predicted = model(flux[batch])
+        mse = F.mse_loss(predicted.float(), scaled_labels[batch])
+        loss = (mse + conv_l2 * conv_l2_penalty(model).float()) if conv_l2 else mse
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += mse.detach() * batch.numel()
+    return float(loss_sum) / n_train  # float() waits for the GPU once per epoch
+
+
+def train_member(flux_path: str | os.PathLike, table_path: str | os.PathLike,
+                 keep_path_or_array: str | os.PathLike | np.ndarray, labels: list[str],
+                 member: int, cfg: Mapping[str, Any], out_dir: str | os.PathLike,
+                 log: Callable[[str], Any] = print, threads: int | None = None) -> dict[str, Any]:
+    """Train ensemble member ``member`` and write its model folder to ``out_dir``.
+
+    Returns the metadata written to ``model.json``.
+    """
+    _check_config(cfg)
+    labels = check_labels(list(labels))
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    device = resolve_device(cfg["device"])
+    seed = int(cfg["seed"]) + int(member)
+    shuffle_generator = seed_everything(seed)
+
+    # ---- which spectra
+    table = artifacts.load_table(table_path)
+    grid_hash = artifacts.table_metadata(table_path).get("grid_hash")
+    if not grid_hash:
+        raise ValueError(f"{table_path}: table metadata has no 'grid_hash'; cannot tie the model "
+                         f"to a wavelength grid")
+    flux = artifacts.load_matrix(flux_path)
+    if flux.ndim != 2 or flux.shape[0] != len(table):
+        raise ValueError(f"{flux_path}: flux matrix shape {flux.shape} does not match the table's "
+                         f"{len(table)} rows")
+    n_pixels = int(flux.shape[1])
+    keep = load_keep(keep_path_or_array, len(table))
+    train_rows, valid_rows = select_rows(table, keep, labels)
+    label_values = table[labels].to_numpy(dtype=np.float64)
+
+    # ---- read the training and validation spectra once (fancy indexing copies from the memmap)
+    flux_train = np.ascontiguousarray(flux[train_rows], dtype=np.float32)
+    flux_valid = np.ascontiguousarray(flux[valid_rows], dtype=np.float32)
+    labels_train, labels_valid = label_values[train_rows], label_values[valid_rows]
+    if not (np.isfinite(flux_train).all() and np.isfinite(flux_valid).all()):
+        raise ValueError(f"{flux_path}: non-finite flux in training/validation rows; the normalize "
+                         f"stage should have set masked pixels to 1.0")
+    train_hash = training_set_hash(flux_train, labels_train, labels)
+
+    # ---- min–max label scaling from the training spectra only
+    label_min = labels_train.min(axis=0)
+    label_max = labels_train.max(axis=0)
+    span = label_max - label_min
+    if not (span > 0).all():
+        flat = [name for name, s in zip(labels, span) if not s > 0]
+        raise ValueError(f"label(s) {flat} are constant over the training spectra; "
+                         f"min–max scaling (and learning them) is impossible")
+    x_train = torch.from_numpy(flux_train).to(device)
+    x_valid = torch.from_numpy(flux_valid).to(device)
+    y_train = torch.from_numpy(((labels_train - label_min) / span).astype(np.float32)).to(device)
+    y_valid = torch.from_numpy(((labels_valid - label_min) / span).astype(np.float32)).to(device)
+    del flux_train, flux_valid
+
+    # ---- network and optimiser (built after seeding: initial weights depend on the seed only)
+    model = build_model(cfg["method"], n_pixels, len(labels), cfg["architecture"]).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=float(cfg["learning_rate"]))
+    batch_size = int(cfg["batch_size"])
+    # Large inference batches help a GPU but hurt a CPU: activations of 8 × n_pixels per spectrum
+    # stop fitting in cache (batch 512 predicts ~3× slower than 64 at 8000 pixels on one core).
+    eval_batch = batch_size if device.type == "cpu" else max(batch_size, 1024)
+    conv_l2 = float(cfg["conv_l2"])
+    min_delta = float(cfg["min_delta"])
+    patience = int(cfg["patience"])
+    max_epochs = int(cfg["epochs"])
+    n_train = int(train_rows.size)
+
+    say(log, f"member {member}: {n_train} training / {valid_rows.size} validation spectra, "
+              f"{n_pixels} pixels, labels {labels}, device {device}, seed {seed}, "
+              f"{torch.get_num_threads()} CPU thread(s)")
+
+    best_loss, best_epoch, best_state = float("inf"), 0, None
+    epochs_without_improvement = 0
+    history: list[dict[str, float]] = []
+    start_time = time.perf_counter()
+    epoch = 0
+    for epoch in range(1, max_epochs + 1):
+        epoch_start = time.perf_counter()
+        train_loss = run_epoch(model, optimizer, x_train, y_train, batch_size, conv_l2,
+                               shuffle_generator)
+        train_seconds = time.perf_counter() - epoch_start
+        if not np.isfinite(train_loss):
+            raise RuntimeError(f"member {member}: training loss became {train_loss} at epoch "
+                               f"{epoch}; lower learning_rate or check the input flux")
+
+        valid_loss, _ = _valid_loss(model, x_valid, y_valid, eval_batch)
+        if valid_loss < best_loss - min_delta:
+            best_loss, best_epoch = valid_loss, epoch
+            best_state = copy.deepcopy(model.state_dict())
+            epochs_without_improvement = 0
+        else:
+            epochs_without_improvement += 1
+        elapsed = time.perf_counter() - start_time
+        throughput = n_train / train_seconds if train_seconds > 0 else float("inf")
+        history.append({"epoch": epoch, "train_loss": train_loss, "valid_loss": valid_loss,
+                        "best_valid_loss": best_loss, "train_seconds": train_seconds,
+                        "spectra_per_s": throughput, "elapsed_s": elapsed})
+        say(log, f"member {member} epoch {epoch}/{max_epochs}: train {train_loss:.5f} "
+                  f"valid {valid_loss:.5f} best {best_loss:.5f} (epoch {best_epoch}) "
+                  f"{throughput:.0f} spectra/s elapsed {elapsed:.1f} s")
+        if epochs_without_improvement >= patience:
+            say(log, f"member {member}: early stop after epoch {epoch} ({patience} epochs "
+                      f"without improvement > {min_delta}); restoring epoch {best_epoch}")
+            break
+
+    if best_state is None:  # every validation loss was NaN
+        raise RuntimeError(f"member {member}: validation loss never finite; nothing to save")
+    model.load_state_dict(best_state)
+    best_loss, per_label_mse = _valid_loss(model, x_valid, y_valid, eval_batch)
+    valid_rmse = {name: float(np.sqrt(mse) * s) for name, mse, s in zip(labels, per_label_mse, span)}
+
+    meta: dict[str, Any] = {
+        "method": str(cfg["method"]),
+        "architecture": getattr(model, "architecture", dict(cfg["architecture"])),
+        "labels": labels,
+        "label_min": [float(v) for v in label_min],
+        "label_max": [float(v) for v in label_max],
+        "n_pixels": n_pixels,
+        "grid_hash": str(grid_hash),
+        "training_set_hash": train_hash,
+        "n_train": n_train,
+        "n_valid": int(valid_rows.size),
+        "seed": seed,
+        "member": int(member),
+        "epochs_run": int(epoch),
+        "best_epoch": int(best_epoch),
+        "best_valid_loss": float(best_loss),
+        "valid_rmse": valid_rmse,
+        "device": str(device),
+        "threads": int(torch.get_num_threads()),
+        "train_seconds": float(time.perf_counter() - start_time),
+        "config": _plain(cfg),
+    }
+    meta.update(_plain(artifacts.provenance(cfg)))
+    write_model_folder(out_dir, model, meta, pd.DataFrame(history))
+    say(log, f"member {member}: best epoch {best_epoch}, valid loss {best_loss:.5f}, "
+              f"valid RMSE " + ", ".join(f"{k} {v:.4g}" for k, v in valid_rmse.items()))
+    return meta
+
+
+def _plain(value: Any) -> Any:
+    """Plain python values (dict/list/str/float/int/bool/None) that ``weights_only`` loads."""
+    def default(obj: Any) -> Any:
+        if isinstance(obj, (np.generic, np.ndarray)):
+            return obj.tolist()
+        if isinstance(obj, os.PathLike):
+            return os.fspath(obj)
+        raise TypeError(f"cannot store {type(obj).__name__} in model metadata")
+    return json.loads(json.dumps(value, default=default))
+
+
+def write_model_folder(out_dir: str | os.PathLike, model: nn.Module, meta: Mapping[str, Any],
+                       history: pd.DataFrame) -> None:
+    """Write model.pt, history.csv, then model.json (last: its presence marks a complete folder)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
+    with artifacts.atomic_path(out_dir / MODEL_FILE) as tmp:
+        torch.save({"state_dict": state, "meta": _plain(meta)}, tmp)
+    with artifacts.atomic_path(out_dir / HISTORY_FILE) as tmp:
+        history.to_csv(tmp, index=False)
+    artifacts.save_json(out_dir / META_FILE, meta)
+
+
+def load_member(model_dir: str | os.PathLike, device: str | torch.device = "cpu"
+                ) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a trained member from its folder, in eval mode on ``device``; return (model, meta)."""
+    model_dir = Path(model_dir)
+    meta = artifacts.load_json(model_dir / META_FILE)
+    checkpoint = torch.load(model_dir / MODEL_FILE, map_location="cpu", weights_only=True)
+    saved_hash = checkpoint.get("meta", {}).get("training_set_hash")
+    if saved_hash != meta.get("training_set_hash"):
+        raise ValueError(f"{model_dir}: {MODEL_FILE} (training set {saved_hash}) and {META_FILE} "
+                         f"(training set {meta.get('training_set_hash')}) come from different runs")
+    model = build_model(meta["method"], meta["n_pixels"], len(meta["labels"]), meta["architecture"])
+    model.load_state_dict(checkpoint["state_dict"])
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    return model.to(device).eval(), meta

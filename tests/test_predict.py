@@ -1,0 +1,219 @@
+"""Ensemble prediction by shards, member selection and network gradients on a toy survey whose
+single absorption line (pixel 200) encodes Teff (depth) and log g (width)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import starlabels.predict as predict_module
+from starlabels import artifacts
+from starlabels.predict import input_gradients, predict_shard, select_members, write_shard
+from starlabels.train import load_member, predict_scaled, train_member
+
+LABELS = ["teff", "logg"]
+GRID_HASH = "toygrid0123456789"
+LINE_PIXEL = 200
+N_SPECTRA, N_PIXELS = 300, 400
+
+
+def make_toy_survey(folder, seed=0):
+    """flux.npy + table.parquet (grid_hash in metadata); rows 0–199 train, 200–259 valid, rest target."""
+    rng = np.random.default_rng(seed)
+    teff = rng.uniform(4000, 7000, N_SPECTRA)
+    logg = rng.uniform(1, 5, N_SPECTRA)
+    pixel = np.arange(N_PIXELS)
+    depth = 0.2 + 0.6 * (teff - 4000) / 3000
+    width = 2 + (logg - 1)
+    flux = 1 - depth[:, None] * np.exp(-0.5 * ((pixel - LINE_PIXEL) / width[:, None]) ** 2)
+    flux += rng.normal(0, 0.01, flux.shape)
+    split = ["train"] * 200 + ["valid"] * 60 + ["target"] * (N_SPECTRA - 260)
+    table = pd.DataFrame({"spectrum_id": [f"toy{i:04d}" for i in range(N_SPECTRA)], "split": split,
+                          "teff": teff, "logg": logg, "fe_h": np.nan, "mg_fe": np.nan,
+                          "al_fe": np.nan, "snr": 100.0})
+    paths = {"flux": folder / "flux.npy", "table": folder / "table.parquet",
+             "keep": np.ones(N_SPECTRA, dtype=bool)}
+    artifacts.save_matrix(paths["flux"], flux.astype(np.float32))
+    artifacts.save_table(paths["table"], table, {"grid_hash": GRID_HASH})
+    return paths
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def survey(tmp_path_factory):
+    return make_toy_survey(tmp_path_factory.mktemp("survey"))
+
+
+@pytest.fixture(scope="module")
+def members(survey, tmp_path_factory):
+    """Two members: 0 trained to convergence, 1 a different seed trained briefly."""
+    threads = torch.get_num_threads()
+    dirs = []
+    for member, epochs in ((0, 60), (1, 15)):
+        cfg = dict(seed=5, device="cpu", epochs=epochs, batch_size=16, learning_rate=3e-3,
+                   patience=60, conv_l2=0.0, architecture={}, method="cnn_regression",
+                   min_delta=0.0)
+        out = tmp_path_factory.mktemp(f"member{member}")
+        train_member(survey["flux"], survey["table"], survey["keep"], LABELS, member, cfg, out,
+                     log=lambda line: None, threads=1)
+        dirs.append(out)
+    torch.set_num_threads(threads)
+    return dirs
+
+
+def _quiet(line):
+    pass
+
+
+def test_shards_cover_every_row_once_and_match_a_single_shard(survey, members):
+    whole = predict_shard(survey["flux"], survey["table"], members, 0, 1, batch_size=64,
+                          device="cpu", log=_quiet)
+    shards = [predict_shard(survey["flux"], survey["table"], members, s, 3, batch_size=37,
+                            device="cpu", log=_quiet) for s in range(3)]
+    joined = pd.concat(shards, ignore_index=True)
+    assert joined["row"].tolist() == list(range(N_SPECTRA))
+    assert joined["spectrum_id"].tolist() == [f"toy{i:04d}" for i in range(N_SPECTRA)]
+    assert list(whole.columns) == ["spectrum_id", "row", "teff", "teff_std", "logg", "logg_std",
+                                   "n_members"]
+    pd.testing.assert_frame_equal(joined, whole, check_exact=False, rtol=1e-5)
+    assert (whole["n_members"] == 2).all()
+
+
+def test_one_member_has_zero_scatter_and_two_members_do_not(survey, members):
+    single = predict_shard(survey["flux"], survey["table"], members[:1], 0, 1, device="cpu",
+                           log=_quiet)
+    other = predict_shard(survey["flux"], survey["table"], members[1:], 0, 1, device="cpu",
+                          log=_quiet)
+    pair = predict_shard(survey["flux"], survey["table"], members, 0, 1, device="cpu", log=_quiet)
+    assert (single[["teff_std", "logg_std"]].to_numpy() == 0).all()
+    assert (pair[["teff_std", "logg_std"]].to_numpy() > 0).all()
+    # mean and ddof=0 scatter of two members: mean = midpoint, std = half the difference
+    np.testing.assert_allclose(pair["teff"], (single["teff"] + other["teff"]) / 2, rtol=1e-6)
+    np.testing.assert_allclose(pair["teff_std"], (single["teff"] - other["teff"]).abs() / 2,
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_predictions_are_in_physical_units_and_accurate(survey, members):
+    table = artifacts.load_table(survey["table"])
+    out = predict_shard(survey["flux"], survey["table"], members[:1], 0, 1, device="cpu",
+                        log=_quiet)
+    target = (table["split"] == "target").to_numpy()
+    # the converged member recovers unseen stars' Teff to a few hundred K (spread ~870 K)
+    residual = out["teff"].to_numpy()[target] - table["teff"].to_numpy()[target]
+    assert np.sqrt(np.mean(residual ** 2)) < 300
+    # and agrees with the trainer's own prediction path after unscaling
+    model, meta = load_member(members[0])
+    flux = torch.from_numpy(np.array(artifacts.load_matrix(survey["flux"])[:10]))
+    scaled = predict_scaled(model, flux, 10).numpy()
+    teff = meta["label_min"][0] + scaled[:, 0] * (meta["label_max"][0] - meta["label_min"][0])
+    np.testing.assert_allclose(out["teff"].to_numpy()[:10], teff, rtol=1e-6)
+
+
+class _RecordingMatrix:
+    """Stands in for the memory-mapped flux matrix and records how many rows each read takes."""
+
+    def __init__(self, matrix):
+        self._matrix = matrix
+        self.shape, self.ndim, self.dtype = matrix.shape, matrix.ndim, matrix.dtype
+        self.rows_per_read: list[int] = []
+
+    def __getitem__(self, key):
+        block = self._matrix[key]
+        self.rows_per_read.append(block.shape[0] if block.ndim == 2 else 1)
+        return block
+
+
+def test_prediction_streams_one_batch_at_a_time(survey, members, monkeypatch):
+    opened: list[_RecordingMatrix] = []
+    real_load_matrix = artifacts.load_matrix
+
+    def load_matrix(path, mmap=True):
+        assert mmap, "prediction must memory-map the flux matrix"
+        opened.append(_RecordingMatrix(real_load_matrix(path, mmap=mmap)))
+        return opened[-1]
+
+    monkeypatch.setattr(predict_module.artifacts, "load_matrix", load_matrix)
+    lines: list[str] = []
+    out = predict_shard(survey["flux"], survey["table"], members, 1, 2, batch_size=32,
+                        device="cpu", log=lines.append)
+    assert len(out) == 150
+    reads = opened[0].rows_per_read
+    assert max(reads) <= 32 and sum(reads) == 150
+    assert any("150/150" in line and "spectra/s" in line for line in lines)
+
+
+def test_grid_hash_or_pixel_mismatch_is_refused(survey, members, tmp_path):
+    table = artifacts.load_table(survey["table"])
+    other = tmp_path / "other_grid.parquet"
+    artifacts.save_table(other, table, {"grid_hash": "ffffeeeeddddcccc"})
+    with pytest.raises(ValueError, match=rf"{members[0]}.*{GRID_HASH}.*ffffeeeeddddcccc"):
+        predict_shard(survey["flux"], other, members, 0, 1, device="cpu", log=_quiet)
+    wide = tmp_path / "wide.npy"
+    artifacts.save_matrix(wide, np.ones((N_SPECTRA, N_PIXELS + 10), dtype=np.float32))
+    with pytest.raises(ValueError, match="expects 400 pixels"):
+        predict_shard(wide, survey["table"], members, 0, 1, device="cpu", log=_quiet)
+    with pytest.raises(ValueError, match="shard 3 of 3"):
+        predict_shard(survey["flux"], survey["table"], members, 3, 3, device="cpu", log=_quiet)
+
+
+def _fake_member(folder, loss):
+    folder.mkdir()
+    artifacts.save_json(folder / "model.json", {"best_valid_loss": loss})
+    return folder
+
+
+def test_select_members_keeps_the_best_quantile(tmp_path):
+    losses = [0.5, 0.1, 0.9, 0.3, 0.7, 0.2, 1.0, 0.4, 0.8, 0.6]
+    dirs = [_fake_member(tmp_path / f"m{i}", loss) for i, loss in enumerate(losses)]
+    assert select_members(dirs, 1.0) == dirs
+    # 80th percentile of 0.1..1.0 (linear interpolation) is 0.82: eight members pass
+    kept = select_members(dirs, 0.8)
+    assert [losses[dirs.index(d)] for d in kept] == [0.5, 0.1, 0.3, 0.7, 0.2, 0.4, 0.8, 0.6]
+    assert select_members(dirs, 0.0) == [dirs[1]]  # never empty: the best member survives
+    nan_dir = _fake_member(tmp_path / "diverged", float("nan"))
+    assert nan_dir not in select_members(dirs + [nan_dir], 1.0)
+    with pytest.raises(ValueError, match="keep_quantile"):
+        select_members(dirs, 1.5)
+
+
+def test_input_gradients_peak_at_the_informative_line(survey, members):
+    flux = np.asarray(artifacts.load_matrix(survey["flux"])[260:])
+    gradients = input_gradients(members[:1], flux, device="cpu", batch_size=16)
+    assert gradients.shape == (len(LABELS), N_PIXELS)
+    assert (gradients >= 0).all()
+    pixel = np.arange(N_PIXELS)
+    near_line = np.abs(pixel - LINE_PIXEL) <= 15
+    elsewhere = np.abs(pixel - LINE_PIXEL) > 40
+    for j, label in enumerate(LABELS):
+        assert abs(int(gradients[j].argmax()) - LINE_PIXEL) <= 15, label
+        assert gradients[j, near_line].mean() > 3 * gradients[j, elsewhere].mean(), label
+
+
+def test_input_gradients_are_in_physical_units(survey, members):
+    """Teff spans ~3000 K and log g ~4 dex: physical gradients scale by those spans."""
+    flux = np.asarray(artifacts.load_matrix(survey["flux"])[260:270])
+    physical = input_gradients(members[:1], flux)
+    model, meta = load_member(members[0])
+    x = torch.from_numpy(flux.copy()).requires_grad_(True)
+    model(x)[:, 1].sum().backward()
+    scaled_logg = x.grad.abs().mean(dim=0).numpy()
+    span = meta["label_max"][1] - meta["label_min"][1]
+    np.testing.assert_allclose(physical[1], scaled_logg * span, rtol=1e-5, atol=1e-9)
+
+
+def test_write_shard_round_trip(survey, members, tmp_path):
+    df = predict_shard(survey["flux"], survey["table"], members, 0, 4, device="cpu", log=_quiet)
+    path = tmp_path / "shard0.parquet"
+    write_shard(df, path, {"stage": "predict"})
+    back = artifacts.load_table(path)
+    pd.testing.assert_frame_equal(back, df, check_like=False)
+    meta = artifacts.table_metadata(path)
+    assert meta["stage"] == "predict" and meta["grid_hash"] == GRID_HASH
+    assert meta["members"] == [str(d) for d in members]
