@@ -1,0 +1,246 @@
+"""Catalog flags, shard merging and the FITS / Parquet round trip."""
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from astropy.io import fits
+
+from starlabels import __version__, artifacts
+from starlabels.catalog import (FLAG_BAD_MASK, FLAG_BITS, FLAG_WARN_MASK, attach_clean,
+                                column_unit, compute_flags, flag_names, label_ranges,
+                                merge_shards, read_catalog, verify_fits, write_catalog)
+from starlabels.labels import LABELS
+
+CAT_LABELS = ["teff", "logg", "fe_h", "mg_fe", "al_fe"]
+
+
+def predictions(n: int = 6, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({
+        "spectrum_id": [f"GES_{i:04d}_HR10+HR21" for i in range(n)],
+        "star_id": [f"J{i:08d}-{i:07d}" for i in range(n)],
+        "row": np.arange(n, dtype=np.int64),
+        "split": ["train", "valid", "test", "target", "target", "target"][:n] * (n // 6 or 1),
+        "snr": rng.uniform(10, 200, n),
+    })
+    for label, (lo, hi), spread in [("teff", (4000, 7000), 30.0), ("logg", (1, 5), 0.05),
+                                    ("fe_h", (-1, 0.5), 0.03), ("mg_fe", (-0.1, 0.4), 0.02),
+                                    ("al_fe", (-0.2, 0.5), 0.03)]:
+        df[label] = rng.uniform(lo, hi, n)
+        df[f"{label}_std"] = np.full(n, spread, dtype=np.float32)
+    return df
+
+
+# ---------------------------------------------------------------- flags
+
+def test_flag_bits_distinct_powers_of_two():
+    bits = list(FLAG_BITS.values())
+    assert len(set(bits)) == len(bits)
+    assert all(b > 0 and b & (b - 1) == 0 and b < 2**31 for b in bits)
+    for name in ("CLEAN_REJECTED", "LOW_SNR", "HIGH_SPREAD", "OUTSIDE_TRAINING"):
+        assert name in FLAG_BITS
+    assert FLAG_BAD_MASK & FLAG_WARN_MASK == 0
+    assert flag_names(FLAG_BITS["LOW_SNR"] | FLAG_BITS["HIGH_SPREAD"]) == ["LOW_SNR", "HIGH_SPREAD"]
+
+
+def test_compute_flags_each_bit():
+    df = predictions()
+    df["snr"] = [100.0, 5.0, np.nan, 100.0, 100.0, 100.0]
+    df.loc[2, "teff_std"] = 500.0          # ensemble disagrees
+    df.loc[3, "logg"] = 6.5                # beyond the training range
+    df.loc[4, "fe_h"] = np.nan             # a member failed
+    df["clean_keep"] = [True, True, True, True, True, False]
+    ranges = {"teff": (3000.0, 8000.0), "logg": (0.0, 5.5), "fe_h": (-3.0, 1.0)}
+    flags = compute_flags(df, CAT_LABELS, ranges, snr_min=20.0, max_std={"teff": 150.0})
+    assert flags.dtype == np.int32
+    b = FLAG_BITS
+    assert flags[0] == b["IN_TRAINING_SET"]
+    assert flags[1] == b["LOW_SNR"]
+    assert flags[2] == b["LOW_SNR"] | b["HIGH_SPREAD"]        # unknown S/N counts as low
+    assert flags[3] == b["OUTSIDE_TRAINING"]
+    assert flags[4] == b["PREDICTION_NAN"]                      # NaN is not "outside"
+    assert flags[5] == b["CLEAN_REJECTED"]
+    assert (flags & FLAG_BAD_MASK != 0).tolist() == [False] * 4 + [True, False]
+    # no S/N test asked for; labels without limits are not tested
+    assert compute_flags(df.drop(columns="snr"), ["teff"], {}, None, {})[1] == 0
+
+
+def test_compute_flags_missing_columns():
+    df = predictions()
+    with pytest.raises(ValueError, match="teff_std"):
+        compute_flags(df.drop(columns="teff_std"), ["teff"], {}, None, {"teff": 100.0})
+    with pytest.raises(ValueError, match="snr"):
+        compute_flags(df.drop(columns="snr"), ["teff"], {}, 20.0, {})
+
+
+def test_attach_clean_and_label_ranges():
+    df = predictions()
+    clean = pd.DataFrame({"spectrum_id": df["spectrum_id"][:3], "keep": [True, False, True],
+                          "reason": ["", "pca_residual", ""]})
+    out = attach_clean(df, clean)
+    assert out["clean_keep"].tolist() == [True, False, True, True, True, True]
+    assert out["clean_reason"].tolist()[:2] == ["", "pca_residual"]
+    ranges = label_ranges(df.assign(teff=[np.nan, 4000, 5000, 6000, 7000, 4500.0]), ["teff"])
+    assert ranges == {"teff": (4000.0, 7000.0)}
+    with pytest.raises(ValueError):
+        label_ranges(df.assign(teff=np.nan), ["teff"])
+
+
+# ---------------------------------------------------------------- shards
+
+def write_shards(tmp_path, parts):
+    df = predictions(12)
+    paths = []
+    for i, rows in enumerate(parts):
+        path = tmp_path / f"shard{i}.parquet"
+        artifacts.save_table(path, df.iloc[rows], {"shard": i})
+        paths.append(path)
+    return df, paths
+
+
+def test_merge_shards_sorts_by_row(tmp_path):
+    df, paths = write_shards(tmp_path, [[6, 7, 8, 9, 10, 11], [3, 1, 0, 2, 4, 5]])
+    merged = merge_shards(paths, n_rows=12)
+    assert merged["row"].tolist() == list(range(12))
+    pd.testing.assert_frame_equal(merged, df.reset_index(drop=True))
+    assert len(merge_shards(paths)) == 12
+
+
+def test_merge_shards_errors(tmp_path):
+    _, paths = write_shards(tmp_path, [[0, 1, 2, 3], [3, 4, 5]])
+    with pytest.raises(ValueError, match="duplicate"):
+        merge_shards(paths, n_rows=6)
+    _, paths = write_shards(tmp_path, [[0, 1, 2], [4, 5]])
+    with pytest.raises(ValueError, match="1 missing"):
+        merge_shards(paths, n_rows=6)
+    with pytest.raises(ValueError, match="missing"):
+        merge_shards(paths)                       # gap at 3 seen without a count too
+    _, paths = write_shards(tmp_path, [[0, 1, 2], [3, 4, 5]])
+    with pytest.raises(ValueError, match="missing"):
+        merge_shards(paths, n_rows=8)             # two spectra never predicted
+    with pytest.raises(ValueError, match="out of range"):
+        merge_shards(paths, n_rows=5)
+    with pytest.raises(ValueError, match="no shard"):
+        merge_shards([])
+    odd = tmp_path / "odd.parquet"
+    artifacts.save_table(odd, predictions(3).drop(columns="row"))
+    with pytest.raises(ValueError, match="no 'row'"):
+        merge_shards([odd])
+    other = tmp_path / "other.parquet"
+    artifacts.save_table(other, predictions(12).iloc[6:].drop(columns="snr"))
+    with pytest.raises(ValueError, match="columns"):
+        merge_shards([paths[0], other])
+
+
+# ---------------------------------------------------------------- FITS and Parquet
+
+@pytest.fixture
+def written_catalog(tmp_path):
+    df = predictions(60)
+    df["flags"] = compute_flags(df, CAT_LABELS, {}, 20.0, {})
+    df["clean_keep"] = np.arange(60) % 7 != 0
+    df["clean_reason"] = np.where(df["clean_keep"], "", "label_disagreement:teff;embedding_outlier")
+    df.loc[3, "teff"] = np.nan
+    df.loc[5, "star_id"] = None
+    prov = artifacts.provenance({"experiment": "gaia_eso"},
+                                experiment="gaia_eso_cnn_mg_al_" + "x" * 70,   # > 1 card
+                                method="cnn_ensemble", n_members=8)
+    fits_path, pq_path = tmp_path / "cat.fits", tmp_path / "cat.parquet"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")            # no astropy VerifyWarning / truncation
+        write_catalog(df, fits_path, pq_path, labels=CAT_LABELS, provenance=prov)
+    return df, prov, fits_path, pq_path
+
+
+def test_fits_units_and_header(written_catalog):
+    df, prov, fits_path, _ = written_catalog
+    with fits.open(fits_path) as hdul:
+        assert len(hdul) == 2 and isinstance(hdul[1], fits.BinTableHDU)
+        assert hdul[1].name == "STARLABELS"
+        units = {c.name: c.unit for c in hdul[1].columns}
+        for label in CAT_LABELS:
+            assert units[label] == LABELS[label].unit
+            assert units[f"{label}_std"] == LABELS[label].unit
+        assert units["teff"] == "K" and units["snr"] is None and units["spectrum_id"] is None
+        assert hdul[1].columns["spectrum_id"].format == "18A"  # GES_0000_HR10+HR21
+        assert hdul[1].columns["flags"].format == "J"
+        assert hdul[1].columns["clean_keep"].format == "L"
+        for header in (hdul[0].header, hdul[1].header):
+            for key in ("STARLVER", "GITCOMM", "CONFHASH", "EXPERIM", "METHOD", "NMEMBER", "DATE",
+                        "CHECKSUM", "DATASUM"):
+                assert key in header, key
+            assert header["STARLVER"] == __version__
+            assert header["CONFHASH"] == prov["config_hash"]
+            assert header["EXPERIM"] == prov["experiment"]    # 88 chars: CONTINUE cards
+            assert header["NMEMBER"] == 8 and header["METHOD"] == "cnn_ensemble"
+        assert hdul[1].header["FLAGB03"] == "OUTSIDE_TRAINING"
+        assert hdul[1].header["FLAGBAD"] == FLAG_BAD_MASK
+        assert hdul[0].header["LABELS"] == ",".join(CAT_LABELS)
+        assert hdul[1].verify_checksum() == 1 and hdul[1].verify_datasum() == 1
+
+
+def test_round_trip_fits_and_parquet(written_catalog):
+    df, prov, fits_path, pq_path = written_catalog
+    from_fits, from_pq = read_catalog(fits_path), read_catalog(pq_path)
+    expected = df.copy()
+    expected.loc[5, "star_id"] = ""                 # FITS has no null string
+    for back in (from_fits, from_pq.assign(star_id=from_pq["star_id"].fillna(""))):
+        assert list(back.columns) == list(df.columns)
+        pd.testing.assert_frame_equal(back, expected, check_dtype=False)
+    assert from_fits["teff_std"].dtype == np.float32 and from_fits["flags"].dtype == np.int32
+    assert from_fits["clean_keep"].dtype == bool
+    assert from_fits.attrs["provenance"]["config_hash"] == prov["config_hash"]
+    assert from_pq.attrs["provenance"]["n_members"] == 8
+
+
+def test_fitsverify_clean(written_catalog):
+    _, _, fits_path, _ = written_catalog
+    result = verify_fits(fits_path)
+    if result is None:
+        print("fitsverify binary not found on PATH: FITS standard check skipped")
+        pytest.skip("fitsverify not installed")
+    errors, n_warnings, text = result
+    assert (errors, n_warnings) == (0, 0), text
+
+
+def test_fitsverify_detects_a_problem(tmp_path):
+    # the parser must really read fitsverify's counts: a long string without LONGSTRN warns
+    if shutil.which("fitsverify") is None:
+        print("fitsverify binary not found on PATH: parser check skipped")
+        pytest.skip("fitsverify not installed")
+    primary = fits.PrimaryHDU()
+    primary.header["LONGVAL"] = "x" * 120
+    path = tmp_path / "bad.fits"
+    fits.HDUList([primary]).writeto(path)
+    errors, n_warnings, _ = verify_fits(path)
+    assert errors == 0 and n_warnings >= 1
+
+
+def test_write_is_atomic_and_refuses_bad_names(tmp_path):
+    df = predictions()
+    prov = artifacts.provenance(None)
+    target = tmp_path / "cat.fits"
+    write_catalog(df, target, None, labels=["teff"], provenance=prov)
+    before = target.read_bytes()
+    with pytest.raises(ValueError, match="TTYPE"):
+        write_catalog(df.rename(columns={"snr": "s/n"}), target, None, labels=["teff"],
+                      provenance=prov)
+    with pytest.raises(ValueError, match="case"):
+        write_catalog(df.assign(TEFF=1.0), target, None, labels=["teff"], provenance=prov)
+    with pytest.raises(ValueError, match="label column"):
+        write_catalog(df.drop(columns="al_fe"), target, None, labels=["al_fe"], provenance=prov)
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.fits"]   # no temp files left
+    with pytest.raises(ValueError, match="not a .fits"):
+        read_catalog(tmp_path / "cat.csv")
+
+
+def test_column_units():
+    assert column_unit("logg_std") == LABELS["logg"].unit
+    assert column_unit("fe_h_ref") == "dex"
+    assert column_unit("rv") == "km/s"
+    assert column_unit("snr") is None and column_unit("teff_flag") is None
