@@ -32,6 +32,7 @@ rule train:
         history=f"{R}/{{exp}}/models/member_{{member}}/history.csv",
     params:
         labels=section("labels"),
+        method=lambda w: EXPERIMENTS[w.exp]["method"],
         train=section("train"),
     threads: lambda w: EXPERIMENTS[w.exp]["train"]["threads"]
     resources:

@@ -33,8 +33,10 @@ def assign_split(star_ids: Sequence[str], valid_fraction: float, test_fraction: 
         raise ValueError(f"selection: valid_fraction + test_fraction = "
                          f"{valid_fraction + test_fraction} leaves no training stars")
     u = hash_uniform(star_ids, seed)
+    # object dtype: a fixed-width '<U5' array would silently truncate later labels
+    # ('calibration' → 'calib')
     return np.where(u < test_fraction, "test",
-                    np.where(u < test_fraction + valid_fraction, "valid", "train"))
+                    np.where(u < test_fraction + valid_fraction, "valid", "train")).astype(object)
 
 
 def training_quality(stars: pd.DataFrame, labels: Sequence[str], cfg: Mapping[str, Any]
@@ -64,7 +66,7 @@ def gaia_eso_stars(catalog_path: str, labels: Sequence[str], selection: Mapping[
     good = training_quality(stars, labels, selection)
     split = assign_split(stars["star_id"].tolist(), selection["valid_fraction"],
                          selection["test_fraction"], selection["seed"])
-    stars["split"] = np.where(good, split, "target")
+    stars["split"] = np.where(good, split, "target").astype(object)
     return stars
 
 
@@ -83,7 +85,8 @@ def marvels_stars(catalog_path: str, calibration_path: str, labels: Sequence[str
     literature = load_table(calibration_path)
     good = training_quality(stars, labels, selection) & stars["rpm_class"].eq("dwarf").to_numpy()
     split = np.where(good, assign_split(stars["star_id"].tolist(), selection["valid_fraction"],
-                                        selection["test_fraction"], selection["seed"]), "target")
+                                        selection["test_fraction"], selection["seed"]),
+                     "target").astype(object)
     calib = stars["star_id"].isin(literature["star_id"]).to_numpy()
     split[calib] = "calibration"
     stars["split"] = split

@@ -167,6 +167,7 @@ def fit_continuum(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, *,
     x = (w - w[0]) / (w[-1] - w[0]) * 2.0 - 1.0 if w[-1] > w[0] else np.zeros_like(w)
     weights = np.sqrt(np.where(use, iv, 0.0))
     cont = np.full_like(w, np.nan)
+    base = use.copy()
     for _ in range(max(1, iterations)):
         coef = chebyshev.chebfit(x[use], f[use], order, w=weights[use])
         cont = chebyshev.chebval(x, coef)
@@ -175,7 +176,10 @@ def fit_continuum(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, *,
         scale = 1.4826 * np.median(np.abs(r - np.median(r)))
         if not np.isfinite(scale) or scale <= 0:
             break
-        new_use = use & (resid > -sigma_low * scale) & (resid < sigma_high * scale)
+        # re-select from all usable pixels each time: the first fit is pulled down by the lines,
+        # and continuum pixels clipped as "high" then must be able to come back, or the fit
+        # settles ~1% low in line-rich segments
+        new_use = base & (resid > -sigma_low * scale) & (resid < sigma_high * scale)
         if new_use.sum() < order + 2 or np.array_equal(new_use, use):
             break
         use = new_use

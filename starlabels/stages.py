@@ -214,11 +214,13 @@ def predict(*, flux: str, table: str, model_dirs: Sequence[str], shard: int, n_s
             cfg: Mapping[str, Any], out: str, threads: int = 1, log: Log = log_to_stdout,
             config_hash: str = "none") -> pd.DataFrame:
     from .predict import predict_shard, select_members, write_shard
+    from .train import resolve_device
 
+    batch_size = cfg["batch_size"] or (2048 if resolve_device(cfg["device"]).type == "cuda" else 64)
     members = select_members(list(model_dirs), cfg["keep_quantile"])
     log(f"predict: shard {shard}/{n_shards} with {len(members)} of {len(model_dirs)} members")
     df = predict_shard(flux, table, members, int(shard), int(n_shards),
-                       batch_size=cfg["batch_size"], device=cfg["device"], log=log,
+                       batch_size=batch_size, device=cfg["device"], log=log,
                        threads=threads)
     write_shard(df, out, artifacts.provenance(None, config_hash=config_hash, stage="predict",
                                                shard=int(shard), n_shards=int(n_shards)))
@@ -235,7 +237,7 @@ def catalog(*, shards: Sequence[str], table: str, clean_table: str, model_dirs: 
     from .catalog import compute_flags, merge_shards, write_catalog
 
     stars = artifacts.load_table(table)
-    pred = merge_shards(list(shards), expected_rows=len(stars))
+    pred = merge_shards(list(shards), n_rows=len(stars))
     cleaned = artifacts.load_table(clean_table, columns=["keep", "reason", "cleaned"])
     out = pd.DataFrame({"spectrum_id": stars["spectrum_id"], "star_id": stars["star_id"],
                         "split": stars["split"], "snr": stars["snr"]})
@@ -246,7 +248,7 @@ def catalog(*, shards: Sequence[str], table: str, clean_table: str, model_dirs: 
         # catalogue (reference) labels the survey gave, kept beside ours for comparison
         out[f"{label}_ref"] = stars[label].to_numpy(dtype=float) if label in stars else np.nan
     out["n_members"] = pred["n_members"].to_numpy()
-    out["clean_rejected"] = (~cleaned["keep"].to_numpy()) & cleaned["cleaned"].to_numpy()
+    out["clean_keep"] = cleaned["keep"].to_numpy(dtype=bool)
     out["clean_reason"] = cleaned["reason"].fillna("").to_numpy()
     metas = [artifacts.load_json(Path(d) / "model.json") for d in model_dirs]
     ranges = {label: (min(m["label_min"][i] for m in metas), max(m["label_max"][i] for m in metas))

@@ -209,7 +209,10 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
                  list(labels), plots["one_to_one_reference"],
                  ref_name="catalogue" if survey == "gaia_eso" else "literature")
     P.kiel_diagram(cat, plots["kiel"])
-    P.abundance_trends(cat, plots["abundances"])
+    if {"mg_fe", "al_fe"} & set(labels):
+        P.abundance_trends(cat, plots["abundances"])
+    else:                 # MARVELS / deep-REMAP: the metallicity distribution per sample
+        P.metallicity_distribution(cat, plots["abundances"], group="split")
     P.tsne_map(cleaned, plots["tsne"])
 
     result["provenance"] = artifacts.provenance(None, config_hash=config_hash, stage="validate")

@@ -25,3 +25,26 @@ def test_training_cuts():
     ok = training_quality(stars, ["teff"], {"teff_range": [4000, 7000], "snr_min": 20,
                                            "require_finite_errors": True})
     np.testing.assert_array_equal(ok, [True, False, False, False, False])
+
+
+def test_marvels_calibration_split_is_not_truncated(tmp_path):
+    from starlabels.artifacts import save_table
+    from starlabels.io.marvels import write_marvels_star_catalog
+    from starlabels.selection import marvels_stars
+
+    names = ["TYC 1-1-1", "TYC 2-2-1", "TYC 3-3-1"]
+    write_marvels_star_catalog(tmp_path / "c.fits", pd.DataFrame({
+        "STARNAME": names, "PLATE": ["P1"] * 3, "TEFF": [5500.0, np.nan, 5800.0],
+        "TEFF_E": [50.0, np.nan, 50.0], "LOG_G": [4.4, np.nan, 4.3], "LOG_G_E": [0.1, np.nan, 0.1],
+        "FEH": [0.0, np.nan, -0.2], "FEH_E": [0.05, np.nan, 0.05],
+        "RPM_LOG_G": ["dwarf", "giant", "dwarf"]}))
+    save_table(tmp_path / "lit.parquet", pd.DataFrame({"star_id": ["TYC 3-3-1"], "teff": [5850.0],
+                                                       "e_teff": [40.0], "reference": ["x"]}))
+    stars = marvels_stars(str(tmp_path / "c.fits"), str(tmp_path / "lit.parquet"),
+                          ["teff", "logg", "fe_h"], {"teff_range": [4000, 7000], "snr_min": 0,
+                                                     "valid_fraction": 0.0, "test_fraction": 0.0,
+                                                     "seed": 1})
+    assert stars.set_index("star_id").loc["TYC 3-3-1", "split"] == "calibration"
+    assert stars.set_index("star_id").loc["TYC 3-3-1", "teff"] == 5850.0     # literature value
+    assert stars.set_index("star_id").loc["TYC 2-2-1", "split"] == "target"
+    assert stars.set_index("star_id").loc["TYC 1-1-1", "split"] == "train"

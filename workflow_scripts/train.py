@@ -9,7 +9,7 @@ stages.train(
     table=snakemake.input.table,
     labels=snakemake.params.labels,
     member=int(snakemake.wildcards.member),
-    cfg=snakemake.params.train,
+    cfg=dict(snakemake.params.train, method=snakemake.params.method),
     model_dir=snakemake.output.sidecar.rsplit("/", 1)[0],
     threads=snakemake.threads,
 )

@@ -1,0 +1,140 @@
+"""End-to-end: the whole DAG on the tiny config through `snakemake --cores 2`, then what a
+Snakemake user relies on: lint, dry-run rerun recipes, config errors before any job."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from starlabels.artifacts import load_table
+
+pytestmark = pytest.mark.slow
+
+
+def snakemake(repo: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", *args]
+    return subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=timeout)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Parse the 'Job stats' table that Snakemake prints."""
+    counts = {}
+    block = output.split("Job stats:")[-1]
+    for line in block.splitlines():
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if m and m.group(1) != "total":
+            counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+@pytest.fixture(scope="session")
+def tiny_run(repo, tiny_config_path, tmp_path_factory):
+    results = tmp_path_factory.mktemp("tiny") / "results"
+    args = ["--cores", "2", "--configfile", str(tiny_config_path), "--config",
+            f"results={results}"]
+    proc = snakemake(repo, *args)
+    if proc.returncode != 0:
+        pytest.fail(f"snakemake failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
+    return {"results": results, "args": args}
+
+
+def test_all_outputs_exist(tiny_run):
+    results = tiny_run["results"]
+    for exp in ("tiny_ges", "tiny_marvels"):
+        for rel in (f"catalog/starlabels_{exp}.fits", f"catalog/starlabels_{exp}.parquet",
+                    "metrics.json", "clean/tsne_clean.png",
+                    *[f"plots/{p}.png" for p in ("one_to_one_true", "one_to_one_reference",
+                                                  "kiel", "abundances", "tsne", "gradients")]):
+            path = results / exp / rel
+            assert path.exists() and path.stat().st_size > 0, path
+        for rule in ("normalize", "clean", "catalog", "validate"):
+            assert (results / exp / "logs" / f"{rule}.log").exists()
+            assert (results / exp / "benchmarks" / f"{rule}.tsv").exists()
+
+
+def test_catalogs_pass_fitsverify(tiny_run):
+    if shutil.which("fitsverify") is None:
+        pytest.skip("fitsverify not installed (Debian package 'fitsverify'; .ci/run installs it)")
+    for exp in ("tiny_ges", "tiny_marvels"):
+        path = tiny_run["results"] / exp / "catalog" / f"starlabels_{exp}.fits"
+        out = subprocess.run(["fitsverify", str(path)], capture_output=True, text=True)
+        assert "0 error(s)" in out.stdout, out.stdout
+
+
+def test_catalog_content_and_metrics(tiny_run):
+    results = tiny_run["results"]
+    cat = load_table(results / "tiny_ges" / "catalog" / "starlabels_tiny_ges.parquet")
+    stars = load_table(results / "tiny_ges" / "normalized" / "stars.parquet")
+    rejects = load_table(results / "tiny_ges" / "normalized" / "rejects.parquet")
+    truth = load_table(results / "tiny_ges" / "truth" / "truth.parquet")
+    # every simulated star is either catalogued or rejected with a reason: nothing silently lost
+    assert len(cat) == len(stars)
+    assert set(cat["star_id"]) | set(rejects["spectrum_id"]) >= set(truth["star_id"]) - set(
+        rejects["spectrum_id"]) and len(cat) + rejects["spectrum_id"].nunique() >= len(truth)
+    for label in ("teff", "logg", "fe_h", "mg_fe", "al_fe"):
+        assert cat[label].notna().all() and (cat[f"{label}_std"] >= 0).all()
+    metrics = json.loads((results / "tiny_ges" / "metrics.json").read_text())
+    assert metrics["evaluation_split"] == "test"
+    assert set(metrics["precision"]["vs_true"]) == {"teff", "logg", "fe_h", "mg_fe", "al_fe"}
+    assert metrics["clean"]["n_cleaned"] > 0
+    mm = json.loads((results / "tiny_marvels" / "metrics.json").read_text())
+    assert mm["evaluation_split"] == "calibration"
+    assert mm["precision"]["n_stars"] == 10
+    assert set(mm["giant_candidates"]["true"]) >= {"giant", "subgiant", "dwarf"}
+
+
+def test_lint_reports_nothing(repo):
+    proc = snakemake(repo, "--lint")
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text
+    assert "Lints for" not in text, text
+
+
+def test_forcerun_predict_reruns_only_downstream(repo, tiny_run):
+    proc = snakemake(repo, "-n", *tiny_run["args"], "--forcerun", "predict")
+    assert proc.returncode == 0, proc.stderr
+    counts = job_counts(proc.stdout)
+    assert set(counts) == {"predict", "catalog", "validate", "all"}, counts
+    assert counts["predict"] == 4          # 2 shards × 2 experiments
+
+
+def test_changed_normalize_parameter_reruns_normalize_and_downstream(repo, tiny_run, tmp_path,
+                                                                       tiny_config_path):
+    cfg = yaml.safe_load(tiny_config_path.read_text())
+    cfg["experiments"]["tiny_ges"]["normalize"] = {"continuum": {"order": 4}}
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(cfg))
+    args = ["--cores", "2", "--configfile", str(changed), "--config",
+            f"results={tiny_run['results']}"]
+    proc = snakemake(repo, "-n", *args)
+    assert proc.returncode == 0, proc.stderr
+    counts = job_counts(proc.stdout)
+    assert counts.get("normalize") == 1 and "acquire_observed" not in counts, counts
+    for rule in ("clean", "trainset", "catalog", "validate"):
+        assert counts.get(rule) == 1, (rule, counts)
+    assert counts.get("train") == 2 and counts.get("predict") == 2
+
+
+def test_up_to_date_run_does_nothing(repo, tiny_run):
+    proc = snakemake(repo, "-n", *tiny_run["args"])
+    assert proc.returncode == 0
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_config_error_stops_before_any_job(repo, tmp_path, tiny_config_path):
+    cfg = yaml.safe_load(tiny_config_path.read_text())
+    cfg["experiments"]["tiny_ges"]["train"]["device"] = "gpu"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    proc = snakemake(repo, "-n", "--configfile", str(bad), "--config",
+                     f"results={tmp_path / 'r'}")
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert "experiments.tiny_ges.train.device" in text and "'cuda'" in text
+    assert not (tmp_path / "r").exists()
