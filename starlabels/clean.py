@@ -18,12 +18,24 @@ documented default (papers.md §1, tag [E]), every threshold a config value:
    Because the residual of a good spectrum scales with its noise, the robust z of log(residual) is
    taken relative to spectra of similar S/N (running median / MAD in ``residual_snr_bins``
    quantile bins of the table's ``snr``; a global median / MAD when S/N is absent).
-   z > ``residual_z`` -> reason ``pca_residual``.
+   z > ``residual_z`` -> reason ``pca_residual``. The RMS dilutes defects confined to a few
+   Ångström, so a second statistic, the **residual peak** (largest |running mean of the residual
+   over ``residual_window`` pixels| in units of the spectrum's own pixel noise), is compared the
+   same way: z > ``residual_peak_z`` -> reason ``pca_peak``.
 4. **Embedding.** 2-D openTSNE (FFT gradients, ``perplexity``, ``seed``, ``n_jobs``) of the PCA
    scores.
 5. **Isolated spectra.** For each point, the mean distance to its ``n_neighbors`` nearest embedding
    neighbours; robust z (median, 1.4826 MAD) of its log > ``outlier_z`` -> ``embedding_outlier``.
-6. **Label disagreement.** Spectra that look alike should have alike labels. For every label, the
+6. **Label-model residual.** Spectra that disagree with *their own labels*: a quadratic-in-labels
+   model of the flux (The Cannon's) is fitted per pixel over the cleaned rows, with iterative
+   clipping; residuals in units of each pixel's scatter across stars give an RMS and a windowed
+   peak per spectrum, compared at similar S/N; z > ``label_model_z`` -> ``label_model_residual``
+   / ``label_model_peak``. This catches what the PCA can learn as a mode (emission at fixed rest
+   wavelengths, scattered light making every line too shallow for the labels, a companion's
+   lines, a wrong label). Measured on demo_ges (seed 2023, 197 injected defects among 2 452
+   training spectra) together with the tests below: 78 % of defective and 4.4 % of good spectra
+   rejected with the defaults; without it, at best 58 % and 6.4 %.
+7. **Label disagreement.** Spectra that look alike should have alike labels. For every label, the
    median of the label over the ``n_neighbors`` nearest embedding neighbours (excluding the
    spectrum itself and other spectra of the same ``star_id``, which share its labels and would
    vouch for a wrong one) and their scatter ``s = max(1.4826 MAD, label_floor[label])``;
@@ -59,20 +71,26 @@ CLEAN_DEFAULTS: dict[str, Any] = {
     "perplexity": 30.0,
     "n_neighbors": 15,
     "outlier_z": 3.5,
-    "label_z": 4.0,
+    "label_z": 6.0,
     # smallest neighbour scatter used per label: repeat spectra of one star or a synthetic grid
     # can make the neighbourhood MAD zero, and then any tiny difference would look discrepant
     "label_floor": {"teff": 60.0, "logg": 0.12, "fe_h": 0.06, "mg_fe": 0.06, "al_fe": 0.08},
     "min_flagged_labels": 1,
-    "residual_z": 5.0,
+    "residual_z": 8.0,
     "seed": 42,
     "n_jobs": 1,
     # not in the brief's list, kept here with defaults so callers may leave them out
     "pca_fit_rows": 5000,        # spectra used to fit the PCA basis
+    "residual_window": 7,        # pixels of the running mean in the residual-peak statistic
+    "residual_peak_z": 6.0,      # robust z (at similar S/N) of log(residual peak) to reject
+    "label_model_z": 4.5,        # robust z of the label-model residual RMS / peak (None = off)
     "residual_snr_bins": 10,     # S/N quantile bins for the residual z (0 = one global bin)
 }
 
 REASON_PCA = "pca_residual"
+REASON_PEAK = "pca_peak"
+REASON_MODEL = "label_model_residual"
+REASON_MODEL_PEAK = "label_model_peak"
 REASON_OUTLIER = "embedding_outlier"
 REASON_LABEL = "label_disagreement"
 
@@ -174,9 +192,15 @@ def _fit_basis(block: np.ndarray, n_components: int, seed: int) -> tuple[np.ndar
 
 
 def pca_scores_and_residuals(flux: np.ndarray, rows: np.ndarray, *, n_components: int = 50,
-                             fit_rows: int = 5000, seed: int = 42
-                             ) -> tuple[np.ndarray, np.ndarray]:
-    """PCA scores (len(rows), k) and held-out reconstruction residual RMS of ``flux[rows]``.
+                             fit_rows: int = 5000, seed: int = 42, window: int = 7
+                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PCA scores (len(rows), k), held-out residual RMS and residual peak of ``flux[rows]``.
+
+    The peak is the largest |running mean of the residual over ``window`` pixels| divided by the
+    spectrum's own pixel noise / sqrt(window) (noise from the MAD of first differences, which
+    ignores smooth model misfit). An RMS over thousands of pixels dilutes a local defect — an
+    emission core, a masked run where lines should be, a shallow Ca II core under scattered
+    light — that the windowed peak shows at many σ.
 
     The basis used for the scores is fitted on a seeded random subsample of at most ``fit_rows``
     of ``rows``. Two more bases, one per random half of that subsample, give each spectrum a
@@ -206,25 +230,111 @@ def pca_scores_and_residuals(flux: np.ndarray, rows: np.ndarray, *, n_components
 
     scores = np.empty((n, basis.shape[0]), dtype=np.float64)
     resid_ss = np.empty(n, dtype=np.float64)
+    resid_peak = np.empty(n, dtype=np.float64)
+    window = max(1, min(int(window), n_pixels))
     step = _chunk_rows(n_pixels)
     for start in range(0, n, step):
         sl = slice(start, min(start + step, n))
         y = _read_rows(flux, rows[sl])
         y -= mean
         scores[sl] = y @ basis.T
-        norm2 = np.einsum("ij,ij->i", y, y)
-        # residual about each half's own mean without another centred copy:
-        # |y + d|^2 - |(y + d) V^T|^2 with d = mean - mean_half
-        ss = []
+        # residual vectors about each half's own mean: r = (y + d) - ((y + d) V^T) V,
+        # d = mean - mean_half
+        resid = []
         for mean_h, basis_h in half_fits:
-            d = mean - mean_h
-            proj = y @ basis_h.T + d @ basis_h.T
-            ss.append(norm2 + 2.0 * (y @ d) + d @ d - np.einsum("ij,ij->i", proj, proj))
-        which = held_out[sl]
-        resid_ss[sl] = np.where(which == 0, ss[0],
-                                np.where(which == 1, ss[1], 0.5 * (ss[0] + ss[1])))
+            yd = y + (mean - mean_h)
+            resid.append(yd - (yd @ basis_h.T) @ basis_h)
+        which = held_out[sl][:, None]
+        r = np.where(which == 0, resid[0], np.where(which == 1, resid[1],
+                                                    0.5 * (resid[0] + resid[1])))
+        del resid
+        resid_ss[sl] = np.einsum("ij,ij->i", r, r)
+        resid_peak[sl] = _windowed_peak(r, window)
     resid_rms = np.sqrt(np.maximum(resid_ss, 0.0) / n_pixels)
-    return scores, resid_rms
+    return scores, resid_rms, resid_peak
+
+
+def _windowed_peak(resid: np.ndarray, window: int) -> np.ndarray:
+    """max |running mean over ``window`` pixels| / (pixel noise / sqrt(window)) per row."""
+    noise = MAD_TO_SIGMA * np.median(np.abs(np.diff(resid, axis=1)), axis=1) / np.sqrt(2.0)
+    csum = np.cumsum(np.pad(resid, ((0, 0), (1, 0))), axis=1)
+    running = (csum[:, window:] - csum[:, :-window]) / window
+    peak = np.abs(running).max(axis=1)
+    return peak / np.maximum(noise / np.sqrt(window), 1e-12)
+
+
+# ---------------------------------------------------------------- label-model residuals
+
+def _quadratic_design(x: np.ndarray) -> np.ndarray:
+    """[1, x_i, x_i x_j (i ≤ j)] per row: The Cannon's quadratic-in-labels vectorizer."""
+    n, k = x.shape
+    cols = [np.ones(n), *[x[:, i] for i in range(k)],
+            *[x[:, i] * x[:, j] for i in range(k) for j in range(i, k)]]
+    return np.stack(cols, axis=1)
+
+
+def label_model_residuals(flux: np.ndarray, rows: np.ndarray, label_values: np.ndarray,
+                          snr: np.ndarray | None, *, iterations: int = 3, clip_z: float = 3.0,
+                          window: int = 7, n_bins: int = 10, scatter_rows: int = 5000,
+                          seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
+    """How badly each spectrum disagrees with *its own labels*: robust z of the residual RMS and
+    of the residual peak against a quadratic-in-labels model of the flux (The Cannon's model).
+
+    The model flux(labels) is fitted per pixel by least squares over the selected rows
+    (normal equations accumulated in row chunks, so a survey-sized matrix is never copied),
+    refitted ``iterations`` times without the rows whose residual z exceeds ``clip_z``.
+    Residuals are divided by each pixel's scatter across stars (1.4826 MAD over up to
+    ``scatter_rows`` rows), so pixels where the model is always poor (saturated cores) do not
+    drown the pixels where a defect shows. Emission cores, scattered light (every line too
+    shallow for the labels), a companion's lines, masked runs where lines belong and a label
+    that belongs to another star all leave such residuals; a PCA of the spectra alone can
+    learn the coherent ones (emission at fixed rest wavelengths) as a mode and miss them.
+    Rows with a non-finite label get NaN.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    values = np.asarray(label_values, dtype=np.float64)
+    ok = np.all(np.isfinite(values), axis=1)
+    n_pixels = flux.shape[1]
+    z_rms = np.full(rows.size, np.nan)
+    z_peak = np.full(rows.size, np.nan)
+    if ok.sum() < 3 * (1 + values.shape[1] + values.shape[1] * (values.shape[1] + 1) // 2):
+        return z_rms, z_peak           # too few labelled spectra for a quadratic model
+    fit_rows, x_all = rows[ok], values[ok]
+    x_all = (x_all - x_all.mean(axis=0)) / np.where(x_all.std(axis=0) > 0, x_all.std(axis=0), 1)
+    design = _quadratic_design(x_all)
+    snr_ok = None if snr is None else np.asarray(snr, dtype=np.float64)[ok]
+    step = _chunk_rows(n_pixels)
+    use = np.ones(fit_rows.size, dtype=bool)
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(fit_rows.size, size=min(scatter_rows, fit_rows.size),
+                                replace=False))
+    for _ in range(max(1, int(iterations))):
+        xtx = design[use].T @ design[use]
+        xty = np.zeros((design.shape[1], n_pixels))
+        for start in range(0, fit_rows.size, step):
+            sl = slice(start, min(start + step, fit_rows.size))
+            keep = use[sl]
+            if keep.any():
+                xty += design[sl][keep].T @ _read_rows(flux, fit_rows[sl][keep])
+        coef = np.linalg.solve(xtx + 1e-9 * np.eye(xtx.shape[0]), xty)
+        resid_s = _read_rows(flux, fit_rows[sample]) - design[sample] @ coef
+        good_s = use[sample]
+        centre = np.median(resid_s[good_s], axis=0)
+        scatter = MAD_TO_SIGMA * np.median(np.abs(resid_s[good_s] - centre), axis=0)
+        scatter = np.maximum(scatter, 1e-4)
+        rms = np.empty(fit_rows.size)
+        peak = np.empty(fit_rows.size)
+        for start in range(0, fit_rows.size, step):
+            sl = slice(start, min(start + step, fit_rows.size))
+            u = (_read_rows(flux, fit_rows[sl]) - design[sl] @ coef) / scatter
+            rms[sl] = np.sqrt(np.einsum("ij,ij->i", u, u) / n_pixels)
+            csum = np.cumsum(np.pad(u, ((0, 0), (1, 0))), axis=1)
+            peak[sl] = np.abs(csum[:, window:] - csum[:, :-window]).max(axis=1) / window
+        zr = residual_z(rms, snr_ok, n_bins)
+        zp = residual_z(peak, snr_ok, n_bins)
+        use = ~((zr > clip_z) | (zp > clip_z))
+    z_rms[ok], z_peak[ok] = zr, zp
+    return z_rms, z_peak
 
 
 # ---------------------------------------------------------------- embedding and neighbours
@@ -380,7 +490,8 @@ def tsne_clean(flux: np.ndarray, table: pd.DataFrame, labels: Sequence[str],
         "reason": np.array(["" if sel else f"not cleaned (split {sp})"
                             for sel, sp in zip(selected, split)], dtype=object),
     })
-    for col in ["tsne_x", "tsne_y", "pca_residual_z", "embedding_outlier_z",
+    for col in ["tsne_x", "tsne_y", "pca_residual_z", "pca_peak_z", "label_model_z",
+                "label_model_peak_z", "embedding_outlier_z",
                 *[f"label_z_{lab}" for lab in labels]]:
         out[col] = np.nan
     log(f"tsne_clean: {sel_rows.size} of {n_rows} spectra in splits {list(c['splits'])} "
@@ -395,12 +506,22 @@ def tsne_clean(flux: np.ndarray, table: pd.DataFrame, labels: Sequence[str],
     # BLAS may use only the job's threads: more threads than cores (a Snakemake job beside
     # others) made the small QR/SVD steps of the randomized SVD many times slower
     with threadpool_limits(limits=max(1, int(c["n_jobs"])), user_api="blas"):
-        scores, resid = pca_scores_and_residuals(flux, sel_rows,
-                                                 n_components=int(c["pca_components"]),
-                                                 fit_rows=int(c["pca_fit_rows"]),
-                                                 seed=int(c["seed"]))
+        scores, resid, peak = pca_scores_and_residuals(flux, sel_rows,
+                                                       n_components=int(c["pca_components"]),
+                                                       fit_rows=int(c["pca_fit_rows"]),
+                                                       seed=int(c["seed"]),
+                                                       window=int(c["residual_window"]))
     snr = _column(table, "snr", sel_rows) if "snr" in table.columns else None
     z_resid = residual_z(resid, snr, int(c["residual_snr_bins"]))
+    z_peak = residual_z(peak, snr, int(c["residual_snr_bins"]))
+    z_model = z_model_peak = None
+    if c["label_model_z"] is not None:
+        t1 = time.perf_counter()
+        values = np.stack([_column(table, lab, sel_rows) for lab in labels], axis=1)
+        z_model, z_model_peak = label_model_residuals(
+            flux, sel_rows, values, snr, window=int(c["residual_window"]),
+            n_bins=int(c["residual_snr_bins"]), seed=int(c["seed"]))
+        log(f"tsne_clean: quadratic label model of the flux in {time.perf_counter() - t1:.1f} s")
     log(f"tsne_clean: PCA to {scores.shape[1]} components in {time.perf_counter() - t0:.1f} s "
         f"(median residual RMS {np.median(resid):.4g})")
 
@@ -417,10 +538,14 @@ def tsne_clean(flux: np.ndarray, table: pd.DataFrame, labels: Sequence[str],
                                        c["label_floor"][lab])
              for lab in labels}
 
-    reasons = _reasons(z_resid, z_out, z_lab, c)
+    reasons = _reasons(z_resid, z_out, z_lab, c, z_peak, z_model, z_model_peak)
     out.loc[sel_rows, "tsne_x"] = emb[:, 0]
     out.loc[sel_rows, "tsne_y"] = emb[:, 1]
     out.loc[sel_rows, "pca_residual_z"] = z_resid
+    out.loc[sel_rows, "pca_peak_z"] = z_peak
+    if z_model is not None:
+        out.loc[sel_rows, "label_model_z"] = z_model
+        out.loc[sel_rows, "label_model_peak_z"] = z_model_peak
     out.loc[sel_rows, "embedding_outlier_z"] = z_out
     for lab in labels:
         out.loc[sel_rows, f"label_z_{lab}"] = z_lab[lab]
@@ -431,12 +556,23 @@ def tsne_clean(flux: np.ndarray, table: pd.DataFrame, labels: Sequence[str],
 
 
 def _reasons(z_resid: np.ndarray, z_out: np.ndarray, z_lab: Mapping[str, np.ndarray],
-             c: Mapping[str, Any]) -> np.ndarray:
+             c: Mapping[str, Any], z_peak: np.ndarray | None = None,
+             z_model: np.ndarray | None = None, z_model_peak: np.ndarray | None = None
+             ) -> np.ndarray:
     """One ';'-joined reason string per cleaned spectrum ('' = kept)."""
     n = z_resid.size
     parts: list[list[str]] = [[] for _ in range(n)]
+    if z_model is not None:
+        limit = float(c["label_model_z"])
+        for i in np.flatnonzero(np.nan_to_num(z_model, nan=0.0) > limit):
+            parts[i].append(REASON_MODEL)
+        for i in np.flatnonzero(np.nan_to_num(z_model_peak, nan=0.0) > limit):
+            parts[i].append(REASON_MODEL_PEAK)
     for i in np.flatnonzero(z_resid > float(c["residual_z"])):
         parts[i].append(REASON_PCA)
+    if z_peak is not None:
+        for i in np.flatnonzero(z_peak > float(c["residual_peak_z"])):
+            parts[i].append(REASON_PEAK)
     for i in np.flatnonzero(z_out > float(c["outlier_z"])):
         parts[i].append(REASON_OUTLIER)
     marked = {lab: np.abs(np.nan_to_num(z, nan=0.0)) > float(c["label_z"])

@@ -93,7 +93,8 @@ def cleaned_survey(tmp_path_factory):
 def test_output_layout(cleaned_survey):
     table, _, result, _ = cleaned_survey
     expected = ["spectrum_id", "row", "cleaned", "keep", "reason", "tsne_x", "tsne_y",
-                "pca_residual_z", "embedding_outlier_z", *[f"label_z_{lab}" for lab in LABELS]]
+                "pca_residual_z", "pca_peak_z", "label_model_z", "label_model_peak_z",
+                "embedding_outlier_z", *[f"label_z_{lab}" for lab in LABELS]]
     assert list(result.columns) == expected
     assert (result["spectrum_id"].to_numpy() == table["spectrum_id"].to_numpy()).all()
     assert (result["row"].to_numpy() == np.arange(len(table))).all()
@@ -172,7 +173,9 @@ def test_thresholds_and_tsne_settings_come_from_config(monkeypatch):
     monkeypatch.setattr(clean, "tsne_embed", fake_embed)
     flux, table, _ = synthetic_survey(n=400, n_pixels=200, n_untouched=40, seed=5)
     quiet = lambda _msg: None  # noqa: E731
-    strict = tsne_clean(flux, table, LABELS, {"residual_z": 1e9, "outlier_z": 1e9, "label_z": 1e9,
+    strict = tsne_clean(flux, table, LABELS, {"residual_z": 1e9, "residual_peak_z": 1e9,
+                                              "label_model_z": 1e9,
+                                              "outlier_z": 1e9, "label_z": 1e9,
                                               "seed": 11, "perplexity": 12, "n_jobs": 2}, log=quiet)
     assert calls[-1] == {"perplexity": 12.0, "seed": 11, "n_jobs": 2}
     assert strict["keep"].all()
@@ -183,7 +186,9 @@ def test_thresholds_and_tsne_settings_come_from_config(monkeypatch):
     assert (label_reasons[label_reasons > 0] >= 2).all()
     assert (label_reasons >= 2).sum() > 10
     fewer = tsne_clean(flux, table, LABELS, {"pca_components": 3, "residual_z": 1e9,
-                                             "outlier_z": 1e9, "label_z": 1e9}, log=quiet)
+                                             "residual_peak_z": 1e9, "label_model_z": None,
+                                             "outlier_z": 1e9,
+                                             "label_z": 1e9}, log=quiet)
     assert fewer["keep"].all()
 
 
@@ -193,8 +198,21 @@ def test_held_out_residual_exposes_a_defect_the_basis_fitted():
     rng = np.random.default_rng(0)
     flux = 1.0 + 0.01 * rng.normal(size=(41, 300))
     flux[0, 150] += 5.0
-    _, resid = pca_scores_and_residuals(flux.astype(np.float32), np.arange(41), n_components=10)
+    _, resid, _ = pca_scores_and_residuals(flux.astype(np.float32), np.arange(41), n_components=10)
     assert resid[0] > 10 * np.median(resid[1:])
+
+
+def test_residual_peak_finds_a_local_defect_the_rms_dilutes():
+    # a 6-pixel emission bump of 4σ per pixel in a 4000-pixel spectrum: the RMS grows by <1 %,
+    # the running-mean peak stands at ~10σ
+    rng = np.random.default_rng(1)
+    flux = 1.0 + 0.01 * rng.normal(size=(200, 4000))
+    flux[7, 2000:2006] += 0.04
+    _, rms, peak = pca_scores_and_residuals(flux.astype(np.float32), np.arange(200),
+                                            n_components=5, window=7)
+    others = np.delete(np.arange(200), 7)
+    assert rms[7] < 1.02 * np.max(rms[others])
+    assert peak[7] > 1.5 * np.max(peak[others])
 
 
 def test_robust_z():
@@ -250,3 +268,28 @@ def test_defaults_documented():
     assert CLEAN_DEFAULTS["pca_components"] == 50 and CLEAN_DEFAULTS["perplexity"] == 30
     assert CLEAN_DEFAULTS["label_floor"]["teff"] == 60
     assert CLEAN_DEFAULTS["splits"] == ["train", "valid"]
+
+
+def test_label_model_flags_spectra_that_disagree_with_their_labels():
+    from starlabels.clean import label_model_residuals
+
+    rng = np.random.default_rng(4)
+    n, n_pix = 600, 400
+    teff = rng.uniform(4500, 6500, n)
+    feh = rng.uniform(-1, 0.4, n)
+    x = np.linspace(0, 1, n_pix)
+    centres = np.linspace(0.05, 0.95, 20)
+    depth = np.clip(0.3 + 0.2 * feh - 0.0001 * (teff - 5500), 0.02, 0.9)
+    lines = np.exp(-0.5 * ((x[None, :] - centres[:, None]) / 0.004) ** 2).sum(0)
+    flux = 1.0 - depth[:, None] * lines[None, :] + rng.normal(0, 0.01, (n, n_pix))
+    snr = np.full(n, 100.0)
+    labels = np.stack([teff, feh], 1).copy()
+    labels[3, 1] = labels[3, 1] + 0.8               # a label that belongs to another star
+    flux[5] = (flux[5] + 0.4) / 1.4                 # scattered light: every line too shallow
+    z_rms, z_peak = label_model_residuals(flux.astype(np.float32), np.arange(n), labels, snr)
+    worst = np.maximum(z_rms, z_peak)
+    assert worst[3] > 6 and worst[5] > 6
+    assert np.mean(np.delete(worst, [3, 5]) > 4.5) < 0.02
+    labels[7, 0] = np.nan                            # unknown labels are not judged
+    z_rms, _ = label_model_residuals(flux.astype(np.float32), np.arange(n), labels, snr)
+    assert np.isnan(z_rms[7])
