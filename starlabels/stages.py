@@ -10,7 +10,6 @@ Each function reads only the paths it is given and writes its outputs atomically
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 

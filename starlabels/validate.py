@@ -16,7 +16,6 @@ Metrics (written to ``metrics.json``):
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np

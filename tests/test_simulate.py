@@ -5,7 +5,6 @@ import pytest
 
 from starlabels.artifacts import load_table
 from starlabels.config import validate_config
-from starlabels.simulate import physics
 from starlabels.simulate.physics import ForwardModel, Instrument, load_linelist
 from starlabels.simulate.survey import cname, draw_labels, simulate_gaia_eso, simulate_phoenix_grid
 from starlabels.spectral import C_KMS

@@ -73,10 +73,14 @@ def test_catalog_content_and_metrics(tiny_run):
     stars = load_table(results / "tiny_ges" / "normalized" / "stars.parquet")
     rejects = load_table(results / "tiny_ges" / "normalized" / "rejects.parquet")
     truth = load_table(results / "tiny_ges" / "truth" / "truth.parquet")
-    # every simulated star is either catalogued or rejected with a reason: nothing silently lost
+    # every simulated star is catalogued or named in the rejects table: nothing silently lost,
+    # and the stars missing from the catalogue are exactly those with broken archive files
     assert len(cat) == len(stars)
-    assert set(cat["star_id"]) | set(rejects["spectrum_id"]) >= set(truth["star_id"]) - set(
-        rejects["spectrum_id"]) and len(cat) + rejects["spectrum_id"].nunique() >= len(truth)
+    missing = set(truth["star_id"]) - set(cat["star_id"])
+    named = " ".join(rejects["spectrum_id"].astype(str) + " " + rejects["path"].astype(str))
+    assert all(star in named for star in missing)
+    assert missing == set(truth.loc[truth["broken"] != "", "star_id"]) and missing
+    assert (rejects["reason"].str.len() > 0).all() and set(rejects["stage"]) == {"normalize"}
     for label in ("teff", "logg", "fe_h", "mg_fe", "al_fe"):
         assert cat[label].notna().all() and (cat[f"{label}_std"] >= 0).all()
     metrics = json.loads((results / "tiny_ges" / "metrics.json").read_text())
@@ -138,3 +142,15 @@ def test_config_error_stops_before_any_job(repo, tmp_path, tiny_config_path):
     text = proc.stdout + proc.stderr
     assert "experiments.tiny_ges.train.device" in text and "'cuda'" in text
     assert not (tmp_path / "r").exists()
+
+
+def test_report_includes_plots_with_captions(repo, tiny_run, tmp_path):
+    report = tmp_path / "report.html"
+    proc = snakemake(repo, *tiny_run["args"], "--report", str(report))
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text
+    assert "ERROR" not in text, text          # caption reST problems are printed, not raised
+    html = report.read_text(errors="replace")
+    for plot in ("gradients.png", "one_to_one_true.png", "kiel.png", "tsne_clean.png"):
+        assert plot in html
+    assert "Network gradients" in html and "Kiel diagram" in html

@@ -10,7 +10,6 @@ does, so files pass ``fitsverify``.
 from __future__ import annotations
 
 import os
-from typing import Sequence
 
 import numpy as np
 from astropy.io import fits

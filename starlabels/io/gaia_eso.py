@@ -33,7 +33,7 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -448,13 +448,24 @@ def write_ges_catalog(path: str | os.PathLike, table: pd.DataFrame) -> None:
     LOGG and FEH are required; the others may be left out (to mimic catalogs without them);
     an unknown column is refused because its unit would be unknown.
     """
-    missing = [c for c in _GES_REQUIRED if c not in table.columns]
-    unknown = [c for c in table.columns if c not in GES_CATALOG_COLUMNS]
+    hdu = _catalog_hdu(table, GES_CATALOG_COLUMNS, _GES_REQUIRED, "GES_DR5_1_V1", "GES catalog")
+    hdu.header["ORIGIN"] = ("ESO", "Gaia-ESO Survey DR5.1-like catalog")
+    hdu.header.add_comment("MG1, AL1: absolute abundances log eps(X) = log10(N_X/N_H) + 12")
+    with atomic_path(path) as tmp:
+        fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp, checksum=True)
+
+
+def _catalog_hdu(table: pd.DataFrame, spec: dict[str, tuple[str, str | None]],
+                 required: Sequence[str], extname: str, what: str) -> fits.BinTableHDU:
+    """A catalogue table HDU from ``table`` whose columns must all be described in ``spec``
+    (name → (TFORM, unit)); shared by the Gaia-ESO and MARVELS catalogue writers."""
+    missing = [c for c in required if c not in table.columns]
+    unknown = [c for c in table.columns if c not in spec]
     if missing or unknown:
-        raise ValueError(f"GES catalog: missing required columns {missing}, unknown columns "
+        raise ValueError(f"{what}: missing required columns {missing}, unknown columns "
                          f"{unknown}")
     columns = []
-    for name, (fmt, unit) in GES_CATALOG_COLUMNS.items():
+    for name, (fmt, unit) in spec.items():
         if name not in table.columns:
             continue
         if fmt == "A":
@@ -462,11 +473,7 @@ def write_ges_catalog(path: str | os.PathLike, table: pd.DataFrame) -> None:
         else:
             values = pd.to_numeric(table[name], errors="raise").to_numpy(dtype=np.float64)
             columns.append(fits.Column(name=name, format=fmt, unit=unit, array=values))
-    hdu = fits.BinTableHDU.from_columns(columns, name="GES_DR5_1_V1")
-    hdu.header["ORIGIN"] = ("ESO", "Gaia-ESO Survey DR5.1-like catalog")
-    hdu.header.add_comment("MG1, AL1: absolute abundances log eps(X) = log10(N_X/N_H) + 12")
-    with atomic_path(path) as tmp:
-        fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp, checksum=True)
+    return fits.BinTableHDU.from_columns(columns, name=extname)
 
 
 def _numeric_column(data, column: fits.Column, path: Path) -> np.ndarray:

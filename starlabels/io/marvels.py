@@ -43,8 +43,8 @@ from astropy.io import fits
 from ..artifacts import atomic_path
 from .fitsfast import write_fits
 # FITS helpers shared with the Gaia-ESO module: safe opening, columns, units, file names.
-from .gaia_eso import (_as_text, _column_lookup, _open_fits, _safe_name_part, _string_column,
-                       _table_hdu, _wavelength_scale)
+from .gaia_eso import (_as_text, _catalog_hdu, _column_lookup, _open_fits, _safe_name_part,
+                       _string_column, _table_hdu, _wavelength_scale)
 from .spectrum import Spectrum, SpectrumFormatError
 
 __all__ = [
@@ -290,21 +290,8 @@ def write_marvels_star_catalog(path: str | os.PathLike, table: pd.DataFrame) -> 
     ``table`` uses the column names of :data:`MARVELS_CATALOG_COLUMNS`; STARNAME, TEFF, LOG_G
     and FEH are required, unknown columns are refused. NaN labels are written as NaN.
     """
-    missing = [c for c in _CATALOG_REQUIRED if c not in table.columns]
-    unknown = [c for c in table.columns if c not in MARVELS_CATALOG_COLUMNS]
-    if missing or unknown:
-        raise ValueError(f"marvelsStar catalog: missing required columns {missing}, unknown "
-                         f"columns {unknown}")
-    columns = []
-    for name, (fmt, unit) in MARVELS_CATALOG_COLUMNS.items():
-        if name not in table.columns:
-            continue
-        if fmt == "A":
-            columns.append(_string_column(name, table[name].tolist()))
-        else:
-            values = pd.to_numeric(table[name], errors="raise").to_numpy(dtype=np.float64)
-            columns.append(fits.Column(name=name, format=fmt, unit=unit, array=values))
-    hdu = fits.BinTableHDU.from_columns(columns, name="MARVELSSTAR")
+    hdu = _catalog_hdu(table, MARVELS_CATALOG_COLUMNS, _CATALOG_REQUIRED, "MARVELSSTAR",
+                       "marvelsStar catalog")
     with atomic_path(path) as tmp:
         fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp, checksum=True)
 

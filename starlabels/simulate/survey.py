@@ -235,8 +235,39 @@ def _progress(log: Log, what: str, done: int, total: int, start: float) -> None:
         f"{done / max(dt, 1e-9):.1f}/s, {dt:.1f} s")
 
 
+# ------------------------------------------------------------------ shared observing set-up
+
+def draw_observing_conditions(truth: pd.DataFrame, rng: np.random.Generator,
+                              cfg: Mapping[str, Any]) -> None:
+    """Add per-star S/N, radial velocity and injected defect type to ``truth`` (in place)."""
+    n = len(truth)
+    truth["snr"] = draw_snr(n, rng, cfg["snr"])
+    truth["rv_kms"] = np.clip(rng.normal(cfg["rv_kms"]["mean"], cfg["rv_kms"]["sigma"], n),
+                              -cfg["rv_kms"]["max_abs"], cfg["rv_kms"]["max_abs"])
+    truth["defect"] = choose_defects(n, rng, cfg["defect_fraction"], list(cfg["defect_types"]))
+
+
+def prepare_workers(cfg: Mapping[str, Any], seed: int, spectra_dir: Path) -> list[Instrument]:
+    """Set the state forked simulation workers read: instrument model and the observed stars'
+    line list (clean list + the synthetic gap's log gf errors and extra lines)."""
+    lines = load_linelist(cfg.get("linelist"))
+    gap = cfg["synthetic_gap"]
+    obs_lines = perturbed_linelist(lines, np.random.default_rng([seed, 10**9]),
+                                   log_gf_sigma=gap["log_gf_sigma"],
+                                   extra_fraction=gap["extra_line_fraction"])
+    instruments = _setup_instruments(cfg["setups"])
+    _WORKER_STATE.clear()
+    _WORKER_STATE.update(seed=seed, model=ForwardModel(instruments, lines,
+                                                       sampling_kms=cfg["sampling_kms"]),
+                         lines=obs_lines, spectra_dir=spectra_dir,
+                         emission=_emission_lines(lines))
+    return instruments
+
+
 # ------------------------------------------------------------------ Gaia-ESO
 
+# Forked simulation workers read the instrument model and line list from here (set by
+# prepare_workers just before the pool starts) instead of pickling them for every star.
 _WORKER_STATE: dict[str, Any] = {}
 
 
@@ -308,23 +339,10 @@ def simulate_gaia_eso(cfg: Mapping[str, Any], raw_dir: str | Path, truth_path: s
             ids[i] = f"{s}{seen[s]}"
     truth.insert(0, "star_id", ids)
     truth["ra"], truth["dec"] = ra, dec
-    truth["snr"] = draw_snr(n, rng, cfg["snr"])
-    truth["rv_kms"] = np.clip(rng.normal(cfg["rv_kms"]["mean"], cfg["rv_kms"]["sigma"], n),
-                              -cfg["rv_kms"]["max_abs"], cfg["rv_kms"]["max_abs"])
-    truth["defect"] = choose_defects(n, rng, cfg["defect_fraction"], list(cfg["defect_types"]))
+    draw_observing_conditions(truth, rng, cfg)
     truth["broken"] = choose_broken(n, np.random.default_rng([seed, 2 * 10**9]),
                                     cfg["broken_file_fraction"])
-
-    lines = load_linelist(cfg.get("linelist"))
-    gap = cfg["synthetic_gap"]
-    obs_lines = perturbed_linelist(lines, np.random.default_rng([seed, 10**9]),
-                                   log_gf_sigma=gap["log_gf_sigma"],
-                                   extra_fraction=gap["extra_line_fraction"])
-    instruments = _setup_instruments(cfg["setups"])
-    _WORKER_STATE.clear()
-    _WORKER_STATE.update(seed=seed, model=ForwardModel(instruments, lines,
-                                                     sampling_kms=cfg["sampling_kms"]),
-                      lines=obs_lines, spectra_dir=spectra_dir, emission=_emission_lines(lines))
+    instruments = prepare_workers(cfg, seed, spectra_dir)
     log(f"simulate gaia_eso: {(truth.broken != '').sum()} stars with broken archive files "
         f"({dict(truth.loc[truth.broken != '', 'broken'].value_counts())})")
     log(f"simulate gaia_eso: {n} stars, setups {[i.name for i in instruments]}, "
@@ -425,22 +443,9 @@ def simulate_marvels(cfg: Mapping[str, Any], raw_dir: str | Path, truth_path: st
     order = rng.permutation(n)            # mix samples across plates like a real survey
     truth = truth.iloc[order].reset_index(drop=True)
     truth["plate"] = [f"PLATE{1000 + i // cfg['stars_per_plate']}" for i in range(n)]
-    truth["snr"] = draw_snr(n, rng, cfg["snr"])
-    truth["rv_kms"] = np.clip(rng.normal(cfg["rv_kms"]["mean"], cfg["rv_kms"]["sigma"], n),
-                              -cfg["rv_kms"]["max_abs"], cfg["rv_kms"]["max_abs"])
-    truth["defect"] = choose_defects(n, rng, cfg["defect_fraction"], list(cfg["defect_types"]))
+    draw_observing_conditions(truth, rng, cfg)
     truth["index"] = np.arange(n)
-
-    lines = load_linelist(cfg.get("linelist"))
-    gap = cfg["synthetic_gap"]
-    obs_lines = perturbed_linelist(lines, np.random.default_rng([seed, 10**9]),
-                                   log_gf_sigma=gap["log_gf_sigma"],
-                                   extra_fraction=gap["extra_line_fraction"])
-    instruments = _setup_instruments(cfg["setups"])
-    _WORKER_STATE.clear()
-    _WORKER_STATE.update(seed=seed, model=ForwardModel(instruments, lines,
-                                                     sampling_kms=cfg["sampling_kms"]),
-                      lines=obs_lines, spectra_dir=spectra_dir, emission=_emission_lines(lines))
+    prepare_workers(cfg, seed, spectra_dir)
     tasks = list(truth.groupby("plate", sort=True))
     log(f"simulate marvels: {n} stars on {len(tasks)} plates, threads={threads}")
     results = _run_parallel(_marvels_plate, tasks, threads, log, "marvels plates")
