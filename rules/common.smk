@@ -6,14 +6,14 @@ sys.path.insert(0, workflow.basedir)  # the workflow's own starlabels/ wins over
 
 from snakemake.exceptions import WorkflowError
 from starlabels.artifacts import config_hash
-from starlabels.config import ConfigError, validate_config
+from starlabels.config import ConfigError, canonical, validate_config
 
 try:
     _validated = validate_config(config)
 except ConfigError as err:
     raise WorkflowError(str(err))
 config.clear()
-config.update(_validated)
+config.update(canonical(_validated))  # key order must not decide what reruns
 
 R = config["results"]
 EXPERIMENTS = config["experiments"]

@@ -93,5 +93,19 @@ def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any] | None 
     return config
 
 
+def canonical(value: Any) -> Any:
+    """The same config with every mapping's keys sorted, recursively.
+
+    Snakemake compares a rule's params with the previous run's by their serialisation, which
+    depends on key order: without this, the same settings written in another order (or filled
+    by defaults in another order) would rerun the whole workflow.
+    """
+    if isinstance(value, Mapping):
+        return {k: canonical(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [canonical(v) for v in value]
+    return value
+
+
 def load_config(path: str | Path) -> dict[str, Any]:
     return validate_config(yaml.safe_load(Path(path).read_text()) or {})

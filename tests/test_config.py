@@ -76,3 +76,12 @@ def test_tiny_test_config_is_valid(tiny_config_path):
     base["experiments"].update(tiny["experiments"])
     base["run"] = tiny["run"]
     validate_config(base)
+
+
+def test_canonical_sorts_keys_recursively_so_params_compare_equal():
+    from starlabels.config import canonical
+
+    a = {"b": 1, "a": {"y": [{"q": 1, "p": 2}], "x": 2}}
+    b = {"a": {"x": 2, "y": [{"p": 2, "q": 1}]}, "b": 1}
+    assert repr(canonical(a)) == repr(canonical(b))
+    assert list(canonical(a)) == ["a", "b"]
