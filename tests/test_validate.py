@@ -1,0 +1,64 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from starlabels.validate import (clean_metrics, ensemble_calibration, giant_fractions,
+                                 gradient_line_ratios, label_stats)
+
+
+def test_label_stats_bias_sigma_robust():
+    rng = np.random.default_rng(0)
+    true = rng.normal(0, 1, 20000)
+    pred = true + 0.1 + rng.normal(0, 0.05, true.size)
+    pred[:10] = np.nan                                    # NaN-safe
+    s = label_stats(pred, true)
+    assert s["n"] == true.size - 10
+    assert s["bias"] == pytest.approx(0.1, abs=0.002)
+    assert s["sigma"] == pytest.approx(0.05, rel=0.03)
+    assert s["robust_sigma"] == pytest.approx(0.05, rel=0.05)
+    assert label_stats(np.full(3, np.nan), np.zeros(3))["n"] == 0
+
+
+def test_ensemble_calibration_coverage():
+    rng = np.random.default_rng(1)
+    true = np.zeros(50000)
+    pred = rng.normal(0, 2.0, true.size)
+    honest = ensemble_calibration(pred, np.full(true.size, 2.0), true)
+    assert honest["coverage_68"] == pytest.approx(0.683, abs=0.01)
+    assert honest["z_sigma"] == pytest.approx(1.0, abs=0.02)
+    overconfident = ensemble_calibration(pred, np.full(true.size, 0.5), true)
+    assert overconfident["coverage_68"] < 0.25 and overconfident["z_sigma"] > 3.5
+
+
+def test_giant_fractions():
+    f = giant_fractions(np.array([1.0, 2.5, 3.7, 4.5, np.nan]), 3.5, 4.0)
+    assert (f["giant"], f["subgiant"], f["dwarf"], f["n"]) == (0.5, 0.25, 0.25, 4)
+
+
+def test_gradient_line_ratio_is_high_only_at_the_elements_lines():
+    wavelength = np.arange(8700.0, 8800.0, 0.1)
+    lines = pd.DataFrame({"wavelength_air": [8736.02, 8772.87], "element": ["Mg", "Al"]})
+    grads = np.full((2, wavelength.size), 0.01)
+    grads[0, np.abs(wavelength - 8736.02) < 0.3] = 1.0    # [Mg/Fe] reads the Mg line
+    ratios = gradient_line_ratios(wavelength, grads, ["mg_fe", "al_fe"], lines)
+    assert ratios["mg_fe"] > 20 and ratios["al_fe"] == pytest.approx(1.0)
+
+
+def test_clean_metrics_counts_defects_in_cleaned_splits_only():
+    truth = pd.DataFrame({"star_id": list("abcdef"),
+                          "defect": ["", "cosmic_rays", "", "emission_cores", "", ""],
+                          "broken": ["", "", "", "", "", "truncated_file"]})
+    stars = pd.DataFrame({"star_id": list("abcde")})          # f was rejected by normalize
+    cleaned = pd.DataFrame({"cleaned": [True, True, True, True, False],
+                            "keep": [True, False, False, True, True],
+                            "reason": ["", "pca_peak", "label_model_residual", "", ""]})
+    rejects = pd.DataFrame({"spectrum_id": ["f_HR10.fits"], "path": ["x"], "stage": ["normalize"],
+                            "reason": ["unreadable: truncated"]})
+    m = clean_metrics(truth, stars, cleaned, rejects)
+    assert m["n_cleaned"] == 4 and m["n_defective"] == 2
+    assert m["defective_rejected_fraction"] == 0.5
+    assert m["good_rejected_fraction"] == 0.5
+    assert m["per_defect"]["cosmic_rays"]["rejected_fraction"] == 1.0
+    assert m["normalize_rejected"]["n"] == 1
+    assert m["normalize_rejected"]["per_broken_file"] == {"truncated_file": 1}
+    assert m["normalize_rejected"]["per_reason"] == {"unreadable": 1}
