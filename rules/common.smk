@@ -75,7 +75,15 @@ def trainset_inputs(wildcards):
     return inputs
 
 
-PLOTS = ["one_to_one_true", "one_to_one_reference", "kiel", "abundances", "tsne", "gradients"]
+PLOTS = [
+    "one_to_one_true",
+    "one_to_one_reference",
+    "kiel",
+    "abundances",
+    "tsne",
+    "gradients",
+    "precision_vs_snr",
+]
 
 
 def final_targets():

@@ -42,6 +42,12 @@ rule validate:
             category="{exp}",
             subcategory="clean",
         ),
+        precision_vs_snr=report(
+            f"{R}/{{exp}}/plots/precision_vs_snr.png",
+            caption="../resources/report/precision_vs_snr.rst",
+            category="{exp}",
+            subcategory="precision",
+        ),
         gradients=report(
             f"{R}/{{exp}}/plots/gradients.png",
             caption="../resources/report/gradients.rst",
@@ -54,6 +60,11 @@ rule validate:
         grid=section("grid"),
         validate=section("validate"),
         linelist=lambda w: EXPERIMENTS[w.exp]["simulate"]["linelist"],
+        simulate=lambda w: (
+            EXPERIMENTS[w.exp]["simulate"]
+            if EXPERIMENTS[w.exp]["source"] == "simulate"
+            else None
+        ),
         config_hash=section_hash("labels", "validate"),
     log:
         f"{R}/{{exp}}/logs/validate.log",

@@ -12,7 +12,10 @@ Metrics (written to ``metrics.json``):
   type, and the fraction of good training spectra it rejected; normalize rejects per reason;
 * **giant classes** (MARVELS) — giant / sub-giant / dwarf fractions of the giant candidates from
   the predicted log g, beside the simulated truth;
-* **network gradients** — mean |∂label/∂flux| near each element's lines relative to elsewhere.
+* **network gradients** — mean |∂label/∂flux| near each element's lines relative to elsewhere;
+* **precision report** (simulated surveys) — per label and S/N bin: σ and bias of
+  (predicted − true), the median Cramér–Rao bound of the simulator's own forward model
+  (``starlabels.limits``), their ratio, and the ensemble's z-spread and 68 % coverage.
 """
 from __future__ import annotations
 
@@ -135,11 +138,72 @@ def gradient_line_ratios(wavelength: np.ndarray, gradients: np.ndarray, labels: 
     return out
 
 
+def precision_report(cat: pd.DataFrame, truth: pd.DataFrame, labels: Sequence[str],
+                     rows: np.ndarray, simulate_cfg: Mapping[str, Any],
+                     grid_cfg: Mapping[str, Any], snr_bins: Sequence[float], crlb_sample: int,
+                     log=print) -> pd.DataFrame:
+    """Per label and S/N bin: σ, bias, median CRLB, σ/CRLB, z-spread and 68 % coverage.
+
+    Only evaluation stars without injected defects count. The CRLB uses the model that made
+    the observed spectra (observed line list with the synthetic gap, each grid segment at its
+    setup's resolving power, rest frame) and photon noise at the star's measured S/N on the
+    experiment grid; it is computed for up to ``crlb_sample`` stars and its median taken per bin.
+    """
+    import time
+
+    from .limits import star_crlb
+    from .simulate.physics import ForwardModel, Instrument
+    from .simulate.survey import observed_linelist
+
+    sub = cat.loc[rows].merge(truth, on="star_id", how="left", suffixes=("", "_true"))
+    sub = sub[sub["defect"].fillna("").eq("")].reset_index(drop=True)
+    grid = WavelengthGrid.from_config(grid_cfg["segments"])
+    resolution = {s["name"]: float(s["resolution"]) for s in simulate_cfg["setups"]}
+    missing = [seg.name for seg in grid.segments if seg.name not in resolution]
+    if missing:
+        raise ValueError(f"grid segment(s) {missing} have no simulate.setups entry with the "
+                         f"same name, so their resolving power is unknown")
+    model = ForwardModel([Instrument(seg.name, resolution[seg.name], seg.wavelength_air)
+                          for seg in grid.segments], observed_linelist(simulate_cfg)[1])
+    rng = np.random.default_rng(0)
+    pick = np.sort(rng.choice(len(sub), size=min(crlb_sample, len(sub)), replace=False))
+    start = time.perf_counter()
+    bounds = {label: np.full(len(sub), np.nan) for label in labels}
+    all_labels = ("teff", "logg", "fe_h", "mg_fe", "al_fe")
+    # labels the experiment predicts were suffixed _true by the merge; the others (nuisance
+    # parameters of the spectrum, e.g. [Mg/Fe] for MARVELS) keep their own names
+    true_col = {k: f"{k}_true" if f"{k}_true" in sub else k for k in all_labels}
+    for i in pick:
+        star = {k: float(sub.at[i, true_col[k]]) for k in all_labels}
+        crlb = star_crlb(model, star, float(sub.at[i, "snr"]), labels)
+        for label in labels:
+            bounds[label][i] = crlb[label]
+    log(f"validate: CRLB of {pick.size} stars in {time.perf_counter() - start:.1f} s")
+    snr = sub["snr"].to_numpy(dtype=float)
+    edges = list(snr_bins)
+    out = []
+    for label in labels:
+        err = sub[label].to_numpy(dtype=float) - sub[f"{label}_true"].to_numpy(dtype=float)
+        std = sub[f"{label}_std"].to_numpy(dtype=float)
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            inbin = (snr >= lo) & (snr < hi) & np.isfinite(err)
+            stats = label_stats(err[inbin], np.zeros(inbin.sum()))
+            cal = ensemble_calibration(err[inbin], std[inbin], np.zeros(inbin.sum()))
+            crlb = np.nanmedian(bounds[label][inbin]) if np.isfinite(bounds[label][inbin]).any() \
+                else np.nan
+            out.append({"label": label, "snr_lo": lo, "snr_hi": hi, "n": stats["n"],
+                        "sigma": stats["sigma"], "bias": stats["bias"], "crlb": crlb,
+                        "sigma_over_crlb": stats["sigma"] / crlb if crlb > 0 else np.nan,
+                        "z_sigma": cal["z_sigma"], "coverage_68": cal["coverage_68"]})
+    return pd.DataFrame(out)
+
+
 def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: str, truth: str,
              model_dirs: Sequence[str], labels: Sequence[str], survey: str,
              grid_cfg: Mapping[str, Any], cfg: Mapping[str, Any], metrics: str,
              plots: Mapping[str, str], experiment: str, linelist: str | None = None,
-             log=print, config_hash: str = "none") -> dict[str, Any]:
+             simulate_cfg: Mapping[str, Any] | None = None, log=print,
+             config_hash: str = "none") -> dict[str, Any]:
     """Compute metrics.json and draw the validation plots (paths in ``plots``)."""
     from . import plots as P
     from .predict import input_gradients
@@ -213,6 +277,12 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
     else:                 # MARVELS / deep-REMAP: the metallicity distribution per sample
         P.metallicity_distribution(cat, plots["abundances"], group="split")
     P.tsne_map(cleaned, plots["tsne"])
+
+    if simulate_cfg is not None:
+        report = precision_report(cat, true, labels, rows, simulate_cfg, grid_cfg,
+                                  cfg["snr_bins"], cfg["crlb_sample"], log=log)
+        result["precision_report"] = report.to_dict(orient="records")
+        P.precision_vs_snr(report, plots["precision_vs_snr"])
 
     result["provenance"] = artifacts.provenance(None, config_hash=config_hash, stage="validate")
     artifacts.save_json(metrics, result)

@@ -50,7 +50,8 @@ def test_all_outputs_exist(tiny_run):
         for rel in (f"catalog/starlabels_{exp}.fits", f"catalog/starlabels_{exp}.parquet",
                     "metrics.json", "clean/tsne_clean.png",
                     *[f"plots/{p}.png" for p in ("one_to_one_true", "one_to_one_reference",
-                                                  "kiel", "abundances", "tsne", "gradients")]):
+                                                  "kiel", "abundances", "tsne", "gradients",
+                                                  "precision_vs_snr")]):
             path = results / exp / rel
             assert path.exists() and path.stat().st_size > 0, path
         for rule in ("normalize", "clean", "catalog", "validate"):
@@ -87,6 +88,9 @@ def test_catalog_content_and_metrics(tiny_run):
     assert metrics["evaluation_split"] == "test"
     assert set(metrics["precision"]["vs_true"]) == {"teff", "logg", "fe_h", "mg_fe", "al_fe"}
     assert metrics["clean"]["n_cleaned"] > 0
+    report = metrics["precision_report"]
+    assert {r["label"] for r in report} == {"teff", "logg", "fe_h", "mg_fe", "al_fe"}
+    assert all(r["crlb"] > 0 for r in report if r["n"] > 0 and r["crlb"] == r["crlb"])
     mm = json.loads((results / "tiny_marvels" / "metrics.json").read_text())
     assert mm["evaluation_split"] == "calibration"
     assert mm["precision"]["n_stars"] == 10

@@ -20,9 +20,10 @@ validate(
     plots={
         name: getattr(snakemake.output, name)
         for name in ("one_to_one_true", "one_to_one_reference", "kiel", "abundances", "tsne",
-                     "gradients")
+                     "gradients", "precision_vs_snr")
     },
     experiment=snakemake.wildcards.exp,
     linelist=snakemake.params.linelist,
+    simulate_cfg=snakemake.params.simulate,
     config_hash=snakemake.params.config_hash,
 )

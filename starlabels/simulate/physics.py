@@ -307,7 +307,8 @@ class ForwardModel:
 
     def jacobian(self, labels: Mapping[str, float] | Sequence[float],
                  steps: Mapping[str, float] | None = None,
-                 label_names: Sequence[str] = LABEL_ORDER) -> np.ndarray:
+                 label_names: Sequence[str] = LABEL_ORDER,
+                 lines: pd.DataFrame | None = None) -> np.ndarray:
         """∂flux/∂label by central differences; shape (n_pixels, n_labels)."""
         steps = dict(DEFAULT_STEPS, **(steps or {}))
         base = as_label_dict(labels)
@@ -316,7 +317,8 @@ class ForwardModel:
             up, down = dict(base), dict(base)
             up[name] += steps[name]
             down[name] -= steps[name]
-            cols.append((self.flux(up) - self.flux(down)) / (2.0 * steps[name]))
+            cols.append((self.flux(up, lines=lines) - self.flux(down, lines=lines))
+                        / (2.0 * steps[name]))
         return np.stack(cols, axis=1)
 
 

@@ -247,14 +247,21 @@ def draw_observing_conditions(truth: pd.DataFrame, rng: np.random.Generator,
     truth["defect"] = choose_defects(n, rng, cfg["defect_fraction"], list(cfg["defect_types"]))
 
 
+def observed_linelist(cfg: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(clean line list, the observed stars' line list): the latter carries the synthetic gap's
+    log gf errors and extra lines, drawn from the survey seed so every stage rebuilds it alike."""
+    lines = load_linelist(cfg.get("linelist"))
+    gap = cfg["synthetic_gap"]
+    obs_lines = perturbed_linelist(lines, np.random.default_rng([int(cfg["seed"]), 10**9]),
+                                   log_gf_sigma=gap["log_gf_sigma"],
+                                   extra_fraction=gap["extra_line_fraction"])
+    return lines, obs_lines
+
+
 def prepare_workers(cfg: Mapping[str, Any], seed: int, spectra_dir: Path) -> list[Instrument]:
     """Set the state forked simulation workers read: instrument model and the observed stars'
     line list (clean list + the synthetic gap's log gf errors and extra lines)."""
-    lines = load_linelist(cfg.get("linelist"))
-    gap = cfg["synthetic_gap"]
-    obs_lines = perturbed_linelist(lines, np.random.default_rng([seed, 10**9]),
-                                   log_gf_sigma=gap["log_gf_sigma"],
-                                   extra_fraction=gap["extra_line_fraction"])
+    lines, obs_lines = observed_linelist(cfg)
     instruments = _setup_instruments(cfg["setups"])
     _WORKER_STATE.clear()
     _WORKER_STATE.update(seed=seed, model=ForwardModel(instruments, lines,
