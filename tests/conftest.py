@@ -13,3 +13,23 @@ def repo() -> Path:
 @pytest.fixture(scope="session")
 def tiny_config_path() -> Path:
     return REPO / "tests" / "configs" / "tiny.yaml"
+
+
+@pytest.fixture(scope="session")
+def fitsverify():
+    """Check a FITS file with Debian's fitsverify: 0 errors (its exit status is the error count).
+
+    Skips, with the reason, where fitsverify is not installed (.ci/run installs it)."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("fitsverify")
+
+    def check(path) -> None:
+        if exe is None:
+            pytest.skip("fitsverify is not installed (Debian package 'fitsverify')")
+        result = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "0 error(s)" in result.stdout
+
+    return check

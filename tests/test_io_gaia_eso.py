@@ -1,8 +1,6 @@
 """Gaia-ESO Phase-3 spectrum and DR5.1-like catalog: round trips, units, malformed files."""
 from __future__ import annotations
 
-import shutil
-import subprocess
 import warnings
 from pathlib import Path
 
@@ -16,16 +14,6 @@ from starlabels.io.gaia_eso import (ges_spectrum_filename, read_ges_catalog, rea
 from starlabels.io.spectrum import SpectrumFormatError
 
 CNAME = "08403960-5307143"
-
-
-def _fitsverify(path: Path) -> None:
-    """fitsverify must report 0 errors (its exit status is the error count)."""
-    exe = shutil.which("fitsverify")
-    if exe is None:
-        pytest.skip("fitsverify is not installed")
-    result = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "0 error(s)" in result.stdout
 
 
 def _spectrum_inputs(n: int = 300):
@@ -337,11 +325,11 @@ def test_filename_keeps_real_names_and_refuses_empty():
 
 # ---------------------------------------------------------------- fitsverify
 
-def test_fitsverify_spectrum(spectrum_file):
-    _fitsverify(spectrum_file)
+def test_fitsverify_spectrum(spectrum_file, fitsverify):
+    fitsverify(spectrum_file)
 
 
-def test_fitsverify_catalog(tmp_path):
+def test_fitsverify_catalog(tmp_path, fitsverify):
     path = tmp_path / "ges.fits"
     write_ges_catalog(path, _catalog_frame())
-    _fitsverify(path)
+    fitsverify(path)

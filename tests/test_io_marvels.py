@@ -1,8 +1,6 @@
 """MARVELS star1d layout v1 and marvelsStar-like catalog: round trips, strict validation."""
 from __future__ import annotations
 
-import shutil
-import subprocess
 import warnings
 from pathlib import Path
 
@@ -17,16 +15,6 @@ from starlabels.io.marvels import (LAYOUT, marvels_plate_filename, read_marvels_
 from starlabels.io.spectrum import SpectrumFormatError
 
 NPIX = 400
-
-
-def _fitsverify(path: Path) -> None:
-    """fitsverify must report 0 errors (its exit status is the error count)."""
-    exe = shutil.which("fitsverify")
-    if exe is None:
-        pytest.skip("fitsverify is not installed")
-    result = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "0 error(s)" in result.stdout
 
 
 def _rows() -> list[dict]:
@@ -289,11 +277,11 @@ def test_catalog_bad_rpm_and_empty(tmp_path):
 
 # ---------------------------------------------------------------- fitsverify
 
-def test_fitsverify_plate(plate_file):
-    _fitsverify(plate_file)
+def test_fitsverify_plate(plate_file, fitsverify):
+    fitsverify(plate_file)
 
 
-def test_fitsverify_catalog(tmp_path):
+def test_fitsverify_catalog(tmp_path, fitsverify):
     path = tmp_path / "marvelsStar.fits"
     write_marvels_star_catalog(path, _catalog())
-    _fitsverify(path)
+    fitsverify(path)
