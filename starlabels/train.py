@@ -210,6 +210,33 @@ def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, flux: torch.Te
     return float(loss_sum) / n_train  # float() waits for the GPU once per epoch
 
 
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def _checkpoint_identity(train_hash: str, cfg: Mapping[str, Any], member: int) -> str:
+    """What a checkpoint must match to be resumed: same training set, settings and member."""
+    settings = {k: v for k, v in dict(cfg).items() if k not in ("checkpoint_every", "threads")}
+    return f"{train_hash}:{artifacts.config_hash(settings)}:{int(member)}"
+
+
+def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
+    """Everything needed to continue bit-for-bit: weights, optimiser, schedule, best state,
+    history and every random-number generator the loop draws from. Written atomically."""
+    with artifacts.atomic_path(path) as tmp:
+        torch.save(dict(state), tmp)
+
+
+def load_checkpoint(path: Path, identity: str, log: Callable[[str], Any]) -> dict | None:
+    if not path.exists():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("identity") != identity:
+        say(log, f"{path}: checkpoint from another training set or configuration; starting "
+                 f"afresh")
+        return None
+    return state
+
+
 def train_member(flux_path: str | os.PathLike, table_path: str | os.PathLike,
                  keep_path_or_array: str | os.PathLike | np.ndarray, labels: list[str],
                  member: int, cfg: Mapping[str, Any], out_dir: str | os.PathLike,
@@ -293,7 +320,29 @@ def train_member(flux_path: str | os.PathLike, table_path: str | os.PathLike,
     history: list[dict[str, float]] = []
     start_time = time.perf_counter()
     epoch = 0
-    for epoch in range(1, max_epochs + 1):
+    first_epoch = 1
+    out_path = Path(out_dir)
+    checkpoint_path = out_path / CHECKPOINT_NAME
+    checkpoint_every = int(cfg.get("checkpoint_every", 0) or 0)
+    identity = _checkpoint_identity(train_hash, cfg, member)
+    resumed = load_checkpoint(checkpoint_path, identity, log) if checkpoint_every else None
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(resumed["scheduler"])
+        best_state = resumed["best_state"]
+        best_loss, best_epoch = float(resumed["best_loss"]), int(resumed["best_epoch"])
+        epochs_without_improvement = int(resumed["epochs_without_improvement"])
+        history = list(resumed["history"])
+        torch.set_rng_state(resumed["torch_rng"])
+        shuffle_generator.set_state(resumed["shuffle_rng"])
+        if device.type == "cuda" and resumed.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(resumed["cuda_rng"], device)
+        first_epoch = int(resumed["epoch"]) + 1
+        say(log, f"member {member}: resumed from {checkpoint_path} after epoch "
+                 f"{first_epoch - 1} (best {best_loss:.5f} at epoch {best_epoch})")
+    for epoch in range(first_epoch, max_epochs + 1):
         epoch_start = time.perf_counter()
         train_loss = run_epoch(model, optimizer, x_train, y_train, batch_size, conv_l2,
                                shuffle_generator)
@@ -319,6 +368,17 @@ def train_member(flux_path: str | os.PathLike, table_path: str | os.PathLike,
         say(log, f"member {member} epoch {epoch}/{max_epochs}: train {train_loss:.5f} "
                   f"valid {valid_loss:.5f} best {best_loss:.5f} (epoch {best_epoch}) "
                   f"{throughput:.0f} spectra/s elapsed {elapsed:.1f} s")
+        if checkpoint_every and epoch % checkpoint_every == 0 and epoch < max_epochs:
+            save_checkpoint(checkpoint_path, {
+                "identity": identity, "epoch": epoch, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "best_state": best_state, "best_loss": best_loss, "best_epoch": best_epoch,
+                "epochs_without_improvement": epochs_without_improvement,
+                "history": history, "torch_rng": torch.get_rng_state(),
+                "shuffle_rng": shuffle_generator.get_state(),
+                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            })
         if epochs_without_improvement >= patience:
             say(log, f"member {member}: early stop after epoch {epoch} ({patience} epochs "
                       f"without improvement > {min_delta}); restoring epoch {best_epoch}")
@@ -354,6 +414,8 @@ def train_member(flux_path: str | os.PathLike, table_path: str | os.PathLike,
     }
     meta.update(_plain(artifacts.provenance(cfg)))
     write_model_folder(out_dir, model, meta, pd.DataFrame(history))
+    # the finished folder supersedes the checkpoint; a rerun must not resume from it
+    checkpoint_path.unlink(missing_ok=True)
     say(log, f"member {member}: best epoch {best_epoch}, valid loss {best_loss:.5f}, "
               f"valid RMSE " + ", ".join(f"{k} {v:.4g}" for k, v in valid_rmse.items()))
     return meta
