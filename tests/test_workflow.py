@@ -3,11 +3,15 @@ Snakemake user relies on: lint, dry-run rerun recipes, config errors before any 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -153,3 +157,54 @@ def test_report_includes_plots_with_captions(repo, tiny_run, tmp_path):
     for plot in ("gradients.png", "one_to_one_true.png", "kiel.png", "tsne_clean.png"):
         assert plot in html
     assert "Network gradients" in html and "Kiel diagram" in html
+
+
+# ------------------------------------------------------------------ a real Slurm
+
+def _slurm_responds() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    out = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=30)
+    states = out.stdout.split()
+    return out.returncode == 0 and any(st.startswith(("idle", "mix", "alloc")) for st in states)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(repo):
+    """A one-node Slurm with accounting on loopback (tests/slurm/single_node_slurm.sh)."""
+    if not _slurm_responds():
+        if os.geteuid() != 0:
+            pytest.skip("no Slurm here and not root, so tests/slurm/single_node_slurm.sh cannot "
+                        "install and start one")
+        proc = subprocess.run(["bash", str(repo / "tests" / "slurm" / "single_node_slurm.sh"),
+                               "up"], capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0 or not _slurm_responds():
+            pytest.skip(f"could not start a test Slurm: {(proc.stdout + proc.stderr)[-2000:]}")
+    return True
+
+
+def test_slurm_profile_runs_train_and_predict_as_slurm_jobs(repo, tiny_run, slurm_cluster,
+                                                            tiny_config_path, tmp_path):
+    start = time.strftime("%Y-%m-%dT%H:%M:%S")
+    results = tmp_path / "results"
+    proc = snakemake(
+        repo, "--profile", "profiles/slurm", "--configfile", str(tiny_config_path),
+        "--config", f"results={results}", 'run=["tiny_ges"]',
+        # the test cluster's account/partition; it has no GPU, so members ask for none
+        "--default-resources", "slurm_account=demo", "slurm_partition=main",
+        "--set-resources", "train:gpu=0",
+        "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "3",
+        timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    sacct = subprocess.run(["sacct", "-n", "-X", "-P", "-S", start,
+                            "--format=JobID,Comment,State"], capture_output=True, text=True,
+                           check=True).stdout
+    jobs = [line.split("|") for line in sacct.strip().splitlines()]
+    completed = [comment for _, comment, state in jobs if state == "COMPLETED"]
+    assert sum(c.startswith("rule_train_") for c in completed) == 2, sacct
+    assert any(c.startswith("rule_predict") for c in completed), sacct
+    assert any(c.startswith("rule_catalog") for c in completed), sacct
+    # the cluster run gives the same catalogue as the local run of the same config
+    ours = load_table(results / "tiny_ges" / "catalog" / "starlabels_tiny_ges.parquet")
+    local = load_table(tiny_run["results"] / "tiny_ges" / "catalog" / "starlabels_tiny_ges.parquet")
+    pd.testing.assert_frame_equal(ours, local)
