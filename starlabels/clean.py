@@ -255,13 +255,16 @@ def pca_scores_and_residuals(flux: np.ndarray, rows: np.ndarray, *, n_components
     return scores, resid_rms, resid_peak
 
 
+def _running_mean_peak(values: np.ndarray, window: int) -> np.ndarray:
+    """max |running mean over ``window`` pixels| per row (cumulative sums, O(n_pixels))."""
+    csum = np.cumsum(np.pad(values, ((0, 0), (1, 0))), axis=1)
+    return np.abs(csum[:, window:] - csum[:, :-window]).max(axis=1) / window
+
+
 def _windowed_peak(resid: np.ndarray, window: int) -> np.ndarray:
     """max |running mean over ``window`` pixels| / (pixel noise / sqrt(window)) per row."""
     noise = MAD_TO_SIGMA * np.median(np.abs(np.diff(resid, axis=1)), axis=1) / np.sqrt(2.0)
-    csum = np.cumsum(np.pad(resid, ((0, 0), (1, 0))), axis=1)
-    running = (csum[:, window:] - csum[:, :-window]) / window
-    peak = np.abs(running).max(axis=1)
-    return peak / np.maximum(noise / np.sqrt(window), 1e-12)
+    return _running_mean_peak(resid, window) / np.maximum(noise / np.sqrt(window), 1e-12)
 
 
 # ---------------------------------------------------------------- label-model residuals
@@ -329,8 +332,7 @@ def label_model_residuals(flux: np.ndarray, rows: np.ndarray, label_values: np.n
             sl = slice(start, min(start + step, fit_rows.size))
             u = (_read_rows(flux, fit_rows[sl]) - design[sl] @ coef) / scatter
             rms[sl] = np.sqrt(np.einsum("ij,ij->i", u, u) / n_pixels)
-            csum = np.cumsum(np.pad(u, ((0, 0), (1, 0))), axis=1)
-            peak[sl] = np.abs(csum[:, window:] - csum[:, :-window]).max(axis=1) / window
+            peak[sl] = _running_mean_peak(u, window)   # u is already in units of the scatter
         zr = residual_z(rms, snr_ok, n_bins)
         zp = residual_z(peak, snr_ok, n_bins)
         use = ~((zr > clip_z) | (zp > clip_z))
