@@ -2,6 +2,9 @@ from pathlib import Path
 
 import pytest
 
+# the loopback HTTP server with injected faults, shared by the download/TAP/mirror tests
+from httpfaults import fault_server  # noqa: F401  (re-exported pytest fixture)
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -1,0 +1,459 @@
+"""The download engine against a loopback server that injects faults (tests/httpfaults.py).
+
+Every fault must end in a verified file or a named failure, and never leave a partial or
+unverified file at the final path.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from httpfaults import Fault, closed_port
+
+from starlabels.download import (ArchiveUnreachable, DownloadError, RemoteFile,
+                                 credentials_env_names, credentials_from_env, fetch_files,
+                                 safe_relpath, with_mirror)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(autouse=True)
+def no_proxies(monkeypatch):
+    """Loopback requests must not be sent to a proxy from the environment."""
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def payload(n: int, seed: int = 0) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def served(server, relpath: str, data: bytes, *, known: bool = True) -> RemoteFile:
+    """Put ``data`` on the server; the RemoteFile knows size+sha256 unless ``known`` is False."""
+    url = server.put(relpath, data)
+    if not known:
+        return RemoteFile(url=url, relpath=relpath)
+    return RemoteFile(url=url, relpath=relpath, size=len(data), sha256=sha256(data))
+
+
+def fast(lines: list | None = None, **overrides) -> dict:
+    """Tiny backoffs so fault tests run in milliseconds; no rate limit unless asked."""
+    options = dict(retries=3, backoff_s=0.01, max_backoff_s=0.05, timeout_s=2.0,
+                   rate_limit_per_host=0, log=(lines.append if lines is not None else (lambda _: None)))
+    options.update(overrides)
+    return options
+
+
+def assert_clean(dest: Path) -> None:
+    assert not list(Path(dest).rglob("*.part")), "a .part file was left behind"
+
+
+# ---------------------------------------------------------------- names and mirrors
+
+def test_safe_relpath_keeps_names_inside_and_plain():
+    assert safe_relpath("../../etc/passwd") == "etc/passwd"
+    assert safe_relpath("/abs/x.fits") == "abs/x.fits"
+    assert safe_relpath("ADP.2020-12-07T15:35:14.938") == "ADP.2020-12-07T15_35_14.938"
+    assert safe_relpath("Z-0.0.Alpha=+0.20/lte05800-4.50.fits") == "Z-0.0.Alpha=+0.20/lte05800-4.50.fits"
+    assert safe_relpath("a/./b//.hidden/..\\..\\c d") == "a/b/hidden/c_d"
+    for hopeless in ("", "/", "../..", "./.", "..."):
+        with pytest.raises(ValueError):
+            safe_relpath(hopeless)
+
+
+def test_with_mirror_keeps_the_path_layout(tmp_path):
+    url = "https://dataportal.eso.org/dataPortal/file/ADP.2020-12-07T15:35:14.938"
+    assert with_mirror(url, None) == url
+    assert with_mirror(url, "http://127.0.0.1:8000/base/") == \
+        "http://127.0.0.1:8000/base/dataPortal/file/ADP.2020-12-07T15:35:14.938"
+    assert with_mirror(url, "file:///data/mirror") == \
+        "file:///data/mirror/dataPortal/file/ADP.2020-12-07T15:35:14.938"
+    assert with_mirror(url, str(tmp_path)) == \
+        f"{tmp_path.as_uri()}/dataPortal/file/ADP.2020-12-07T15:35:14.938"
+    sas = "https://data.sdss.org/sas/dr12/marvels/spectro/x.fits?v=1"
+    assert with_mirror(sas, "http://m/x", strip_prefix="/sas/dr12") == "http://m/x/marvels/spectro/x.fits?v=1"
+    with pytest.raises(ValueError):
+        with_mirror(sas, "http://m", strip_prefix="/other")
+    with pytest.raises(ValueError):
+        with_mirror(sas, "ftp://m/x")
+
+
+# ---------------------------------------------------------------- the normal case
+
+def test_fetch_verifies_writes_manifest_and_logs_progress(fault_server, tmp_path):
+    files = [served(fault_server, f"plates/p{i:02d}.fits", payload(2000 + i, seed=i)) for i in range(40)]
+    lines: list[str] = []
+    manifest = tmp_path / "manifest.parquet"
+    frame = fetch_files(files, tmp_path / "dest", manifest_path=manifest, concurrency=4,
+                        what="MARVELS plates", **fast(lines))
+    for item in files:
+        assert (tmp_path / "dest" / item.relpath).read_bytes() == (fault_server.root / item.relpath).read_bytes()
+    stored = pd.read_parquet(manifest)
+    assert list(stored.columns) == ["url", "relpath", "path", "bytes", "sha256", "fetched_at",
+                                    "status", "attempts", "error"]
+    assert set(stored["status"]) == {"fetched"} and len(stored) == 40
+    assert stored.set_index("relpath").loc["plates/p07.fits", "sha256"] == files[7].sha256
+    assert (stored["bytes"] == [2000 + i for i in range(40)]).all()
+    assert stored["fetched_at"].str.endswith("+00:00").all()
+    assert len(frame) == 40 and set(frame["status"]) == {"fetched"}
+    assert lines[0].startswith("fetching 40 MARVELS plates from 127.0.0.1:")
+    progress = [line for line in lines[1:-1] if "files (" in line]
+    assert 15 <= len(progress) <= 25, lines  # about every 5 %
+    assert lines[-1].startswith("finished MARVELS plates: 40/40 files (100%)")
+    assert not any("\r" in line for line in lines)
+    assert_clean(tmp_path / "dest")
+
+
+# ---------------------------------------------------------------- faults
+
+def test_dropped_connection_resumes_with_range(fault_server, tmp_path):
+    data = payload(300_000)
+    item = served(fault_server, "spec/a.fits", data)
+    fault_server.add_fault("/spec/a.fits", Fault.drop(after_bytes=100_000))
+    fetch_files([item], tmp_path, **fast())
+    assert (tmp_path / "spec/a.fits").read_bytes() == data
+    first, second = fault_server.requests_for("/spec/a.fits")
+    assert first.range is None and second.range.startswith("bytes=")
+    resumed_at = int(second.range.split("=")[1].rstrip("-"))
+    assert 0 < resumed_at <= 100_000
+    assert second.status == 206 and second.bytes_sent == len(data) - resumed_at  # not from zero
+    assert_clean(tmp_path)
+
+
+def test_part_file_of_an_interrupted_run_is_resumed_by_the_rerun(fault_server, tmp_path):
+    data = payload(200_000, seed=3)
+    item = served(fault_server, "b.fits", data)
+    fault_server.add_fault("/b.fits", Fault.drop(after_bytes=50_000))
+    fault_server.add_fault("/b.fits", Fault.http_status(503, times=None))  # then the archive goes down
+    with pytest.raises(DownloadError, match="b.fits: HTTP 503"):
+        fetch_files([item], tmp_path, **fast(retries=0))
+    assert not (tmp_path / "b.fits").exists()
+    part = tmp_path / "b.fits.part"
+    kept = part.stat().st_size
+    assert 0 < kept <= 50_000
+    fault_server.clear_faults()
+    fault_server.reset_records()
+    fetch_files([item], tmp_path, **fast())
+    assert fault_server.ranges("/b.fits") == [f"bytes={kept}-"]
+    assert (tmp_path / "b.fits").read_bytes() == data
+    assert_clean(tmp_path)
+
+
+def test_server_that_ignores_range_makes_the_client_restart_from_zero(fault_server, tmp_path):
+    data = payload(50_000, seed=4)
+    item = served(fault_server, "c.fits", data)
+    fault_server.add_fault("/c.fits", Fault.ignore_range())
+    (tmp_path / "c.fits.part").write_bytes(b"stale bytes from an older version")
+    lines: list[str] = []
+    fetch_files([item], tmp_path, **fast(lines))
+    assert fault_server.ranges("/c.fits") == ["bytes=33-"]
+    assert (tmp_path / "c.fits").read_bytes() == data
+    assert any("restarting from zero" in line for line in lines)
+
+
+def test_416_accepts_a_complete_part_and_restarts_a_wrong_one(fault_server, tmp_path):
+    data = payload(10_000, seed=5)
+    item = served(fault_server, "d.fits", data, known=False)
+    (tmp_path / "d.fits.part").write_bytes(data)  # complete, server says 416 */10000
+    fetch_files([item], tmp_path, **fast())
+    assert (tmp_path / "d.fits").read_bytes() == data
+    assert fault_server.ranges("/d.fits") == ["bytes=10000-"]
+
+    other = tmp_path / "again"
+    other.mkdir()
+    (other / "d.fits.part").write_bytes(data + b"junk")  # longer than the file: wrong
+    fault_server.reset_records()
+    fetch_files([item], other, **fast())
+    assert (other / "d.fits").read_bytes() == data
+    assert fault_server.ranges("/d.fits") == ["bytes=10004-", None]
+
+
+def test_500_is_retried_then_verified(fault_server, tmp_path):
+    data = payload(5_000)
+    item = served(fault_server, "e.fits", data)
+    fault_server.add_fault("/e.fits", Fault.http_status(500, times=2))
+    frame = fetch_files([item], tmp_path, **fast())
+    assert fault_server.count("/e.fits") == 3
+    assert frame.loc[0, "attempts"] == 3 and frame.loc[0, "status"] == "fetched"
+    assert (tmp_path / "e.fits").read_bytes() == data
+
+
+def test_429_retry_after_is_honoured_and_capped(fault_server, tmp_path):
+    data = payload(1_000)
+    item = served(fault_server, "f.fits", data)
+    fault_server.add_fault("/f.fits", Fault.http_status(429, headers={"Retry-After": "1"}))
+    started = time.monotonic()
+    fetch_files([item], tmp_path / "one", **fast(max_backoff_s=5.0))
+    assert time.monotonic() - started >= 0.95
+    assert fault_server.count("/f.fits") == 2
+
+    fault_server.add_fault("/f.fits", Fault.http_status(503, headers={"Retry-After": "120"}))
+    started = time.monotonic()
+    fetch_files([item], tmp_path / "two", **fast(max_backoff_s=0.2))
+    assert time.monotonic() - started < 5
+    assert (tmp_path / "two/f.fits").read_bytes() == data
+
+
+def test_truncated_body_is_retried(fault_server, tmp_path):
+    data = payload(40_000, seed=6)
+    item = served(fault_server, "g.fits", data)
+    fault_server.add_fault("/g.fits", Fault.truncate(after_bytes=5_000))
+    fetch_files([item], tmp_path, **fast())
+    assert fault_server.ranges("/g.fits") == [None, "bytes=5000-"]
+    assert (tmp_path / "g.fits").read_bytes() == data
+
+
+def test_truncation_of_unknown_size_is_caught_by_content_length_and_resumed(fault_server, tmp_path):
+    data = payload(40_000, seed=7)
+    item = served(fault_server, "g2.fits", data, known=False)
+    fault_server.add_fault("/g2.fits", Fault.truncate(after_bytes=7_000, times=None))
+    fetch_files([item], tmp_path, **fast(retries=0))  # each attempt moves forward: no budget used
+    assert fault_server.ranges("/g2.fits") == [None] + [f"bytes={n}-" for n in range(7000, 40_000, 7000)]
+    assert (tmp_path / "g2.fits").read_bytes() == data
+
+
+def test_checksum_mismatch_once_is_refetched_from_zero(fault_server, tmp_path):
+    data = payload(20_000, seed=8)
+    item = served(fault_server, "h.fits", data)
+    fault_server.add_fault("/h.fits", Fault.corrupt(times=1))
+    fetch_files([item], tmp_path, **fast())
+    assert fault_server.ranges("/h.fits") == [None, None]
+    assert (tmp_path / "h.fits").read_bytes() == data
+
+
+def test_checksum_mismatch_always_fails_by_name_and_leaves_nothing(fault_server, tmp_path):
+    data = payload(20_000, seed=9)
+    item = served(fault_server, "dir/i.fits", data)
+    fault_server.add_fault("/dir/i.fits", Fault.corrupt(times=None))
+    manifest = tmp_path / "m.parquet"
+    with pytest.raises(DownloadError) as caught:
+        fetch_files([item], tmp_path / "dest", manifest_path=manifest, **fast(retries=2))
+    text = str(caught.value)
+    assert "dir/i.fits" in text and f"checksum mismatch: expected sha256 {item.sha256} got" in text
+    assert fault_server.count("/dir/i.fits") == 3
+    assert not (tmp_path / "dest/dir/i.fits").exists()
+    assert_clean(tmp_path / "dest")
+    row = pd.read_parquet(manifest).iloc[0]
+    assert row["status"] == "failed" and "checksum mismatch" in row["error"] and row["attempts"] == 3
+
+
+def test_md5_only_is_verified(fault_server, tmp_path):
+    data = payload(3_000, seed=10)
+    url = fault_server.put("j.fits", data)
+    good = RemoteFile(url, "j.fits", md5=hashlib.md5(data).hexdigest())
+    fetch_files([good], tmp_path / "ok", **fast())
+    assert (tmp_path / "ok/j.fits").read_bytes() == data
+    bad = RemoteFile(url, "j.fits", md5="0" * 32)
+    with pytest.raises(DownloadError, match="expected md5 0{32} got"):
+        fetch_files([bad], tmp_path / "bad", **fast(retries=0))
+    assert not (tmp_path / "bad/j.fits").exists()
+
+
+def test_slow_answer_beyond_timeout_is_retried_then_fails_clearly(fault_server, tmp_path):
+    data = payload(4_000, seed=11)
+    item = served(fault_server, "k.fits", data)
+    fault_server.add_fault("/k.fits", Fault.slow(1.0))
+    fetch_files([item], tmp_path / "once", **fast(timeout_s=0.3))
+    assert fault_server.count("/k.fits") == 2
+    assert (tmp_path / "once/k.fits").read_bytes() == data
+
+    fault_server.add_fault("/k.fits", Fault.slow(1.0, times=None))
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match="k.fits: no response within the timeout"):
+        fetch_files([item], tmp_path / "always", **fast(timeout_s=0.3, retries=1))
+    assert time.monotonic() - started < 2.0
+    assert not (tmp_path / "always/k.fits").exists()
+
+
+def test_stall_in_the_middle_of_the_body_resumes(fault_server, tmp_path):
+    data = payload(100_000, seed=12)
+    item = served(fault_server, "l.fits", data)
+    fault_server.add_fault("/l.fits", Fault.slow(1.0, during=True))
+    fetch_files([item], tmp_path, **fast(timeout_s=0.3))
+    ranges = fault_server.ranges("/l.fits")
+    assert ranges[0] is None and ranges[1].startswith("bytes=") and ranges[1] != "bytes=0-"
+    assert (tmp_path / "l.fits").read_bytes() == data
+
+
+def test_404_fails_at_once_naming_url_and_status(fault_server, tmp_path):
+    item = RemoteFile(fault_server.url("missing/n.fits"), "n.fits")
+    with pytest.raises(DownloadError) as caught:
+        fetch_files([item], tmp_path, **fast())
+    assert item.url in str(caught.value) and "HTTP 404" in str(caught.value)
+    assert fault_server.count("/missing/n.fits") == 1
+    assert not (tmp_path / "n.fits").exists()
+
+
+def test_one_failure_does_not_stop_the_others(fault_server, tmp_path):
+    files = [served(fault_server, f"o{i}.fits", payload(1000, seed=i)) for i in range(5)]
+    fault_server.add_fault("/o2.fits", Fault.http_status(404, times=None))
+    with pytest.raises(DownloadError, match=r"1 of 5 files failed") as caught:
+        fetch_files(files, tmp_path / "dest", **fast())
+    frame = caught.value.manifest
+    assert sorted(frame["status"]) == ["failed", "fetched", "fetched", "fetched", "fetched"]
+    assert sorted(p.name for p in (tmp_path / "dest").iterdir()) == ["o0.fits", "o1.fits", "o3.fits", "o4.fits"]
+
+
+# ---------------------------------------------------------------- paths, reruns, politeness
+
+def test_remote_names_cannot_escape_the_destination(fault_server, tmp_path):
+    dest = tmp_path / "inside"
+    data = payload(100)
+    url = fault_server.put("evil.txt", data)
+    frame = fetch_files([RemoteFile(url, "../../escape/evil.txt"), RemoteFile(url, "/etc/passwd")],
+                        dest, **fast())
+    assert (dest / "escape/evil.txt").read_bytes() == data
+    assert (dest / "etc/passwd").read_bytes() == data
+    assert not (tmp_path / "escape").exists()
+    assert sorted(frame["relpath"]) == ["escape/evil.txt", "etc/passwd"]
+
+
+def test_rerun_fetches_only_what_is_missing(fault_server, tmp_path):
+    files = [served(fault_server, f"set/s{i}.fits", payload(3000, seed=i), known=False) for i in range(6)]
+    manifest = tmp_path / "manifest.parquet"
+    fault_server.add_fault("/set/s4.fits", Fault.http_status(500, times=None))
+    with pytest.raises(DownloadError, match="1 of 6"):
+        fetch_files(files, tmp_path / "dest", manifest_path=manifest, **fast(retries=1))
+    first = pd.read_parquet(manifest).set_index("relpath")
+    assert first.loc["set/s4.fits", "status"] == "failed" and (first["status"] == "fetched").sum() == 5
+
+    fault_server.clear_faults()
+    fault_server.reset_records()
+    frame = fetch_files(files, tmp_path / "dest", manifest_path=manifest, **fast())
+    assert [r.path for r in fault_server.records] == ["/set/s4.fits"]
+    assert (frame["status"] == "skipped").sum() == 5
+    assert (pd.read_parquet(manifest)["status"] != "failed").all()
+
+    fault_server.reset_records()
+    fetch_files(files, tmp_path / "dest", manifest_path=manifest, **fast())
+    assert fault_server.records == []
+
+
+def test_known_checksums_make_reruns_free_and_replace_a_wrong_file(fault_server, tmp_path):
+    files = [served(fault_server, f"q{i}.fits", payload(2000, seed=i)) for i in range(3)]
+    fetch_files(files, tmp_path, **fast())
+    (tmp_path / "q1.fits").write_bytes(b"x" * 2000)  # same size, wrong content
+    fault_server.reset_records()
+    frame = fetch_files(files, tmp_path, **fast())
+    assert [r.path for r in fault_server.records] == ["/q1.fits"]
+    assert list(frame["status"]) == ["skipped", "fetched", "skipped"]
+    assert (tmp_path / "q1.fits").read_bytes() == payload(2000, seed=1)
+
+
+def test_concurrency_bound_is_respected(fault_server, tmp_path):
+    files = [served(fault_server, f"c/r{i}.fits", payload(500, seed=i)) for i in range(8)]
+    for item in files:
+        fault_server.add_fault("/" + item.relpath, Fault.slow(0.25))
+    fetch_files(files, tmp_path, concurrency=3, **fast())
+    assert fault_server.max_active == 3
+
+
+def test_rate_limit_per_host_is_respected(fault_server, tmp_path):
+    files = [served(fault_server, f"t/u{i}.fits", payload(200, seed=i)) for i in range(6)]
+    fetch_files(files, tmp_path, concurrency=4, **fast(rate_limit_per_host=5.0))
+    times = sorted(r.time for r in fault_server.records)
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert len(times) == 6 and min(gaps) >= 0.15, gaps  # 0.2 s apart, less scheduling noise
+    assert times[-1] - times[0] >= 0.95
+
+
+def test_refused_connection_raises_archive_unreachable_early(tmp_path):
+    port = closed_port()
+    files = [RemoteFile(f"http://127.0.0.1:{port}/dataPortal/file/ADP.{i}", f"ADP.{i}") for i in range(200)]
+    manifest = tmp_path / "m.parquet"
+    started = time.monotonic()
+    with pytest.raises(ArchiveUnreachable) as caught:
+        fetch_files(files, tmp_path / "dest", manifest_path=manifest, concurrency=4,
+                    what="Gaia-ESO spectra", **fast(retries=2))
+    assert time.monotonic() - started < 10
+    text = str(caught.value)
+    assert f"127.0.0.1:{port}" in text and "fetching 200 Gaia-ESO spectra" in text
+    assert "connection refused" in text and "mirror" in text and "demo_ges" in text
+    assert caught.value.host == f"127.0.0.1:{port}"
+    attempted = pd.read_parquet(manifest)
+    assert len(attempted) <= 4 and (attempted["status"] == "failed").all()  # not all 200
+
+
+def test_credentials_are_used_and_never_shown(fault_server, tmp_path, caplog, monkeypatch):
+    password = "pw-Zq8!secret"
+    wrong = "wrong-Pass-77"
+    fault_server.require_auth("survey-user", password)
+    data = payload(1_000)
+    item = served(fault_server, "private/v.fits", data)
+    user_var, password_var = credentials_env_names("ESO")
+    assert (user_var, password_var) == ("STARLABELS_ESO_USER", "STARLABELS_ESO_PASSWORD")
+    logger = logging.getLogger("test_download")
+    caplog.set_level(logging.DEBUG)
+    manifest = tmp_path / "m.parquet"
+    options = fast(log=logger.info, retries=1)
+
+    with pytest.raises(DownloadError) as without:
+        fetch_files([item], tmp_path / "a", manifest_path=manifest, credentials_env=(user_var, password_var), **options)
+    assert "HTTP 401" in str(without.value) and "STARLABELS_ESO_PASSWORD" in str(without.value)
+    assert fault_server.count("/private/v.fits") == 1
+
+    with pytest.raises(DownloadError) as rejected:
+        fetch_files([item], tmp_path / "a", manifest_path=manifest, credentials=("survey-user", wrong),
+                    credentials_env=(user_var, password_var), **options)
+    assert "rejected the credentials" in str(rejected.value)
+
+    monkeypatch.setenv(user_var, "survey-user")
+    monkeypatch.setenv(password_var, password)
+    credentials = credentials_from_env(user_var, password_var)
+    fetch_files([item], tmp_path / "a", manifest_path=manifest, credentials=credentials, **options)
+    assert (tmp_path / "a/private/v.fits").read_bytes() == data
+
+    in_url = RemoteFile(item.url.replace("http://", f"http://survey-user:{password}@"), "w.fits")
+    frame = fetch_files([in_url], tmp_path / "b", manifest_path=manifest, **options)
+    assert frame.loc[0, "url"] == item.url
+
+    everything = caplog.text + str(without.value) + str(rejected.value) + manifest.read_bytes().decode("latin-1")
+    assert "survey-user" in caplog.text or "private/v.fits" in caplog.text  # the log did record
+    assert password not in everything and wrong not in everything
+
+
+def test_credentials_from_env_names_missing_variable_not_values(monkeypatch):
+    monkeypatch.delenv("X_USER", raising=False)
+    monkeypatch.delenv("X_PASSWORD", raising=False)
+    assert credentials_from_env("X_USER", "X_PASSWORD") is None
+    monkeypatch.setenv("X_PASSWORD", "hunter2-value")
+    with pytest.raises(ValueError) as caught:
+        credentials_from_env("X_USER", "X_PASSWORD")
+    assert "X_USER" in str(caught.value) and "hunter2-value" not in str(caught.value)
+    monkeypatch.setenv("X_USER", "me")
+    assert credentials_from_env("X_USER", "X_PASSWORD") == ("me", "hunter2-value")
+
+
+def test_local_mirror_copies_and_verifies(tmp_path):
+    mirror = tmp_path / "mirror"
+    data = payload(6_000, seed=13)
+    (mirror / "dataPortal/file").mkdir(parents=True)
+    (mirror / "dataPortal/file/ADP.2020-12-07T15:35:14.938").write_bytes(data)
+    archive = "https://dataportal.eso.org/dataPortal/file/ADP.2020-12-07T15:35:14.938"
+    for name, base in (("uri", mirror.as_uri()), ("plain", str(mirror))):
+        item = RemoteFile(with_mirror(archive, base), "ADP.2020-12-07T15:35:14.938.fits",
+                          size=len(data), sha256=sha256(data))
+        frame = fetch_files([item], tmp_path / name, **fast())
+        assert (tmp_path / name / "ADP.2020-12-07T15_35_14.938.fits").read_bytes() == data
+        assert frame.loc[0, "status"] == "fetched"
+    plain = RemoteFile(str(mirror / "dataPortal/file/ADP.2020-12-07T15:35:14.938"), "p.fits")
+    fetch_files([plain], tmp_path / "path", **fast())
+    assert (tmp_path / "path/p.fits").read_bytes() == data
+
+    wrong = RemoteFile(with_mirror(archive, str(mirror)), "w.fits", sha256="0" * 64)
+    with pytest.raises(DownloadError, match="checksum mismatch"):
+        fetch_files([wrong], tmp_path / "wrong", **fast(retries=0))
+    missing = RemoteFile(with_mirror(archive + "x", str(mirror)), "m.fits")
+    with pytest.raises(DownloadError, match="not found"):
+        fetch_files([missing], tmp_path / "missing", **fast())
+    assert not (tmp_path / "wrong/w.fits").exists() and not (tmp_path / "missing/m.fits").exists()
