@@ -11,6 +11,7 @@ configfile: "config.yaml"
 
 include: "rules/common.smk"
 include: "rules/acquire.smk"
+include: "rules/download.smk"
 include: "rules/normalize.smk"
 include: "rules/clean.smk"
 include: "rules/synthesize.smk"
@@ -18,6 +19,7 @@ include: "rules/train.smk"
 include: "rules/predict.smk"
 include: "rules/catalog.smk"
 include: "rules/validate.smk"
+include: "rules/remap.smk"
 
 
 rule all:

@@ -1,8 +1,11 @@
 # acquire: raw files in the archives' formats. `source: simulate` runs the embedded survey
-# simulator; real archive downloads plug in behind the same outputs (manifest + catalogue).
+# simulator; real archives (source eso_ges / sdss_marvels, synthetic.source phoenix) write the
+# same outputs through rules/download.smk (manifest → download shards → assemble).
 
 
 rule acquire_observed:
+    wildcard_constraints:
+        exp=SIMULATED_OBSERVED,
     output:
         manifest=f"{R}/{{exp}}/raw/observed/manifest.parquet",
         catalog=f"{R}/{{exp}}/raw/observed/catalog.fits",
@@ -26,6 +29,8 @@ rule acquire_observed:
 
 
 rule acquire_synthetic:
+    wildcard_constraints:
+        exp=SIMULATED_SYNTHETIC,
     output:
         manifest=f"{R}/{{exp}}/raw/phoenix/manifest.parquet",
         models=directory(f"{R}/{{exp}}/raw/phoenix/HiResFITS"),

@@ -11,6 +11,11 @@ rule predict:
     params:
         n_shards=lambda w: EXPERIMENTS[w.exp]["predict"]["shards"],
         predict=section("predict"),
+        knn=lambda w: (
+            EXPERIMENTS[w.exp]["remap"]["knn"]
+            if EXPERIMENTS[w.exp]["method"] == "deep_remap"
+            else None
+        ),
         config_hash=section_hash("predict"),
     threads: 1
     group:

@@ -34,6 +34,7 @@ rule train:
         labels=section("labels"),
         method=lambda w: EXPERIMENTS[w.exp]["method"],
         train=section("train"),
+        remap=remap_section,
     threads: lambda w: EXPERIMENTS[w.exp]["train"]["threads"]
     resources:
         gpu=1,

@@ -3,12 +3,13 @@
 
 rule validate:
     input:
+        unpack(truth_input),  # simulated surveys only: real data have no truth
+        unpack(remap_metrics_input),  # deep_remap: calibration + ablation report
         catalog=f"{R}/{{exp}}/catalog/starlabels_{{exp}}.parquet",
         table=f"{R}/{{exp}}/normalized/stars.parquet",
         flux=f"{R}/{{exp}}/normalized/flux.npy",
         clean=f"{R}/{{exp}}/clean/clean.parquet",
         rejects=f"{R}/{{exp}}/normalized/rejects.parquet",
-        truth=f"{R}/{{exp}}/truth/truth.parquet",
         models=model_files,
     output:
         metrics=f"{R}/{{exp}}/metrics.json",

@@ -137,6 +137,17 @@ def compute_flags(df: pd.DataFrame, labels: Sequence[str],
 
 # ---------------------------------------------------------------- shards
 
+def evolutionary_class(logg: np.ndarray, giant_logg_max: float, dwarf_logg_min: float
+                       ) -> np.ndarray:
+    """'giant' below ``giant_logg_max``, 'dwarf' from ``dwarf_logg_min``, 'subgiant' between;
+    '' where log g is not finite."""
+    logg = np.asarray(logg, dtype=np.float64)
+    out = np.where(logg < giant_logg_max, "giant",
+                   np.where(logg >= dwarf_logg_min, "dwarf", "subgiant")).astype(object)
+    out[~np.isfinite(logg)] = ""
+    return out
+
+
 def merge_shards(paths: Sequence[str | os.PathLike], n_rows: int | None = None) -> pd.DataFrame:
     """Concatenate prediction shard Parquet files and sort by ``row``.
 
@@ -184,7 +195,7 @@ KNOWN_UNITS: dict[str, str] = {
 }
 #: suffixes of columns that share their label's unit: teff_std, teff_ref, teff_err, ...
 LABEL_SUFFIXES = ("std", "std_raw", "std_cal", "err", "ref", "true", "mean", "median", "raw",
-                  "cal", "bias", "resid")
+                  "cal", "bias", "resid", "q16", "q84", "members_std")
 
 _TTYPE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,67}$")
 

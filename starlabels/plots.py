@@ -396,3 +396,71 @@ def precision_vs_snr(summary: pd.DataFrame, path: str | os.PathLike, *, dpi: int
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=7)
     return _save(fig, path, dpi)
+
+
+# ---------------------------------------------------------------- deep-REMAP
+
+@_closes_figures
+def reliability_diagram(curves: Mapping[str, Mapping[str, Mapping]], path: str | os.PathLike,
+                        *, dpi: int = DPI) -> Path:
+    """Per label: top-1 reliability (confidence vs accuracy) and interval coverage vs nominal,
+    before and after temperature scaling. ``curves[label][tag]`` holds 'reliability' (a
+    DataFrame from :func:`starlabels.remap.calibration.reliability_curve`) and 'coverage'
+    ({level: fraction})."""
+    labels = list(curves)
+    fig = _figure(2 * PANEL_SIZE[0], PANEL_SIZE[1] * max(1, len(labels)))
+    axes = np.atleast_2d(fig.subplots(max(1, len(labels)), 2, squeeze=False))
+    styles = {"before": ("tab:red", "o", "T = 1"), "after": ("tab:blue", "s", "temperature-scaled")}
+    for row, label in enumerate(labels):
+        rel_ax, cov_ax = axes[row]
+        for ax in (rel_ax, cov_ax):
+            ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--")
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1)
+        for tag, (color, marker, name) in styles.items():
+            if tag not in curves[label]:
+                continue
+            rel = curves[label][tag]["reliability"]
+            used = rel["count"] > 0
+            rel_ax.plot(rel.loc[used, "confidence"], rel.loc[used, "accuracy"], marker=marker,
+                        color=color, label=name, ms=4)
+            cov = curves[label][tag]["coverage"]
+            levels = sorted(float(k) for k in cov)
+            cov_ax.plot(levels, [cov[f"{lv:.2f}"] for lv in levels], marker=marker,
+                        color=color, label=name, ms=4)
+        rel_ax.set_xlabel(f"top-bin confidence, {_latex(label)}")
+        rel_ax.set_ylabel("top-bin accuracy")
+        cov_ax.set_xlabel(f"nominal interval, {_latex(label)}")
+        cov_ax.set_ylabel("fraction of true labels inside")
+        cov_ax.axhspan(0.60, 0.76, xmin=0.6, xmax=0.76, color="0.85", zorder=0)
+        rel_ax.legend(fontsize=7, loc="upper left")
+    return _save(fig, path, dpi)
+
+
+@_closes_figures
+def embedding_map(xy: np.ndarray, df: pd.DataFrame, labels: Sequence[str],
+                  path: str | os.PathLike, *, group: str | None = "split",
+                  dpi: int = DPI) -> Path:
+    """A 2-D projection of the embedding, one panel per label coloured by its value."""
+    xy = np.asarray(xy, dtype=np.float64)
+    fig = _figure(PANEL_SIZE[0] * len(labels), PANEL_SIZE[1])
+    axes = np.atleast_1d(fig.subplots(1, len(labels)))
+    groups = df[group].astype(str).to_numpy() if group and group in df.columns else None
+    for ax, label in zip(axes, labels):
+        value = _values(df, label)
+        ok = np.isfinite(value) & np.isfinite(xy).all(axis=1)
+        if not ok.any():
+            _no_data(ax)
+            continue
+        sc = ax.scatter(xy[ok, 0], xy[ok, 1], c=value[ok], s=4, cmap="viridis", lw=0)
+        if groups is not None:
+            for name in sorted(set(groups[ok]) - {"target"}):
+                sel = ok & (groups == name)
+                ax.scatter(xy[sel, 0], xy[sel, 1], s=10, facecolors="none", edgecolors="0.2",
+                           lw=0.4, label=name if ax is axes[0] else None)
+        fig.colorbar(sc, ax=ax, label=_latex(label))
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if groups is not None:
+        axes[0].legend(fontsize=7, loc="best", title="open circles")
+    return _save(fig, path, dpi)

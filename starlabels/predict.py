@@ -140,6 +140,23 @@ def predict_shard(flux_path: str | os.PathLike, table_path: str | os.PathLike,
     return df
 
 
+def _point_estimate_fn(model: nn.Module, meta: Mapping[str, Any], device: torch.device
+                       ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """flux → (batch, n_labels) point estimates: the regression output itself, or for deep_remap
+    the probability-weighted mean of each calibrated head (so gradients are in label units)."""
+    if meta.get("method") != "deep_remap":
+        return model
+    centres = [torch.as_tensor(b["low"] + b["width"] * (np.arange(b["n_bins"]) + 0.5),
+                               dtype=torch.float32, device=device) for b in meta["bins"]]
+    temperatures = [float(t) for t in meta["temperatures"]]
+
+    def expected(x: torch.Tensor) -> torch.Tensor:
+        logits, _ = model(x)
+        return torch.stack([torch.softmax(lg / t, dim=1) @ c
+                            for lg, t, c in zip(logits, temperatures, centres)], dim=1)
+    return expected
+
+
 def input_gradients(model_dirs: Sequence[ModelDir], flux_rows: np.ndarray, device: str = "cpu",
                     batch_size: int = 256) -> np.ndarray:
     """Mean over spectra and members of |∂label/∂flux|, shape (n_labels, n_pixels), physical units.
@@ -162,11 +179,14 @@ def input_gradients(model_dirs: Sequence[ModelDir], flux_rows: np.ndarray, devic
     with torch.enable_grad():
         for model, meta in members:
             model.requires_grad_(False)  # gradients with respect to the flux only
+            point_estimate = _point_estimate_fn(model, meta, device)
             _, span = _label_scaling(meta, device)
+            if meta.get("method") == "deep_remap":
+                span = torch.ones_like(span)  # its point estimates are already physical
             for start in range(0, flux_rows.shape[0], batch_size):
                 x = torch.from_numpy(flux_rows[start:start + batch_size]).to(device)
                 x.requires_grad_(True)
-                out = model(x)
+                out = point_estimate(x)
                 for j in range(n_labels):
                     (grad,) = torch.autograd.grad(out[:, j].sum(), x,
                                                   retain_graph=j < n_labels - 1)

@@ -41,7 +41,8 @@ def assign_split(star_ids: Sequence[str], valid_fraction: float, test_fraction: 
 
 def training_quality(stars: pd.DataFrame, labels: Sequence[str], cfg: Mapping[str, Any]
                      ) -> np.ndarray:
-    """Catalogue cuts for training stars: finite labels (and errors), Teff range, S/N."""
+    """Catalogue cuts for training stars: finite labels (and errors), Teff range, S/N, and
+    (``exclude_flags``) the survey's quality flags."""
     ok = np.ones(len(stars), dtype=bool)
     for label in labels:
         ok &= np.isfinite(stars[label].to_numpy(dtype=float))
@@ -53,7 +54,23 @@ def training_quality(stars: pd.DataFrame, labels: Sequence[str], cfg: Mapping[st
     if "snr" in stars:
         snr = stars["snr"].to_numpy(dtype=float)
         ok &= ~(snr < cfg["snr_min"])          # unknown S/N does not exclude
+    if cfg.get("exclude_flags") and "flags" in stars:
+        ok &= ~flagged(stars["flags"], cfg["exclude_flags"])
     return ok
+
+
+def flagged(flags: pd.Series, codes: Sequence[str]) -> np.ndarray:
+    """True where a star's '|'-separated catalogue flags contain one of ``codes``.
+
+    A code matches a flag that equals it or starts with it followed by '-' or '_', so '10302'
+    matches the Gaia-ESO flag '10302-11-00-00' but not '103021'.
+    """
+    codes = [str(c).strip() for c in codes if str(c).strip()]
+    out = np.zeros(len(flags), dtype=bool)
+    for i, text in enumerate(flags.fillna("").astype(str)):
+        tokens = [t.strip() for t in text.split("|") if t.strip()]
+        out[i] = any(t == c or t.startswith((c + "-", c + "_")) for t in tokens for c in codes)
+    return out
 
 
 def gaia_eso_stars(catalog_path: str, labels: Sequence[str], selection: Mapping[str, Any],
@@ -63,6 +80,11 @@ def gaia_eso_stars(catalog_path: str, labels: Sequence[str], selection: Mapping[
 
     stars = read_ges_catalog(catalog_path, solar_mg=solar["mg"], solar_al=solar["al"])
     stars = stars.drop_duplicates("star_id").reset_index(drop=True)
+    if selection.get("exclude_flags"):
+        from .io.gaia_eso import read_ges_flags
+
+        flags = read_ges_flags(catalog_path).drop_duplicates("star_id").set_index("star_id")
+        stars["flags"] = flags["flags"].reindex(stars["star_id"]).fillna("").to_numpy()
     good = training_quality(stars, labels, selection)
     split = assign_split(stars["star_id"].tolist(), selection["valid_fraction"],
                          selection["test_fraction"], selection["seed"])

@@ -198,13 +198,62 @@ def precision_report(cat: pd.DataFrame, truth: pd.DataFrame, labels: Sequence[st
     return pd.DataFrame(out)
 
 
-def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: str, truth: str,
+def no_truth(cat: pd.DataFrame, labels: Sequence[str]) -> pd.DataFrame:
+    """The truth table of real data: every star, every true label unknown (NaN), no defects.
+
+    Metrics against truth then come out empty (n = 0) while those against the catalogue or
+    literature labels are computed as for simulated surveys."""
+    frame = pd.DataFrame({"star_id": pd.unique(cat["star_id"].astype(str))})
+    for label in labels:
+        frame[label] = np.nan
+    frame["defect"] = ""
+    return frame
+
+
+def clean_summary(cleaned: pd.DataFrame, rejects: pd.DataFrame) -> dict[str, Any]:
+    """What the clean and normalize stages removed, without truth to say whether rightly."""
+    c = cleaned[cleaned["cleaned"]]
+    return {"n_cleaned": int(len(c)),
+            "rejected_fraction": float((~c["keep"]).mean()) if len(c) else None,
+            "per_reason": {str(k): int(v) for k, v in c.loc[~c["keep"], "reason"]
+                           .fillna("").str.split(";").str[0].value_counts().items()},
+            "normalize_rejected": {
+                "n": int(len(rejects)),
+                "per_reason": {str(k): int(v) for k, v in rejects["reason"].str.split(":")
+                               .str[0].value_counts().items()} if len(rejects) else {}}}
+
+
+def reference_precision_by_snr(cat: pd.DataFrame, labels: Sequence[str], rows: np.ndarray,
+                               snr_bins: Sequence[float]) -> pd.DataFrame:
+    """Per label and S/N bin: σ and bias of (predicted − catalogue/literature label) — the
+    precision-vs-S/N view for real data, where neither truth nor a Cramér–Rao bound exists."""
+    sub = cat.loc[rows]
+    snr = sub["snr"].to_numpy(dtype=float)
+    edges = list(snr_bins)
+    out = []
+    for label in labels:
+        diff = sub[label].to_numpy(dtype=float) - sub[f"{label}_ref"].to_numpy(dtype=float)
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            inbin = (snr >= lo) & (snr < hi) & np.isfinite(diff)
+            stats = label_stats(diff[inbin], np.zeros(inbin.sum()))
+            out.append({"label": label, "snr_lo": lo, "snr_hi": hi, "n": stats["n"],
+                        "sigma": stats["sigma"], "bias": stats["bias"]})
+    return pd.DataFrame(out)
+
+
+def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: str,
+             truth: str | None,
              model_dirs: Sequence[str], labels: Sequence[str], survey: str,
              grid_cfg: Mapping[str, Any], cfg: Mapping[str, Any], metrics: str,
              plots: Mapping[str, str], experiment: str, linelist: str | None = None,
              simulate_cfg: Mapping[str, Any] | None = None, log=print,
-             config_hash: str = "none") -> dict[str, Any]:
-    """Compute metrics.json and draw the validation plots (paths in ``plots``)."""
+             config_hash: str = "none",
+             remap_report: str | None = None) -> dict[str, Any]:
+    """Compute metrics.json and draw the validation plots (paths in ``plots``).
+
+    ``truth`` is None for real data: metrics are then against the catalogue / literature labels
+    only, the one-to-one-with-truth plot is empty, and precision vs S/N is against the
+    catalogue labels."""
     from . import plots as P
     from .predict import input_gradients
     from .simulate.physics import load_linelist
@@ -213,29 +262,41 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
     stars = artifacts.load_table(table)
     cleaned = artifacts.load_table(clean_table)
     rej = artifacts.load_table(rejects)
-    true = artifacts.load_table(truth)
+    true = artifacts.load_table(truth) if truth is not None else no_truth(cat, labels)
     true_labels = true.rename(columns={k: f"{k}_true" for k in labels})
     result: dict[str, Any] = {"experiment": experiment, "survey": survey, "labels": list(labels),
-                              "n_catalog": int(len(cat)), "n_normalize_rejected": int(len(rej))}
+                              "n_catalog": int(len(cat)), "n_normalize_rejected": int(len(rej)),
+                              "truth": truth is not None}
 
     eval_split = "test" if survey == "gaia_eso" else "calibration"
     rows = np.flatnonzero(cat["split"].to_numpy() == eval_split)
     result["evaluation_split"] = eval_split
     result["precision"] = precision_block(cat, true_labels, labels, rows)
-    if survey == "gaia_eso":
+    if survey == "gaia_eso" and truth is not None:
         result["targets"] = {
             label: {"sigma_vs_true": result["precision"]["vs_true"][label]["sigma"],
                     "target": DEMO_GES_TARGETS[label],
                     "met": bool(result["precision"]["vs_true"][label]["sigma"]
                                 <= DEMO_GES_TARGETS[label])}
             for label in labels if label in DEMO_GES_TARGETS}
-    result["clean"] = clean_metrics(true, stars, cleaned, rej)
-    log(f"validate: {eval_split} σ vs true: " + ", ".join(
-        f"{k}={v['sigma']:.3g}" for k, v in result["precision"]["vs_true"].items()))
-    cl = result["clean"]
-    log(f"validate: clean rejected {cl['defective_rejected_fraction']} of defective and "
-        f"{cl['good_rejected_fraction']} of good training spectra")
+    if truth is not None:
+        result["clean"] = clean_metrics(true, stars, cleaned, rej)
+        log(f"validate: {eval_split} σ vs true: " + ", ".join(
+            f"{k}={v['sigma']:.3g}" for k, v in result["precision"]["vs_true"].items()))
+        cl = result["clean"]
+        log(f"validate: clean rejected {cl['defective_rejected_fraction']} of defective and "
+            f"{cl['good_rejected_fraction']} of good training spectra")
+    else:
+        result["clean"] = clean_summary(cleaned, rej)
+        log(f"validate: no truth (real data); {eval_split} σ vs reference: " + ", ".join(
+            f"{k}={v['sigma']:.3g}" for k, v in result["precision"]["vs_reference"].items()))
 
+    if survey == "sdss_marvels" and truth is None and "rpm_class" in stars:
+        # real MARVELS: the giant candidates are the catalogue's reduced-proper-motion giants
+        giants = set(stars.loc[stars["rpm_class"].eq("giant"), "star_id"])
+        cand = cat[cat["star_id"].isin(giants)]
+        result["giant_candidates"] = {"predicted": giant_fractions(
+            cand["logg"], cfg["giant_logg_max"], cfg["dwarf_logg_min"])}
     if survey == "sdss_marvels" and "sample" in true:
         cand = cat.merge(true[["star_id", "sample", "logg"]].rename(columns={"logg": "logg_true"}),
                          on="star_id")
@@ -278,12 +339,18 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
         P.metallicity_distribution(cat, plots["abundances"], group="split")
     P.tsne_map(cleaned, plots["tsne"])
 
-    if simulate_cfg is not None:
+    if simulate_cfg is not None and truth is not None:
         report = precision_report(cat, true, labels, rows, simulate_cfg, grid_cfg,
                                   cfg["snr_bins"], cfg["crlb_sample"], log=log)
         result["precision_report"] = report.to_dict(orient="records")
         P.precision_vs_snr(report, plots["precision_vs_snr"])
+    else:
+        report = reference_precision_by_snr(cat, labels, rows, cfg["snr_bins"])
+        result["precision_vs_reference_by_snr"] = report.to_dict(orient="records")
+        P.precision_vs_snr(report, plots["precision_vs_snr"])
 
+    if remap_report is not None:   # deep_remap: calibration, ablation, giant classes
+        result["deep_remap"] = artifacts.load_json(remap_report)
     result["provenance"] = artifacts.provenance(None, config_hash=config_hash, stage="validate")
     artifacts.save_json(metrics, result)
     return result

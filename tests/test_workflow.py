@@ -11,11 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
 from starlabels.artifacts import load_table
+from starlabels.catalog import read_catalog
 
 pytestmark = pytest.mark.slow
 
@@ -94,6 +96,33 @@ def test_catalog_content_and_metrics(tiny_run):
     assert mm["evaluation_split"] == "calibration"
     assert mm["precision"]["n_stars"] == 10
     assert set(mm["giant_candidates"]["true"]) >= {"giant", "subgiant", "dwarf"}
+
+
+def test_deep_remap_outputs(tiny_run):
+    """tiny_marvels runs deep_remap: distributions, neighbours, classes, ablation, calibration."""
+    results = tiny_run["results"] / "tiny_marvels"
+    for rel in ("ablation.md", "remap_report.json", "plots/reliability.png",
+                "plots/embedding_map.png", "ablation/no_pretrain/model.json"):
+        assert (results / rel).stat().st_size > 0, rel
+    cat = load_table(results / "catalog" / "starlabels_tiny_marvels.parquet")
+    for label in ("teff", "logg", "fe_h"):
+        assert (cat[f"{label}_q16"] <= cat[label] + 1e-9).all()
+        assert (cat[label] <= cat[f"{label}_q84"] + 1e-9).all()
+        probs = np.stack(cat[f"{label}_prob"].to_numpy())
+        assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+    assert cat["knn_star_id"].map(len).eq(3).all()
+    assert (np.diff(np.stack(cat["knn_distance"].to_numpy()), axis=1) >= 0).all()
+    assert set(cat["evolutionary_class"]) <= {"giant", "subgiant", "dwarf"}
+    metrics = json.loads((results / "metrics.json").read_text())
+    remap = metrics["deep_remap"]
+    assert set(remap["ablation"]) == {"full", "ensemble", "no_pretrain"}
+    assert set(remap["heldout"]["labels"]) == {"teff", "logg", "fe_h"}
+    assert remap["heldout"]["splits"].keys() >= {"calibration"}
+    for member in remap["members"]:
+        assert all(t > 0 for t in member["temperatures"])
+    assert "| no_pretrain |" in (results / "ablation.md").read_text()
+    fits_cat = read_catalog(results / "catalog" / "starlabels_tiny_marvels.fits")
+    assert "teff_q84" in fits_cat and "teff_prob" not in fits_cat
 
 
 def test_lint_reports_nothing(repo):

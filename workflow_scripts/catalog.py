@@ -16,4 +16,5 @@ stages.catalog(
     fits_path=snakemake.output.fits,
     parquet_path=snakemake.output.parquet,
     config_hash=snakemake.params.config_hash,
+    classes=snakemake.params.classes,
 )

@@ -14,4 +14,5 @@ stages.predict(
     out=snakemake.output[0],
     threads=snakemake.threads,
     config_hash=snakemake.params.config_hash,
+    knn=snakemake.params.knn or 5,  # nearest labelled stars (deep_remap only)
 )

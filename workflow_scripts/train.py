@@ -8,8 +8,10 @@ stages.train(
     flux=snakemake.input.flux,
     table=snakemake.input.table,
     labels=snakemake.params.labels,
-    member=int(snakemake.wildcards.member),
+    member=int(snakemake.wildcards.get("member", 0)),  # ablation variants reuse member 0's seed
     cfg=dict(snakemake.params.train, method=snakemake.params.method),
     model_dir=snakemake.output.sidecar.rsplit("/", 1)[0],
     threads=snakemake.threads,
+    remap_cfg=snakemake.params.remap,
+    variant=snakemake.wildcards.get("variant", "full"),
 )

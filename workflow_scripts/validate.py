@@ -10,7 +10,7 @@ validate(
     flux=snakemake.input.flux,
     clean_table=snakemake.input.clean,
     rejects=snakemake.input.rejects,
-    truth=snakemake.input.truth,
+    truth=snakemake.input.get("truth"),  # None for real data (no truth table)
     model_dirs=[path.rsplit("/", 1)[0] for path in snakemake.input.models],
     labels=snakemake.params.labels,
     survey=snakemake.params.survey,
@@ -26,4 +26,5 @@ validate(
     linelist=snakemake.params.linelist,
     simulate_cfg=snakemake.params.simulate,
     config_hash=snakemake.params.config_hash,
+    remap_report=snakemake.input.get("remap"),  # deep_remap experiments only
 )

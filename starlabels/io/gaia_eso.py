@@ -45,7 +45,7 @@ from .spectrum import Spectrum, SpectrumFormatError
 
 __all__ = [
     "write_ges_spectrum", "read_ges_spectrum", "write_ges_catalog", "read_ges_catalog",
-    "ges_spectrum_filename", "GES_CATALOG_COLUMNS",
+    "ges_spectrum_filename", "GES_CATALOG_COLUMNS", "read_ges_flags",
 ]
 
 # FITS wavelength units we accept, and the factor that turns them into Angstrom. Anything else
@@ -426,8 +426,11 @@ GES_CATALOG_COLUMNS: dict[str, tuple[str, str | None]] = {
     "MG1": ("D", "dex"), "E_MG1": ("D", "dex"), "AL1": ("D", "dex"), "E_AL1": ("D", "dex"),
     "SNR": ("D", None), "VRAD": ("D", "km/s"), "E_VRAD": ("D", "km/s"),
     "SETUP": ("A", None), "GES_TYPE": ("A", None),
+    # quality flags ('|'-separated WG flag codes); read by read_ges_flags for the catalogue cuts
+    "TECH": ("A", None), "PECULI": ("A", None), "REMARK": ("A", None),
 }
 _GES_REQUIRED = ("OBJECT", "TEFF", "LOGG", "FEH")
+_GES_FLAG_COLUMNS = ("TECH", "PECULI", "REMARK")
 
 
 def _string_column(name: str, values) -> fits.Column:
@@ -557,3 +560,22 @@ def read_ges_catalog(path: str | os.PathLike, *, solar_mg: float = 7.53,
         "setup": columns["setup"], "ges_type": columns["ges_type"],
     })
     return frame
+
+
+def read_ges_flags(path: str | os.PathLike) -> pd.DataFrame:
+    """star_id and ``flags``: the catalogue's TECH, PECULI and REMARK flag strings joined by '|'
+    ('' where a star has none or the catalogue lacks the columns, which is no error: flags are
+    optional in DR5.1-like tables and the simulated survey writes none)."""
+    path = Path(path)
+    with _open_fits(path) as hdul:
+        hdu = _table_hdu(hdul, path, 1)
+        lookup = _column_lookup(hdu, path)
+        name = next((lookup[n] for n in ("OBJECT", "CNAME") if n in lookup), None)
+        if name is None:
+            raise SpectrumFormatError(path, "missing required column OBJECT")
+        data = hdu.data
+        nrows = 0 if data is None else len(data)
+        star_id = _as_text(data[name]) if nrows else np.array([], dtype=object)
+        parts = [_as_text(data[lookup[c]]) for c in _GES_FLAG_COLUMNS if c in lookup and nrows]
+    flags = ["|".join(p for p in row if p) for row in zip(*parts)] if parts else [""] * nrows
+    return pd.DataFrame({"star_id": star_id, "flags": np.array(flags, dtype=object)})

@@ -12,12 +12,14 @@ import torch
 from torch import nn
 
 from .gaia_eso_cnn import GaiaEsoCNN, conv_output_length
+from .remap_resnet import RemapResNet
 
-__all__ = ["GaiaEsoCNN", "MODELS", "build_model", "conv_l2_penalty", "conv_output_length"]
+__all__ = ["GaiaEsoCNN", "RemapResNet", "MODELS", "build_model", "conv_l2_penalty", "conv_output_length"]
 
 # method name → constructor taking (n_pixels, n_labels, **architecture)
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "cnn_regression": GaiaEsoCNN,
+    "deep_remap": RemapResNet,
 }
 
 

@@ -1,0 +1,70 @@
+# deep-REMAP extras: ablation members (one part of the recipe switched off each) and the report
+# on calibration (held-out stars, before/after temperature scaling), ablation and classes.
+
+
+rule train_ablation:
+    input:
+        flux=f"{R}/{{exp}}/trainset/flux.npy",
+        table=f"{R}/{{exp}}/trainset/spectra.parquet",
+    output:
+        weights=f"{R}/{{exp}}/ablation/{{variant}}/model.pt",
+        sidecar=f"{R}/{{exp}}/ablation/{{variant}}/model.json",
+        history=f"{R}/{{exp}}/ablation/{{variant}}/history.csv",
+    wildcard_constraints:
+        variant="no_pretrain|pretrain_only|no_triplet|no_swa",
+    params:
+        labels=section("labels"),
+        method=lambda w: EXPERIMENTS[w.exp]["method"],
+        train=section("train"),
+        remap=remap_section,
+    threads: lambda w: EXPERIMENTS[w.exp]["train"]["threads"]
+    resources:
+        gpu=1,
+    log:
+        f"{R}/{{exp}}/logs/train_ablation_{{variant}}.log",
+    benchmark:
+        f"{R}/{{exp}}/benchmarks/train_ablation_{{variant}}.tsv"
+    conda:
+        "../envs/starlabels.yaml"
+    script:
+        "../workflow_scripts/train.py"
+
+
+rule remap_report:
+    input:
+        unpack(truth_input),
+        flux=f"{R}/{{exp}}/normalized/flux.npy",
+        table=f"{R}/{{exp}}/normalized/stars.parquet",
+        catalog=f"{R}/{{exp}}/catalog/starlabels_{{exp}}.parquet",
+        models=model_files,
+        ablation=ablation_files,
+    output:
+        metrics=f"{R}/{{exp}}/remap_report.json",
+        ablation=f"{R}/{{exp}}/ablation.md",
+        reliability=report(
+            f"{R}/{{exp}}/plots/reliability.png",
+            caption="../resources/report/reliability.rst",
+            category="{exp}",
+            subcategory="calibration",
+        ),
+        embedding_map=report(
+            f"{R}/{{exp}}/plots/embedding_map.png",
+            caption="../resources/report/embedding_map.rst",
+            category="{exp}",
+            subcategory="interpretation",
+        ),
+    params:
+        variants=lambda w: EXPERIMENTS[w.exp]["remap"]["ablation"],
+        classes=lambda w: {
+            k: EXPERIMENTS[w.exp]["validate"][k]
+            for k in ("giant_logg_max", "dwarf_logg_min")
+        },
+        config_hash=section_hash("remap", "validate"),
+    log:
+        f"{R}/{{exp}}/logs/remap_report.log",
+    benchmark:
+        f"{R}/{{exp}}/benchmarks/remap_report.tsv"
+    conda:
+        "../envs/starlabels.yaml"
+    script:
+        "../workflow_scripts/remap_report.py"
