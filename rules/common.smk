@@ -180,6 +180,14 @@ def remap_metrics_input(wildcards):
     return {}
 
 
+def ensemble_calibration_input(wildcards):
+    """deep_remap with ensemble-level temperature scaling: the fitted temperatures."""
+    e = EXPERIMENTS[wildcards.exp]
+    if e["method"] == "deep_remap" and e["remap"]["calibration"]["level"] == "ensemble":
+        return {"ensemble_calibration": f"{R}/{wildcards.exp}/models/ensemble_calibration.json"}
+    return {}
+
+
 REMAP_PLOTS = ["reliability", "embedding_map"]
 
 

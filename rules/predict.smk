@@ -3,6 +3,7 @@
 
 rule predict:
     input:
+        unpack(ensemble_calibration_input),  # deep_remap: the ensemble's temperatures
         flux=f"{R}/{{exp}}/normalized/flux.npy",
         table=f"{R}/{{exp}}/normalized/stars.parquet",
         models=model_files,

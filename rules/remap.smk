@@ -30,9 +30,29 @@ rule train_ablation:
         "../workflow_scripts/train.py"
 
 
+rule calibrate_ensemble:
+    input:
+        flux=f"{R}/{{exp}}/trainset/flux.npy",
+        table=f"{R}/{{exp}}/trainset/spectra.parquet",
+        models=model_files,
+    output:
+        f"{R}/{{exp}}/models/ensemble_calibration.json",
+    params:
+        calibration=lambda w: EXPERIMENTS[w.exp]["remap"]["calibration"],
+    log:
+        f"{R}/{{exp}}/logs/calibrate_ensemble.log",
+    benchmark:
+        f"{R}/{{exp}}/benchmarks/calibrate_ensemble.tsv"
+    conda:
+        "../envs/starlabels.yaml"
+    script:
+        "../workflow_scripts/calibrate_ensemble.py"
+
+
 rule remap_report:
     input:
         unpack(truth_input),
+        unpack(ensemble_calibration_input),
         flux=f"{R}/{{exp}}/normalized/flux.npy",
         table=f"{R}/{{exp}}/normalized/stars.parquet",
         catalog=f"{R}/{{exp}}/catalog/starlabels_{{exp}}.parquet",

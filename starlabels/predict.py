@@ -68,6 +68,26 @@ def _label_scaling(meta: Mapping[str, Any], device: torch.device) -> tuple[torch
     return low, span
 
 
+def open_shard_inputs(flux_path: str | os.PathLike, table_path: str | os.PathLike, shard: int,
+                      n_shards: int, batch_size: int, device: str, threads: int | None
+                      ) -> tuple[torch.device, pd.DataFrame, str | None, np.ndarray]:
+    """Checked arguments and opened inputs of one prediction shard, for every method:
+    (device, spectrum ids, the table's grid hash, the memory-mapped flux matrix)."""
+    if n_shards < 1 or not 0 <= shard < n_shards:
+        raise ValueError(f"shard {shard} of {n_shards}: need 0 <= shard < n_shards")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    table = artifacts.load_table(table_path, columns=["spectrum_id"])
+    flux = artifacts.load_matrix(flux_path)
+    if flux.ndim != 2 or flux.shape[0] != len(table):
+        raise ValueError(f"{flux_path}: flux matrix shape {flux.shape} does not match the table's "
+                         f"{len(table)} rows")
+    return (resolve_device(device), table, artifacts.table_metadata(table_path).get("grid_hash"),
+            flux)
+
+
 def predict_shard(flux_path: str | os.PathLike, table_path: str | os.PathLike,
                   model_dirs: Sequence[ModelDir], shard: int, n_shards: int,
                   batch_size: int = 512, device: str = "auto",
@@ -78,20 +98,8 @@ def predict_shard(flux_path: str | os.PathLike, table_path: str | os.PathLike,
     members, ddof=0) per label, then n_members. ``df.attrs`` carries grid_hash, labels, members.
     Inference runs in fp32 even on CUDA: bf16 outputs would quantise labels to ~0.4 % of their range.
     """
-    if n_shards < 1 or not 0 <= shard < n_shards:
-        raise ValueError(f"shard {shard} of {n_shards}: need 0 <= shard < n_shards")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if threads is not None:
-        torch.set_num_threads(int(threads))
-    device = resolve_device(device)
-
-    table = artifacts.load_table(table_path, columns=["spectrum_id"])
-    table_grid = artifacts.table_metadata(table_path).get("grid_hash")
-    flux = artifacts.load_matrix(flux_path)
-    if flux.ndim != 2 or flux.shape[0] != len(table):
-        raise ValueError(f"{flux_path}: flux matrix shape {flux.shape} does not match the table's "
-                         f"{len(table)} rows")
+    device, table, table_grid, flux = open_shard_inputs(flux_path, table_path, shard, n_shards,
+                                                        batch_size, device, threads)
     members = _load_ensemble(model_dirs, device)
     for d, (_, meta) in zip(model_dirs, members):
         if meta["grid_hash"] != table_grid:

@@ -341,7 +341,8 @@ def train(*, flux: str, table: str, labels: Sequence[str], member: int, cfg: Map
 
 def predict(*, flux: str, table: str, model_dirs: Sequence[str], shard: int, n_shards: int,
             cfg: Mapping[str, Any], out: str, threads: int = 1, log: Log = log_to_stdout,
-            config_hash: str = "none", knn: int = 5) -> pd.DataFrame:
+            config_hash: str = "none", knn: int = 5,
+            ensemble_calibration: str | None = None) -> pd.DataFrame:
     from .predict import predict_shard, select_members, write_shard
     from .train import resolve_device
 
@@ -352,9 +353,10 @@ def predict(*, flux: str, table: str, model_dirs: Sequence[str], shard: int, n_s
     if method == "deep_remap":
         from .remap.predict import predict_remap_shard
 
+        temperatures = _ensemble_temperatures(ensemble_calibration, members)
         df = predict_remap_shard(flux, table, members, int(shard), int(n_shards),
                                  batch_size=batch_size, device=cfg["device"], knn=knn, log=log,
-                                 threads=threads)
+                                 threads=threads, temperatures=temperatures)
     else:
         df = predict_shard(flux, table, members, int(shard), int(n_shards),
                            batch_size=batch_size, device=cfg["device"], log=log,
@@ -362,6 +364,25 @@ def predict(*, flux: str, table: str, model_dirs: Sequence[str], shard: int, n_s
     write_shard(df, out, artifacts.provenance(None, config_hash=config_hash, stage="predict",
                                                shard=int(shard), n_shards=int(n_shards)))
     return df
+
+
+def _ensemble_temperatures(path: str | None, members: Sequence[str]) -> list[float] | None:
+    """The ensemble's temperatures, checked to belong to exactly these members (None = none)."""
+    if not path:
+        return None
+    calibration = artifacts.load_json(path)
+    if sorted(calibration["members"]) != sorted(str(m) for m in members):
+        raise ValueError(f"{path} was fitted for members {calibration['members']}, but predict "
+                         f"uses {list(map(str, members))}; rerun calibrate_ensemble")
+    return list(calibration["temperatures"])
+
+
+def calibrate_ensemble(*, flux: str, table: str, model_dirs: Sequence[str],
+                       cfg: Mapping[str, Any], out: str, log: Log = log_to_stdout) -> dict:
+    """deep_remap: one temperature per head for the members' averaged distribution."""
+    from .remap.train import calibrate_ensemble as fit
+
+    return fit(flux, table, list(model_dirs), cfg, out, log=log)
 
 
 # ------------------------------------------------------------------ catalog
@@ -428,7 +449,8 @@ def remap_report(*, flux: str, table: str, catalog: str, truth: str | None,
                  model_dirs: Sequence[str], ablation_dirs: Mapping[str, str],
                  classes: Mapping[str, float], metrics: str, ablation_md: str,
                  reliability_plot: str, embedding_plot: str, log: Log = log_to_stdout,
-                 config_hash: str = "none", seed: int = 0) -> dict:
+                 config_hash: str = "none", seed: int = 0,
+                 ensemble_calibration: str | None = None) -> dict:
     """Calibration on held-out stars (before/after temperature scaling), the ablation table,
     giant-class fractions, reliability diagram and embedding map of a deep_remap experiment."""
     from . import plots as P
@@ -443,12 +465,17 @@ def remap_report(*, flux: str, table: str, catalog: str, truth: str | None,
     result: dict[str, Any] = {"members": [{"member": m["member"], "temperatures": m["temperatures"],
                                            "calibration_split": m["calibration"]}
                                           for m in member_meta]}
+    temperatures = _ensemble_temperatures(ensemble_calibration, model_dirs)
+    result["calibration_level"] = "ensemble" if temperatures else "member"
+    if ensemble_calibration:
+        result["ensemble_calibration"] = artifacts.load_json(ensemble_calibration)
 
     # held-out stars: observed test split + calibration stars (no phase trained on them)
     heldout = np.flatnonzero(stars["split"].isin(["test", "calibration"]).to_numpy())
     ref, kind = E.reference_labels(stars.iloc[heldout], truth_df, labels)
     result["reference"] = kind
-    cal = E.heldout_calibration(E.load_rows(flux, heldout), ref, list(model_dirs))
+    cal = E.heldout_calibration(E.load_rows(flux, heldout), ref, list(model_dirs),
+                                temperatures=temperatures)
     result["heldout"] = cal["metrics"]
     result["heldout"]["splits"] = stars.iloc[heldout]["split"].value_counts().to_dict()
     for label, m in cal["metrics"]["labels"].items():
@@ -470,7 +497,9 @@ def remap_report(*, flux: str, table: str, catalog: str, truth: str | None,
                                            f"averaged (the catalogue's labels)")
     calib_ref, _ = E.reference_labels(stars.iloc[calib], truth_df, labels)
     ablation, text = E.ablation_table(E.load_rows(flux, calib), calib_ref, kind, variants,
-                                      descriptions)
+                                      descriptions,
+                                      temperatures={"ensemble": temperatures} if temperatures
+                                      else None)
     result["ablation"] = ablation
     result["calibration_star_targets"] = {
         label: {"sigma": ablation["ensemble"][label]["sigma"], "target": target,

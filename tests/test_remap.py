@@ -266,3 +266,32 @@ def test_deconvolved_loss_learns_the_true_label_distribution_not_the_catalogue_n
         widths[name] = s["std"][0]
     assert widths["plain"] > 120.0
     assert widths["deconvolved"] < 0.5 * widths["plain"]
+
+
+def test_ensemble_temperature_calibrates_the_averaged_distribution():
+    """Three members, each honest alone (σ 100 K around its own estimate) but disagreeing by
+    ±80 K: their average is too wide; the ensemble temperature sharpens it back."""
+    from starlabels.remap.calibration import fit_ensemble_temperature, mixture_nll
+
+    rng = np.random.default_rng(5)
+    truth = rng.uniform(4500, 6500, 3000)
+    centre = truth + rng.normal(0, 60, truth.size)
+    members = []
+    for offset in (-80.0, 0.0, 80.0):
+        est = centre + offset
+        members.append(-0.5 * ((TEFF.centres[None, :] - est[:, None]) / 100.0) ** 2)
+    like = bin_likelihoods(truth, TEFF)
+    t = fit_ensemble_temperature(members, like)
+    stacked = torch.stack([torch.from_numpy(m) for m in members])
+    log_like = torch.from_numpy(like).clamp_min(1e-300).log()
+    assert t < 0.9
+    assert float(mixture_nll(stacked, log_like, t)) < float(mixture_nll(stacked, log_like, 1.0))
+    def coverage(temperature):
+        mix = np.mean([torch.softmax(torch.from_numpy(m) / temperature, 1).numpy()
+                       for m in members], axis=0)
+        return interval_coverage(pit(mix, TEFF, truth))["0.68"]
+
+    # the averaged distribution over-covers at T = 1; the ensemble temperature brings it closer
+    # to 68% (not all the way: it narrows each member but cannot move them together)
+    assert coverage(1.0) > 0.85
+    assert abs(coverage(t) - 0.68) < abs(coverage(1.0) - 0.68) - 0.05

@@ -102,7 +102,8 @@ def test_deep_remap_outputs(tiny_run):
     """tiny_marvels runs deep_remap: distributions, neighbours, classes, ablation, calibration."""
     results = tiny_run["results"] / "tiny_marvels"
     for rel in ("ablation.md", "remap_report.json", "plots/reliability.png",
-                "plots/embedding_map.png", "ablation/no_pretrain/model.json"):
+                "plots/embedding_map.png", "ablation/no_pretrain/model.json",
+                "models/ensemble_calibration.json"):
         assert (results / rel).stat().st_size > 0, rel
     cat = load_table(results / "catalog" / "starlabels_tiny_marvels.parquet")
     for label in ("teff", "logg", "fe_h"):

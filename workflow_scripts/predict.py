@@ -15,4 +15,5 @@ stages.predict(
     threads=snakemake.threads,
     config_hash=snakemake.params.config_hash,
     knn=snakemake.params.knn or 5,  # nearest labelled stars (deep_remap only)
+    ensemble_calibration=snakemake.input.get("ensemble_calibration"),
 )

@@ -20,4 +20,5 @@ stages.remap_report(
     reliability_plot=snakemake.output.reliability,
     embedding_plot=snakemake.output.embedding_map,
     config_hash=snakemake.params.config_hash,
+    ensemble_calibration=snakemake.input.get("ensemble_calibration"),
 )

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -87,6 +88,45 @@ def fit_temperature(logits: np.ndarray | torch.Tensor, likelihoods: np.ndarray |
     if not math.isfinite(temperature):
         raise RuntimeError("temperature scaling diverged")
     return temperature
+
+
+def fit_ensemble_temperature(member_logits: Sequence[np.ndarray],
+                             likelihoods: np.ndarray | torch.Tensor, max_iter: int = 200,
+                             outlier_fraction: float = 0.0, outlier_density: float = 0.0
+                             ) -> float:
+    """One T for a head shared by all members, fitted on the NLL of the *averaged* distribution
+    mean_m softmax(logits_m / T) — the distribution the catalogue reports. Members calibrated one
+    by one and then averaged form a mixture wider than each, so intervals over-cover."""
+    stacked = torch.stack([torch.as_tensor(lg, dtype=torch.float64) for lg in member_logits])
+    like = torch.as_tensor(likelihoods, dtype=torch.float64).clamp_min(1e-300).log()
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter,
+                                  line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = mixture_nll(stacked, like, log_t.exp(), outlier_fraction, outlier_density)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    temperature = float(log_t.detach().exp())
+    if not math.isfinite(temperature):
+        raise RuntimeError("ensemble temperature scaling diverged")
+    return temperature
+
+
+def mixture_nll(member_logits: torch.Tensor, log_likelihoods: torch.Tensor,
+                temperature: float | torch.Tensor = 1.0, outlier_fraction: float = 0.0,
+                outlier_density: float = 0.0) -> torch.Tensor:
+    """:func:`nll` of the members' averaged distribution; ``member_logits`` (members, n, K)."""
+    log_p = F.log_softmax(member_logits / temperature, dim=2)
+    log_mix = torch.logsumexp(log_p, dim=0) - math.log(member_logits.shape[0])
+    log_like = torch.logsumexp(log_mix + log_likelihoods, dim=1)
+    if outlier_fraction > 0:
+        floor = torch.full_like(log_like, math.log(outlier_fraction * outlier_density))
+        log_like = torch.logaddexp(log_like + math.log1p(-outlier_fraction), floor)
+    return -log_like.mean()
 
 
 def reliability_curve(prob: np.ndarray, true_bin: np.ndarray, n_bins: int = 10) -> pd.DataFrame:

@@ -28,9 +28,11 @@ from .predict import _bins
 
 
 def ensemble_probabilities(flux: np.ndarray, model_dirs: Sequence[str | os.PathLike],
-                           calibrated: bool = True, batch_size: int = 256
+                           calibrated: bool = True, batch_size: int = 256,
+                           temperatures: Sequence[float] | None = None
                            ) -> tuple[list[np.ndarray], list[LabelBins], list[str]]:
-    """Average of the members' (temperature-scaled if ``calibrated``) probabilities per label."""
+    """Average of the members' probabilities per label: temperature-scaled if ``calibrated``,
+    with the ensemble's ``temperatures`` when given, else each member's own."""
     members = [load_member(d, "cpu") for d in model_dirs]
     meta = members[0][1]
     bins, labels = _bins(meta), list(meta["labels"])
@@ -38,7 +40,10 @@ def ensemble_probabilities(flux: np.ndarray, model_dirs: Sequence[str | os.PathL
     sums = [np.zeros((len(flux), b.n_bins)) for b in bins]
     with torch.inference_mode():
         for model, m in members:
-            temps = m["temperatures"] if calibrated else [1.0] * len(bins)
+            if not calibrated:
+                temps = [1.0] * len(bins)
+            else:
+                temps = m["temperatures"] if temperatures is None else list(temperatures)
             for start in range(0, len(flux), batch_size):
                 logits, _ = model(torch.from_numpy(flux[start:start + batch_size]))
                 for j, lg in enumerate(logits):
@@ -65,12 +70,14 @@ def _stats(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
 
 
 def heldout_calibration(flux: np.ndarray, ref: pd.DataFrame, model_dirs: Sequence[str],
-                        levels=(0.5, 0.68, 0.9, 0.95)) -> dict[str, Any]:
+                        levels=(0.5, 0.68, 0.9, 0.95),
+                        temperatures: Sequence[float] | None = None) -> dict[str, Any]:
     """Metrics before/after temperature scaling on held-out rows, plus the curves for plots."""
     out: dict[str, Any] = {"n": int(len(flux)), "labels": {}}
     curves: dict[str, dict[str, Any]] = {}
     for tag, calibrated in (("before", False), ("after", True)):
-        probs, bins, labels = ensemble_probabilities(flux, model_dirs, calibrated)
+        probs, bins, labels = ensemble_probabilities(flux, model_dirs, calibrated,
+                                                     temperatures=temperatures)
         for j, (name, b) in enumerate(zip(labels, bins)):
             truth = ref[name].to_numpy(dtype=np.float64)
             ok = np.isfinite(truth)
@@ -90,12 +97,16 @@ def heldout_calibration(flux: np.ndarray, ref: pd.DataFrame, model_dirs: Sequenc
 
 
 def ablation_table(flux: np.ndarray, ref: pd.DataFrame, ref_kind: str,
-                   variants: Mapping[str, Sequence[str]], descriptions: Mapping[str, str]
+                   variants: Mapping[str, Sequence[str]], descriptions: Mapping[str, str],
+                   temperatures: Mapping[str, Sequence[float]] | None = None
                    ) -> tuple[dict[str, Any], str]:
-    """σ, bias and 68% coverage on the given rows for each variant; (dict, Markdown table)."""
+    """σ, bias and 68% coverage on the given rows for each variant; (dict, Markdown table).
+    ``temperatures[variant]`` overrides the members' own (the ensemble's calibration)."""
     results: dict[str, Any] = {}
     for name, dirs in variants.items():
-        probs, bins, labels = ensemble_probabilities(flux, list(dirs), calibrated=True)
+        probs, bins, labels = ensemble_probabilities(
+            flux, list(dirs), calibrated=True,
+            temperatures=(temperatures or {}).get(name))
         entry: dict[str, Any] = {"description": descriptions.get(name, ""),
                                  "n_members": len(dirs)}
         for j, (label, b) in enumerate(zip(labels, bins)):

@@ -20,8 +20,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .. import artifacts
-from ..train import load_member, resolve_device, say
+from ..predict import open_shard_inputs
+from ..train import load_member, say
 from .bins import LabelBins, summarize
 from .train import load_reference
 
@@ -33,17 +33,14 @@ def _bins(meta: dict[str, Any]) -> list[LabelBins]:
 def predict_remap_shard(flux_path: str | os.PathLike, table_path: str | os.PathLike,
                         model_dirs: Sequence[str | os.PathLike], shard: int, n_shards: int, *,
                         batch_size: int = 64, device: str = "auto", knn: int = 5,
-                        log: Callable[[str], Any] = print, threads: int | None = None
-                        ) -> pd.DataFrame:
-    """Ensemble distributions for shard ``shard`` of ``n_shards`` (contiguous matrix rows)."""
-    if n_shards < 1 or not 0 <= shard < n_shards:
-        raise ValueError(f"shard {shard} of {n_shards}: need 0 <= shard < n_shards")
-    if threads is not None:
-        torch.set_num_threads(int(threads))
-    device = resolve_device(device)
-    table = artifacts.load_table(table_path, columns=["spectrum_id"])
-    table_grid = artifacts.table_metadata(table_path).get("grid_hash")
-    flux = artifacts.load_matrix(flux_path)
+                        log: Callable[[str], Any] = print, threads: int | None = None,
+                        temperatures: Sequence[float] | None = None) -> pd.DataFrame:
+    """Ensemble distributions for shard ``shard`` of ``n_shards`` (contiguous matrix rows).
+
+    ``temperatures``: one per head for all members (ensemble calibration); None = each
+    member's own."""
+    device, table, table_grid, flux = open_shard_inputs(flux_path, table_path, shard, n_shards,
+                                                        batch_size, device, threads)
     members = [load_member(d, device) for d in model_dirs]
     first = members[0][1]
     for d, (_, meta) in zip(model_dirs, members):
@@ -57,8 +54,8 @@ def predict_remap_shard(flux_path: str | os.PathLike, table_path: str | os.PathL
                              f"{table_path} is on grid {table_grid}")
     bins = _bins(first)
     labels = list(first["labels"])
-    temperatures = [torch.tensor(m["temperatures"], dtype=torch.float32, device=device)
-                    for _, m in members]
+    temperatures = [torch.tensor(m["temperatures"] if temperatures is None else temperatures,
+                                 dtype=torch.float32, device=device) for _, m in members]
     reference = load_reference(model_dirs[0])
     ref_emb = F.normalize(reference["embedding"].to(device).float(), dim=1)
     ref_ids = np.asarray(reference["star_id"], dtype=object)

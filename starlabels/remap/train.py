@@ -432,3 +432,56 @@ def load_reference(model_dir: str | os.PathLike) -> dict[str, Any]:
     if "reference" not in saved:
         raise ValueError(f"{model_dir}: no reference embeddings (not a deep_remap model folder)")
     return saved["reference"]
+
+
+# ---------------------------------------------------------------- ensemble calibration
+
+ENSEMBLE_CALIBRATION = "ensemble_calibration.json"
+
+
+def calibrate_ensemble(flux_path: str | os.PathLike, table_path: str | os.PathLike,
+                       model_dirs: Sequence[str | os.PathLike], cfg: Mapping[str, Any],
+                       out_path: str | os.PathLike, log: Callable[[str], Any] = print
+                       ) -> dict[str, Any]:
+    """One temperature per head for the averaged distribution of all members, on the same
+    held-out `valid` split the members were calibrated on (``cfg`` = the remap calibration
+    section). Written as JSON; predict uses these instead of the members' own temperatures."""
+    from ..train import load_member
+    from .calibration import fit_ensemble_temperature, mixture_nll
+    from .predict import _bins
+
+    members = [load_member(d, "cpu") for d in model_dirs]
+    meta = members[0][1]
+    labels, bins = list(meta["labels"]), _bins(meta)
+    table = artifacts.load_table(table_path)
+    rows = _rows(table, "observed", "valid", labels)
+    flux = np.ascontiguousarray(artifacts.load_matrix(flux_path)[rows], dtype=np.float32)
+    values = table[labels].to_numpy(dtype=np.float64)[rows]
+    error_cols = [f"e_{name}" for name in labels]
+    errors = (table.loc[rows, error_cols].to_numpy(dtype=np.float64)
+              if cfg["use_label_errors"] and all(c in table for c in error_cols) else None)
+    logits = [predict_logits(model, torch.from_numpy(flux))[0] for model, _ in members]
+    eps = float(cfg["outlier_fraction"])
+    result: dict[str, Any] = {"labels": labels, "n": int(rows.size), "temperatures": [],
+                              "members": [str(d) for d in model_dirs], "heads": {}}
+    for j, b in enumerate(bins):
+        like = bin_likelihoods(values[:, j], b, None if errors is None else errors[:, j])
+        floor = 1.0 / (b.high - b.low)
+        head = [lg[j] for lg in logits]
+        t = (fit_ensemble_temperature(head, like, outlier_fraction=eps, outlier_density=floor)
+             if cfg["temperature_scaling"] else 1.0)
+        stacked = torch.stack([torch.as_tensor(h, dtype=torch.float64) for h in head])
+        log_like = torch.as_tensor(like).clamp_min(1e-300).log()
+        before = float(mixture_nll(stacked, log_like, 1.0, eps, floor))
+        after = float(mixture_nll(stacked, log_like, t, eps, floor))
+        result["temperatures"].append(t)
+        result["heads"][b.name] = {"temperature": t, "nll_before": before, "nll_after": after,
+                                   "member_temperatures": [m["temperatures"][j]
+                                                           for _, m in members]}
+        say(log, f"ensemble calibration {b.name}: T = {t:.3f} (members "
+                 + ", ".join(f"{m['temperatures'][j]:.3f}" for _, m in members)
+                 + f"); NLL of the averaged distribution {before:.3f} → {after:.3f} on "
+                   f"{rows.size} held-out stars")
+    result.update(_plain(artifacts.provenance(None)))
+    artifacts.save_json(out_path, result)
+    return result
