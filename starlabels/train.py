@@ -7,6 +7,13 @@ One call of :func:`train_member` is one Snakemake job. It
 - stops early on the validation loss and restores the best epoch,
 - writes a model folder: ``model.pt`` (weights + plain metadata), ``model.json`` (the same metadata
   plus provenance, written last so its presence means the folder is complete) and ``history.csv``.
+
+On CUDA the training and validation spectra stay resident on the GPU when they fit
+(``resident: auto`` compares their size with ``torch.cuda.mem_get_info()``); otherwise they stay
+in host memory and each batch is gathered into pinned memory and copied with
+``non_blocking=True``. ``compile: true`` wraps the network in ``torch.compile`` for the training
+steps on CUDA (skipped, with a log line, on CPU); saved weights always come from the original
+module, so their key names never change.
 """
 from __future__ import annotations
 
@@ -33,6 +40,11 @@ from .models import build_model, conv_l2_penalty
 
 REQUIRED_CONFIG = ("seed", "device", "epochs", "batch_size", "learning_rate", "patience",
                    "conv_l2", "architecture", "method", "min_delta")
+RESIDENT_CHOICES = ("auto", "always", "never")
+#: resident='auto' keeps the spectra on the GPU when they take at most this share of the free
+#: device memory; the rest stays free for weights, optimiser state, activations (evaluation
+#: batches of >= 1024 spectra) and the caching allocator's slack
+RESIDENT_MEMORY_FRACTION = 0.5
 MODEL_FILE = "model.pt"
 META_FILE = "model.json"
 HISTORY_FILE = "history.csv"
@@ -155,6 +167,49 @@ def _check_config(cfg: Mapping[str, Any]) -> None:
             raise ValueError(f"training config: {key} must be >= 1, got {cfg[key]}")
     if int(cfg["patience"]) < 1:
         raise ValueError(f"training config: patience must be >= 1, got {cfg['patience']}")
+    if cfg.get("resident", "auto") not in RESIDENT_CHOICES:
+        raise ValueError(f"training config: resident {cfg.get('resident')!r}: choose one of "
+                         f"{list(RESIDENT_CHOICES)}")
+    if not isinstance(cfg.get("compile", False), bool):
+        raise ValueError(f"training config: compile must be true or false, got "
+                         f"{cfg.get('compile')!r}")
+
+
+# ---------------------------------------------------------------- data placement
+
+def keep_resident(resident: str, device: torch.device, n_bytes: int,
+                  free_bytes: int | None = None) -> bool:
+    """Whether the training + validation spectra (``n_bytes``) live on ``device`` all run long.
+
+    'always' / 'never' force the choice; 'auto' keeps them on a CUDA device when they take at
+    most :data:`RESIDENT_MEMORY_FRACTION` of its free memory (``free_bytes``, by default from
+    ``torch.cuda.mem_get_info``). On CPU 'auto' and 'always' mean resident (there is nothing to
+    move); 'never' runs the host-batch path there too, which gives identical results.
+    """
+    if resident not in RESIDENT_CHOICES:
+        raise ValueError(f"resident {resident!r}: choose one of {list(RESIDENT_CHOICES)}")
+    if resident != "auto":
+        return resident == "always"
+    if device.type != "cuda":
+        return True
+    if free_bytes is None:
+        free_bytes, _ = torch.cuda.mem_get_info(device)
+    return n_bytes <= RESIDENT_MEMORY_FRACTION * free_bytes
+
+
+def _to_device_rows(flux: torch.Tensor, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``flux[rows]`` (host tensor, host row indices) as a tensor on ``device``.
+
+    The rows are gathered into a staging buffer that is pinned whenever CUDA is available (torch's
+    caching host allocator does not hand a pinned block out again before the copy reading it has
+    finished), then copied with ``non_blocking=True``: on CUDA the copy overlaps the previous
+    step's kernels. Pinning the whole host set would not help: a shuffled gather from pinned
+    memory lands in ordinary memory. On a CPU device the final ``.to`` is a no-op.
+    """
+    pin = torch.cuda.is_available()
+    staging = torch.empty((rows.numel(), *flux.shape[1:]), dtype=flux.dtype, pin_memory=pin)
+    torch.index_select(flux, 0, rows, out=staging)
+    return staging.to(device, non_blocking=pin)
 
 
 # ---------------------------------------------------------------- evaluation
@@ -168,7 +223,10 @@ def predict_scaled(model: nn.Module, flux: torch.Tensor, batch_size: int) -> tor
     """
     was_training = model.training
     model.eval()
-    out = [model(flux[start:start + batch_size]).float()
+    device = next(model.parameters()).device
+    # host-resident flux (resident: never / too large) moves one slice at a time; a slice of a
+    # pinned tensor is pinned, so the copy is asynchronous
+    out = [model(flux[start:start + batch_size].to(device, non_blocking=flux.is_pinned())).float()
            for start in range(0, flux.shape[0], batch_size)]
     model.train(was_training)
     return torch.cat(out)
@@ -186,21 +244,31 @@ def _valid_loss(model: nn.Module, flux: torch.Tensor, scaled: torch.Tensor,
 
 def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, flux: torch.Tensor,
               scaled_labels: torch.Tensor, batch_size: int, conv_l2: float,
-              shuffle_generator: torch.Generator) -> float:
+              shuffle_generator: torch.Generator,
+              forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+              resident: bool = True) -> float:
     """One pass over the training spectra in a fresh seeded order; returns their mean MSE.
 
-    The spectra already sit on the device as one tensor, so a batch is an index gather — no
-    DataLoader, no per-spectrum Python work. The returned MSE excludes the L2 penalty.
+    When the spectra sit on the device as one tensor, a batch is an index gather — no
+    DataLoader, no per-spectrum Python work. With ``resident=False`` ``flux`` stays in host
+    memory and each batch is gathered there and copied to the labels' device
+    (:func:`_to_device_rows`); the batches, their order and the arithmetic are the same.
+    ``forward`` (default ``model``) runs the network, e.g. a ``torch.compile`` wrapper of it.
+    The returned MSE excludes the L2 penalty.
     """
-    device = flux.device
+    device = scaled_labels.device
+    forward = model if forward is None else forward
     n_train = flux.shape[0]
     model.train()
-    order = torch.randperm(n_train, generator=shuffle_generator).to(device)
+    order = torch.randperm(n_train, generator=shuffle_generator)
+    order_device = order.to(device)
     loss_sum = torch.zeros((), device=device)  # summed on the device: no GPU sync per batch
     for start in range(0, n_train, batch_size):
-        batch = order[start:start + batch_size]
+        batch = order_device[start:start + batch_size]
+        x = flux[batch] if resident else \
+            _to_device_rows(flux, order[start:start + batch_size], device)
         with training_precision(device):
-            predicted = model(flux[batch])
+            predicted = forward(x)
         mse = F.mse_loss(predicted.float(), scaled_labels[batch])
         loss = (mse + conv_l2 * conv_l2_penalty(model).float()) if conv_l2 else mse
         optimizer.zero_grad(set_to_none=True)
@@ -215,7 +283,11 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 def _checkpoint_identity(train_hash: str, cfg: Mapping[str, Any], member: int) -> str:
     """What a checkpoint must match to be resumed: same training set, settings and member."""
-    settings = {k: v for k, v in dict(cfg).items() if k not in ("checkpoint_every", "threads")}
+    # where the spectra live does not change the arithmetic, and configs written before the
+    # compile option existed must keep resuming: neither is part of the identity
+    settings = {k: v for k, v in dict(cfg).items()
+                if k not in ("checkpoint_every", "threads", "resident")
+                and not (k == "compile" and not v)}
     return f"{train_hash}:{artifacts.config_hash(settings)}:{int(member)}"
 
 
@@ -285,8 +357,18 @@ def train_member(flux_path: str | os.PathLike, table_path: str | os.PathLike,
         flat = [name for name, s in zip(labels, span) if not s > 0]
         raise ValueError(f"label(s) {flat} are constant over the training spectra; "
                          f"min–max scaling (and learning them) is impossible")
-    x_train = torch.from_numpy(flux_train).to(device)
-    x_valid = torch.from_numpy(flux_valid).to(device)
+    data_bytes = flux_train.nbytes + flux_valid.nbytes
+    resident = keep_resident(str(cfg.get("resident", "auto")), device, data_bytes)
+    if resident:
+        x_train = torch.from_numpy(flux_train).to(device)
+        x_valid = torch.from_numpy(flux_valid).to(device)
+    else:
+        # host memory: training batches are gathered into pinned buffers and copied
+        # asynchronously; the validation set is pinned whole (it is read in contiguous slices)
+        x_train = torch.from_numpy(flux_train)
+        x_valid = torch.from_numpy(flux_valid)
+        if device.type == "cuda":
+            x_valid = x_valid.pin_memory()
     y_train = torch.from_numpy(((labels_train - label_min) / span).astype(np.float32)).to(device)
     y_valid = torch.from_numpy(((labels_valid - label_min) / span).astype(np.float32)).to(device)
     del flux_train, flux_valid
@@ -314,6 +396,21 @@ def train_member(flux_path: str | os.PathLike, table_path: str | os.PathLike,
     say(log, f"member {member}: {n_train} training / {valid_rows.size} validation spectra, "
               f"{n_pixels} pixels, labels {labels}, device {device}, seed {seed}, "
               f"{torch.get_num_threads()} CPU thread(s)")
+    placement = ("resident on the device" if resident else
+                 "kept in host memory, each batch gathered and copied over"
+                 + (" from pinned memory (non_blocking)" if device.type == "cuda" else ""))
+    say(log, f"member {member}: training + validation spectra {data_bytes / 2**30:.2f} GiB, "
+              f"{placement} (resident: {cfg.get('resident', 'auto')})")
+    forward: Callable[[torch.Tensor], torch.Tensor] = model
+    if cfg.get("compile", False):
+        if device.type == "cuda":
+            # the compiled wrapper shares the module's parameters; weights are always saved from
+            # `model` itself, so state_dict keys carry no '_orig_mod.' prefix
+            forward = torch.compile(model)
+            say(log, f"member {member}: torch.compile applied to the training steps")
+        else:
+            say(log, f"member {member}: compile: true is skipped on {device.type} (CUDA only); "
+                     f"training runs uncompiled, exactly as with compile: false")
 
     best_loss, best_epoch, best_state = float("inf"), 0, None
     epochs_without_improvement = 0
@@ -345,7 +442,7 @@ def train_member(flux_path: str | os.PathLike, table_path: str | os.PathLike,
     for epoch in range(first_epoch, max_epochs + 1):
         epoch_start = time.perf_counter()
         train_loss = run_epoch(model, optimizer, x_train, y_train, batch_size, conv_l2,
-                               shuffle_generator)
+                               shuffle_generator, forward=forward, resident=resident)
         if scheduler is not None:
             scheduler.step()
         train_seconds = time.perf_counter() - epoch_start
@@ -437,6 +534,7 @@ def write_model_folder(out_dir: str | os.PathLike, model: nn.Module, meta: Mappi
     """Write model.pt, history.csv, then model.json (last: its presence marks a complete folder)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    model = getattr(model, "_orig_mod", model)   # a torch.compile wrapper: save the module itself
     state = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
     with artifacts.atomic_path(out_dir / MODEL_FILE) as tmp:
         torch.save({"state_dict": state, "meta": _plain(meta)}, tmp)

@@ -1,0 +1,111 @@
+"""The benchmark scripts of bench/ run (in --quick mode, small sizes) and write result JSON with
+the machine, versions, parameters, figures and load average; quick runs never touch the
+committed bench/results/."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "bench"
+# normalize first: it fills the shared cache the others take their spectra from
+SCRIPTS = ["normalize_throughput", "tsne_clean", "predict_throughput", "train_throughput",
+           "predict_rss"]
+
+
+def _committed_state() -> dict[str, float]:
+    folder = BENCH / "results"
+    return {p.name: p.stat().st_mtime for p in folder.glob("*.json")} if folder.exists() else {}
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    before = _committed_state()
+    results = {}
+    for name in SCRIPTS:
+        proc = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), "--quick", "--out",
+                               str(out), "--cache", str(out / "cache"), "--threads", "2"],
+                              cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+        results[name] = json.loads((out / f"{name}.json").read_text())
+    assert _committed_state() == before, "a --quick run wrote into bench/results/"
+    return results
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_envelope(quick_results, name):
+    r = quick_results[name]
+    assert r["name"] == name and r["mode"] == "quick"
+    m = r["machine"]
+    assert m["hostname"] and m["cpu_model"] and m["logical_cores"] >= 1
+    assert m["ram_bytes"] > 2**28 and "gpu" in m
+    v = r["versions"]
+    for key in ("python", "numpy", "torch", "starlabels_git_commit"):
+        assert v[key], key
+    load = r["load_average"]
+    assert len(load["before"]) == 3 and len(load["after"]) == 3
+    assert all(x >= 0 for x in load["before"] + load["after"])
+    assert r["parameters"] and r["figures"] and isinstance(r["notes"], list)
+    for t in r["targets"].values():
+        assert {"limit", "measured", "met", "unit", "what"} <= set(t)
+        if t["measured"] is None:
+            assert t["met"] is None
+
+
+def test_normalize_figures(quick_results):
+    r = quick_results["normalize_throughput"]
+    f, p = r["figures"], r["parameters"]
+    assert p["n_stars"] == 24 and p["full_size"] is False and p["grid_pixels"] == 15702
+    assert f["n_files"] == 48 and f["n_spectra"] == 48
+    assert f["n_accepted"] + f["n_rejected"] == 24
+    assert 0 < f["seconds"] < 120 and f["spectra_per_s"] == pytest.approx(48 / f["seconds"])
+    assert f["projected_seconds_at_full_size"] == pytest.approx(f["seconds"] * 36904 / 24)
+    assert "PROJECTED" in r["targets"]["total_seconds_at_36904"]["what"]
+
+
+def test_tsne_figures(quick_results):
+    r = quick_results["tsne_clean"]
+    f = r["figures"]
+    assert r["parameters"]["n_spectra"] == 300 and r["parameters"]["n_pixels"] == 15702
+    assert f["n_cleaned"] == 300 and 0 <= f["n_rejected"] < 300
+    assert 0 < f["step_seconds"]["tsne_s"] <= f["seconds"]
+    assert r["targets"]["seconds_at_36904"]["measured"] is None   # not the full size
+
+
+def test_predict_figures(quick_results):
+    r = quick_results["predict_throughput"]
+    f, p = r["figures"], r["parameters"]
+    assert p["n_spectra"] == 256 and p["n_members"] == 2 and "untrained" in p["weights"]
+    assert p["batch_size"] in (64, 2048) and p["batch_size_auto"] is True
+    assert f["spectra_per_s"] == pytest.approx(256 / f["seconds"])
+    assert len(f["np_load_seconds_before"]) == 2 and len(f["np_load_seconds_after"]) == 1
+    loads = f["np_load_seconds_before"] + f["np_load_seconds_after"]
+    assert 0 < f["np_load_seconds_floor"] == min(loads)
+    assert f["ratio_to_np_load"] == pytest.approx(f["seconds"] / f["np_load_seconds_floor"])
+
+
+def test_train_figures(quick_results):
+    r = quick_results["train_throughput"]
+    per = r["figures"]["per_thread_count"]
+    assert list(per) == ["1"]
+    rates = per["1"]["spectra_per_s_per_epoch"]
+    assert len(rates) == r["parameters"]["epochs"] == 2 and all(x > 0 for x in rates)
+    assert r["parameters"]["batch_size"] == 64 and r["parameters"]["n_pixels"] == 15702
+    assert r["figures"]["best_spectra_per_s"] > 0
+
+
+def test_rss_figures(quick_results):
+    r = quick_results["predict_rss"]
+    per = r["figures"]["per_size"]
+    assert list(per) == ["1000", "4000"]
+    for size, res in per.items():
+        assert res["n_rows"] == int(size)
+        assert 50 * 2**20 < res["peak_rss_bytes"] < 16 * 2**30
+        assert res["peak_rss_anon_sampled_bytes"] > 0
+        assert res["wait4_ru_maxrss_bytes"] > 0
+    assert r["parameters"]["n_pixels"] == 3401 and r["parameters"]["n_members"] == 1
