@@ -168,6 +168,52 @@ def load_matrix(path: str | os.PathLike, mmap: bool = True) -> np.ndarray:
     return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
 
 
+class MatrixRowReader:
+    """Read contiguous row blocks of a float32 ``.npy`` matrix into one reused buffer.
+
+    Slicing a memory map leaves every page it touched mapped into the process, so a job that
+    streams a 10⁶-row matrix ends with the whole file counted in its RSS (and in Slurm's
+    MaxRSS). ``readinto`` copies through the page cache instead: the process holds one batch.
+    """
+
+    def __init__(self, path: str | os.PathLike, max_rows: int) -> None:
+        self._file = open(path, "rb")
+        version = np.lib.format.read_magic(self._file)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read_header(self._file)
+        if fortran or dtype != np.dtype("<f4") or len(shape) != 2:
+            self._file.close()
+            raise ValueError(f"{path}: expected a C-ordered little-endian float32 matrix, got "
+                             f"dtype {dtype}, shape {shape}, fortran_order {fortran}")
+        self.shape = shape
+        self._offset = self._file.tell()
+        self._row_bytes = 4 * shape[1]
+        self._buffer = np.empty((max(1, int(max_rows)), shape[1]), dtype=np.float32)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` as a view of the buffer (valid until the next call)."""
+        n = stop - start
+        if not 0 <= start <= stop <= self.shape[0] or n > len(self._buffer):
+            raise ValueError(f"rows {start}:{stop} outside the matrix {self.shape} or the "
+                             f"buffer of {len(self._buffer)} rows")
+        self._file.seek(self._offset + start * self._row_bytes)
+        view = self._buffer[:n]
+        got = self._file.readinto(memoryview(view).cast("B"))
+        if got != n * self._row_bytes:
+            raise OSError(f"short read: {got} of {n * self._row_bytes} bytes at row {start}")
+        return view
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "MatrixRowReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 # ---------------------------------------------------------------- tables
 
 def save_table(path: str | os.PathLike, table: pd.DataFrame,

@@ -120,12 +120,12 @@ def predict_shard(flux_path: str | os.PathLike, table_path: str | os.PathLike,
     say(log, f"shard {shard}/{n_shards}: {n_rows} spectra (rows {rows[:1].tolist()}.."
               f"{rows[-1:].tolist()}), {len(members)} member(s), device {device}")
     start_time = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), artifacts.MatrixRowReader(flux_path, batch_size) as reader:
         for b, start in enumerate(range(0, n_rows, batch_size)):
             stop = min(start + batch_size, n_rows)
-            # Shard rows are contiguous: a slice reads just this batch from the memory map; the
-            # copy makes it writable for torch and is the only flux held in memory.
-            block = np.array(flux[rows[start]:rows[stop - 1] + 1], dtype=np.float32)
+            # Shard rows are contiguous: one read per batch into a reused buffer, the only flux
+            # held in memory (no memory-map pages accumulate in the job's RSS).
+            block = reader.read(rows[start], rows[stop - 1] + 1)
             x = torch.from_numpy(block).to(device)
             physical = torch.stack([model(x).double() * span + low
                                     for (model, _), (low, span) in zip(members, scalings)])

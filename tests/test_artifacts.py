@@ -64,3 +64,20 @@ def test_array_hash_streams_memmaps(tmp_path):
 def test_save_json_is_plain_json(tmp_path):
     artifacts.save_json(tmp_path / "x.json", {"a": np.float32(1.5), "b": np.arange(2)})
     assert json.loads((tmp_path / "x.json").read_text()) == {"a": 1.5, "b": [0, 1]}
+
+
+def test_matrix_row_reader_reads_blocks_exactly(tmp_path):
+    from starlabels.artifacts import MatrixRowReader, save_matrix
+
+    matrix = np.arange(5 * 7, dtype=np.float32).reshape(5, 7)
+    path = tmp_path / "flux.npy"
+    save_matrix(path, matrix)
+    with MatrixRowReader(path, max_rows=3) as reader:
+        assert reader.shape == (5, 7)
+        assert np.array_equal(reader.read(1, 4), matrix[1:4])
+        assert np.array_equal(reader.read(4, 5), matrix[4:5])
+        with pytest.raises(ValueError, match="outside"):
+            reader.read(0, 4)          # more rows than the buffer
+    np.save(tmp_path / "f8.npy", matrix.astype(np.float64))
+    with pytest.raises(ValueError, match="float32"):
+        MatrixRowReader(tmp_path / "f8.npy", 2)

@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 import torch
 
-import starlabels.predict as predict_module
 from starlabels import artifacts
 from starlabels.predict import input_gradients, predict_shard, select_members, write_shard
 from starlabels.train import load_member, predict_scaled, train_member
@@ -116,35 +115,21 @@ def test_predictions_are_in_physical_units_and_accurate(survey, members):
     np.testing.assert_allclose(out["teff"].to_numpy()[:10], teff, rtol=1e-6)
 
 
-class _RecordingMatrix:
-    """Stands in for the memory-mapped flux matrix and records how many rows each read takes."""
-
-    def __init__(self, matrix):
-        self._matrix = matrix
-        self.shape, self.ndim, self.dtype = matrix.shape, matrix.ndim, matrix.dtype
-        self.rows_per_read: list[int] = []
-
-    def __getitem__(self, key):
-        block = self._matrix[key]
-        self.rows_per_read.append(block.shape[0] if block.ndim == 2 else 1)
-        return block
-
-
 def test_prediction_streams_one_batch_at_a_time(survey, members, monkeypatch):
-    opened: list[_RecordingMatrix] = []
-    real_load_matrix = artifacts.load_matrix
+    """Flux arrives one batch at a time through a reused buffer (no memory-map slices, whose
+    pages would pile up in the job's RSS)."""
+    reads: list[int] = []
+    real_read = artifacts.MatrixRowReader.read
 
-    def load_matrix(path, mmap=True):
-        assert mmap, "prediction must memory-map the flux matrix"
-        opened.append(_RecordingMatrix(real_load_matrix(path, mmap=mmap)))
-        return opened[-1]
+    def read(self, start, stop):
+        reads.append(stop - start)
+        return real_read(self, start, stop)
 
-    monkeypatch.setattr(predict_module.artifacts, "load_matrix", load_matrix)
+    monkeypatch.setattr(artifacts.MatrixRowReader, "read", read)
     lines: list[str] = []
     out = predict_shard(survey["flux"], survey["table"], members, 1, 2, batch_size=32,
                         device="cpu", log=lines.append)
     assert len(out) == 150
-    reads = opened[0].rows_per_read
     assert max(reads) <= 32 and sum(reads) == 150
     assert any("150/150" in line and "spectra/s" in line for line in lines)
 

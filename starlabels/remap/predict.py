@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from .. import artifacts
 from ..predict import open_shard_inputs
 from ..train import load_member, say
 from .bins import LabelBins, summarize
@@ -73,11 +74,10 @@ def predict_remap_shard(flux_path: str | os.PathLike, table_path: str | os.PathL
     say(log, f"deep_remap shard {shard}/{n_shards}: {n} spectra, {len(members)} member(s), "
              f"device {device}, {k} nearest labelled stars each")
     t0 = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), artifacts.MatrixRowReader(flux_path, batch_size) as reader:
         for b_i, start in enumerate(range(0, n, batch_size)):
             stop = min(start + batch_size, n)
-            x = torch.from_numpy(np.array(flux[rows[start]:rows[stop - 1] + 1],
-                                          dtype=np.float32)).to(device)
+            x = torch.from_numpy(reader.read(rows[start], rows[stop - 1] + 1)).to(device)
             sums = [torch.zeros((stop - start, b.n_bins), dtype=torch.float64, device=device)
                     for b in bins]
             for m, ((model, _), temps) in enumerate(zip(members, temperatures)):
