@@ -21,11 +21,6 @@ if $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; 
 fi
 $PY bench/predict_rss.py "$@"
 
-# The same package code with glibc malloc told to keep freed heap memory (MALLOC_TOP_PAD_):
-# by default every batch's activation buffers go back to the kernel and are page-faulted in
-# again (1.6 M minor page faults in 3 s of forward passes); measured cost 1.3-2.6x (bench/README.md).
-TUNED="env MALLOC_TOP_PAD_=1073741824"
-$TUNED $PY bench/tsne_clean.py --tag malloc_tuned --skip-workflow-split "$@"
-$TUNED $PY bench/predict_throughput.py --tag malloc_tuned "$@"
-$TUNED $PY bench/train_throughput.py --tag malloc_tuned "$@"
-echo "done: results in results/bench/ (full runs also copied to bench/results/)"
+# The workflow's clean, train and predict stages set glibc's M_TOP_PAD themselves
+# (starlabels.stages.keep_freed_memory); the *_malloc_tuned.json files in bench/results/ are
+# from before that change, with MALLOC_TOP_PAD_ set in the environment instead.

@@ -43,6 +43,9 @@ def _steps(lines: list[str]) -> dict[str, float]:
 
 def _timed_clean(flux, table, labels, cfg, threads) -> dict:
     from starlabels.clean import tsne_clean
+    from starlabels.stages import keep_freed_memory
+
+    keep_freed_memory()  # what the clean rule's stage function does first
 
     lines: list[str] = []
     C.reset_peak_rss()

@@ -137,7 +137,8 @@ def test_forcerun_predict_reruns_only_downstream(repo, tiny_run):
     proc = snakemake(repo, "-n", *tiny_run["args"], "--forcerun", "predict")
     assert proc.returncode == 0, proc.stderr
     counts = job_counts(proc.stdout)
-    assert set(counts) == {"predict", "catalog", "validate", "all"}, counts
+    # remap_report: deep_remap's report reads the catalogue
+    assert set(counts) == {"predict", "catalog", "validate", "remap_report", "all"}, counts
     assert counts["predict"] == 4          # 2 shards × 2 experiments
 
 
@@ -251,8 +252,10 @@ def test_slurm_profile_runs_train_and_predict_as_slurm_jobs(repo, tiny_run, slur
     (["--forcerun", "predict", "--until", "{results}/tiny_ges/predictions/shard_1.parquet"],
      {"predict": 1}),
     # rerun a stage and everything downstream
-    (["-R", "clean"], {"clean": 2, "trainset": 2, "train": 4, "predict": 4, "catalog": 2,
-                       "validate": 2, "all": 1}),
+    # (tiny_marvels is deep_remap: + its ablation member, ensemble calibration and report)
+    (["-R", "clean"], {"clean": 2, "trainset": 2, "train": 4, "train_ablation": 1,
+                       "calibrate_ensemble": 1, "predict": 4, "catalog": 2, "validate": 2,
+                       "remap_report": 1, "all": 1}),
     # stop after a stage: nothing to do when it is up to date
     (["--until", "clean"], {}),
 ])
