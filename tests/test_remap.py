@@ -295,3 +295,24 @@ def test_ensemble_temperature_calibrates_the_averaged_distribution():
     # to 68% (not all the way: it narrows each member but cannot move them together)
     assert coverage(1.0) > 0.85
     assert abs(coverage(t) - 0.68) < abs(coverage(1.0) - 0.68) - 0.05
+
+
+def test_coverage_temperature_from_noisy_labels_calibrates_for_the_truth():
+    """Over-confident logits (claim 30 K, actual 60 K), calibrated against catalogue labels with
+    120 K errors: the coverage objective on the noise-convolved PIT finds T ≈ 4 (30·√4 = 60) and
+    the true labels then fall inside the 68% intervals 68% of the time."""
+    from starlabels.remap.calibration import convolved_pit, fit_temperature_coverage
+
+    rng = np.random.default_rng(8)
+    truth = rng.uniform(4500, 6500, 4000)
+    estimate = truth + rng.normal(0, 60, truth.size)
+    logits = -0.5 * ((TEFF.centres[None, :] - estimate[:, None]) / 30.0) ** 2
+    errors = np.full(truth.size, 120.0)
+    observed = truth + rng.normal(0, errors)
+    t = fit_temperature_coverage([logits], TEFF, observed, errors)
+    assert 3.0 < t < 5.5
+    prob = torch.softmax(torch.from_numpy(logits) / t, 1).numpy()
+    assert 0.63 <= interval_coverage(pit(prob, TEFF, truth))["0.68"] <= 0.73
+    # the convolved PIT of the noisy labels is uniform too: its 90% coverage is right
+    assert interval_coverage(convolved_pit(prob, TEFF, observed, errors))["0.90"] == \
+        pytest.approx(0.90, abs=0.03)

@@ -447,7 +447,8 @@ def calibrate_ensemble(flux_path: str | os.PathLike, table_path: str | os.PathLi
     held-out `valid` split the members were calibrated on (``cfg`` = the remap calibration
     section). Written as JSON; predict uses these instead of the members' own temperatures."""
     from ..train import load_member
-    from .calibration import fit_ensemble_temperature, mixture_nll
+    from .calibration import (convolved_pit, fit_ensemble_temperature,
+                              fit_temperature_coverage, mixture_nll)
     from .predict import _bins
 
     members = [load_member(d, "cpu") for d in model_dirs]
@@ -468,20 +469,30 @@ def calibrate_ensemble(flux_path: str | os.PathLike, table_path: str | os.PathLi
         like = bin_likelihoods(values[:, j], b, None if errors is None else errors[:, j])
         floor = 1.0 / (b.high - b.low)
         head = [lg[j] for lg in logits]
-        t = (fit_ensemble_temperature(head, like, outlier_fraction=eps, outlier_density=floor)
-             if cfg["temperature_scaling"] else 1.0)
+        err = None if errors is None else errors[:, j]
+        if not cfg["temperature_scaling"]:
+            t = 1.0
+        elif cfg["ensemble_objective"] == "coverage":
+            t = fit_temperature_coverage(head, b, values[:, j], err)
+        else:
+            t = fit_ensemble_temperature(head, like, outlier_fraction=eps, outlier_density=floor)
         stacked = torch.stack([torch.as_tensor(h, dtype=torch.float64) for h in head])
         log_like = torch.as_tensor(like).clamp_min(1e-300).log()
-        before = float(mixture_nll(stacked, log_like, 1.0, eps, floor))
-        after = float(mixture_nll(stacked, log_like, t, eps, floor))
+        entry = {"temperature": t, "objective": cfg["ensemble_objective"],
+                 "member_temperatures": [m["temperatures"][j] for _, m in members]}
+        for tag, temp in (("before", 1.0), ("after", t)):
+            entry[f"nll_{tag}"] = float(mixture_nll(stacked, log_like, temp, eps, floor))
+            mix = torch.stack([torch.softmax(h / temp, dim=1) for h in stacked]).mean(0).numpy()
+            entry[f"coverage68_{tag}"] = float(np.mean(
+                np.abs(convolved_pit(mix, b, values[:, j], err) - 0.5) <= 0.34))
         result["temperatures"].append(t)
-        result["heads"][b.name] = {"temperature": t, "nll_before": before, "nll_after": after,
-                                   "member_temperatures": [m["temperatures"][j]
-                                                           for _, m in members]}
-        say(log, f"ensemble calibration {b.name}: T = {t:.3f} (members "
-                 + ", ".join(f"{m['temperatures'][j]:.3f}" for _, m in members)
-                 + f"); NLL of the averaged distribution {before:.3f} → {after:.3f} on "
-                   f"{rows.size} held-out stars")
+        result["heads"][b.name] = entry
+        say(log, f"ensemble calibration {b.name} ({cfg['ensemble_objective']}): T = {t:.3f} "
+                 f"(members " + ", ".join(f"{m['temperatures'][j]:.3f}" for _, m in members)
+                 + f"); on {rows.size} held-out stars, NLL of the averaged distribution "
+                   f"{entry['nll_before']:.3f} → {entry['nll_after']:.3f}, 68% coverage of the "
+                   f"catalogue labels (noise-convolved) {entry['coverage68_before']:.2f} → "
+                   f"{entry['coverage68_after']:.2f}")
     result.update(_plain(artifacts.provenance(None)))
     artifacts.save_json(out_path, result)
     return result
