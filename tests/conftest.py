@@ -36,3 +36,13 @@ def fitsverify():
         assert "0 error(s)" in result.stdout
 
     return check
+
+
+@pytest.fixture
+def restore_torch_threads():
+    """Put torch's thread count back after a test whose code under test sets it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

@@ -53,12 +53,8 @@ def config(**overrides):
     return cfg
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    """train_member(threads=1) sets a process-wide thread count; give it back to other tests."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+# the code under test sets torch threads; give the next test module its own back
+pytestmark = pytest.mark.usefixtures("restore_torch_threads")
 
 
 @pytest.fixture(scope="module")

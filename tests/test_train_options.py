@@ -16,11 +16,8 @@ from starlabels.train import (CHECKPOINT_NAME, _checkpoint_identity, _to_device_
 LABELS = ["teff", "logg"]
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+# the code under test sets torch threads; give the next test module its own back
+pytestmark = pytest.mark.usefixtures("restore_torch_threads")
 
 
 @pytest.fixture(scope="module")

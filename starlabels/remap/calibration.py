@@ -73,13 +73,19 @@ def fit_temperature(logits: np.ndarray | torch.Tensor, likelihoods: np.ndarray |
     if logits.shape != likelihoods.shape or logits.shape[0] == 0:
         raise ValueError(f"logits {tuple(logits.shape)} and likelihoods "
                          f"{tuple(likelihoods.shape)} must have the same non-empty shape")
+    return _minimise_over_temperature(
+        lambda t: nll(logits, likelihoods, t, outlier_fraction, outlier_density), max_iter)
+
+
+def _minimise_over_temperature(loss_of, max_iter: int) -> float:
+    """argmin_T loss_of(T) by LBFGS in log T (so T stays > 0), starting at T = 1."""
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter,
                                   line_search_fn="strong_wolfe")
 
     def closure():
         optimizer.zero_grad()
-        loss = nll(logits, likelihoods, log_t.exp(), outlier_fraction, outlier_density)
+        loss = loss_of(log_t.exp())
         loss.backward()
         return loss
 
@@ -99,21 +105,8 @@ def fit_ensemble_temperature(member_logits: Sequence[np.ndarray],
     by one and then averaged form a mixture wider than each, so intervals over-cover."""
     stacked = torch.stack([torch.as_tensor(lg, dtype=torch.float64) for lg in member_logits])
     like = torch.as_tensor(likelihoods, dtype=torch.float64).clamp_min(1e-300).log()
-    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter,
-                                  line_search_fn="strong_wolfe")
-
-    def closure():
-        optimizer.zero_grad()
-        loss = mixture_nll(stacked, like, log_t.exp(), outlier_fraction, outlier_density)
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    temperature = float(log_t.detach().exp())
-    if not math.isfinite(temperature):
-        raise RuntimeError("ensemble temperature scaling diverged")
-    return temperature
+    return _minimise_over_temperature(
+        lambda t: mixture_nll(stacked, like, t, outlier_fraction, outlier_density), max_iter)
 
 
 def convolved_pit(prob: np.ndarray, bins: LabelBins, observed: np.ndarray,
