@@ -197,18 +197,6 @@ def survey_stars(survey: str, catalog: str, calibration: str, labels: Sequence[s
     raise ValueError(f"survey {survey!r}: expected gaia_eso or sdss_marvels")
 
 
-def _read_ges(path: str):
-    from .io.gaia_eso import read_ges_spectrum
-
-    return [read_ges_spectrum(path)]
-
-
-def _read_marvels(path: str):
-    from .io.marvels import read_marvels_plate
-
-    return read_marvels_plate(path)
-
-
 def normalize(*, survey: str, manifest: str, catalog: str, calibration: str,
               labels: Sequence[str], grid_cfg: Mapping[str, Any], selection: Mapping[str, Any],
               solar: Mapping[str, float], cfg: Mapping[str, Any], flux: str, ivar: str,
@@ -477,9 +465,9 @@ def remap_report(*, flux: str, table: str, catalog: str, truth: str | None,
     """Calibration on held-out stars (before/after temperature scaling), the ablation table,
     giant-class fractions, reliability diagram and embedding map of a deep_remap experiment."""
     from . import plots as P
-    from .catalog import evolutionary_class
     from .remap import evaluate as E
     from .remap.train import VARIANTS
+    from .validate import giant_fractions
 
     stars = artifacts.load_table(table)
     truth_df = artifacts.load_table(truth) if truth else None
@@ -542,15 +530,11 @@ def remap_report(*, flux: str, table: str, catalog: str, truth: str | None,
     cand = cat[cat["star_id"].isin(cand_ids)]
     gmax, dmin = classes["giant_logg_max"], classes["dwarf_logg_min"]
 
-    def fractions(logg: np.ndarray) -> dict[str, float]:
-        cls = evolutionary_class(logg, gmax, dmin)
-        return {c: float(np.mean(cls == c)) for c in ("giant", "subgiant", "dwarf")}
-
     classes_out: dict[str, Any] = {"n": int(len(cand)),
-                                   "predicted": fractions(cand["logg"].to_numpy())}
+                                   "predicted": giant_fractions(cand["logg"], gmax, dmin)}
     if truth_df is not None:
         true_logg = cand[["star_id"]].merge(truth_df[["star_id", "logg"]], on="star_id")["logg"]
-        classes_out["true"] = fractions(true_logg.to_numpy())
+        classes_out["true"] = giant_fractions(true_logg, gmax, dmin)
         classes_out["difference_points"] = {
             c: 100 * (classes_out["predicted"][c] - classes_out["true"][c]) for c in
             ("giant", "subgiant", "dwarf")}

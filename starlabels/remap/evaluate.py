@@ -25,31 +25,46 @@ from ..train import load_member
 from .bins import LabelBins, summarize
 from .calibration import expected_calibration_error, interval_coverage, pit, reliability_curve
 from .predict import _bins
+from .train import predict_logits
+
+
+def member_logits(flux: np.ndarray, model_dirs: Sequence[str | os.PathLike]
+                  ) -> tuple[list[tuple[list[np.ndarray], dict[str, Any]]], list[LabelBins],
+                             list[str]]:
+    """Each member's per-head logits for ``flux`` (and its metadata), the bins and labels."""
+    x = torch.from_numpy(np.ascontiguousarray(flux, dtype=np.float32))
+    members = []
+    for d in model_dirs:
+        model, meta = load_member(d, "cpu")
+        members.append((predict_logits(model, x)[0], meta))
+    meta = members[0][1]
+    return members, _bins(meta), list(meta["labels"])
+
+
+def average_probabilities(members: Sequence[tuple[list[np.ndarray], dict[str, Any]]],
+                          calibrated: bool = True,
+                          temperatures: Sequence[float] | None = None) -> list[np.ndarray]:
+    """Average of the members' probabilities per label: temperature-scaled if ``calibrated``,
+    with the ensemble's ``temperatures`` when given, else each member's own."""
+    sums: list[np.ndarray] | None = None
+    for logits, meta in members:
+        if not calibrated:
+            temps = [1.0] * len(logits)
+        else:
+            temps = meta["temperatures"] if temperatures is None else list(temperatures)
+        probs = [torch.softmax(torch.from_numpy(lg).double() / t, dim=1).numpy()
+                 for lg, t in zip(logits, temps)]
+        sums = probs if sums is None else [s + p for s, p in zip(sums, probs)]
+    return [s / len(members) for s in sums]
 
 
 def ensemble_probabilities(flux: np.ndarray, model_dirs: Sequence[str | os.PathLike],
-                           calibrated: bool = True, batch_size: int = 256,
+                           calibrated: bool = True,
                            temperatures: Sequence[float] | None = None
                            ) -> tuple[list[np.ndarray], list[LabelBins], list[str]]:
-    """Average of the members' probabilities per label: temperature-scaled if ``calibrated``,
-    with the ensemble's ``temperatures`` when given, else each member's own."""
-    members = [load_member(d, "cpu") for d in model_dirs]
-    meta = members[0][1]
-    bins, labels = _bins(meta), list(meta["labels"])
-    flux = np.asarray(flux, dtype=np.float32)
-    sums = [np.zeros((len(flux), b.n_bins)) for b in bins]
-    with torch.inference_mode():
-        for model, m in members:
-            if not calibrated:
-                temps = [1.0] * len(bins)
-            else:
-                temps = m["temperatures"] if temperatures is None else list(temperatures)
-            for start in range(0, len(flux), batch_size):
-                logits, _ = model(torch.from_numpy(flux[start:start + batch_size]))
-                for j, lg in enumerate(logits):
-                    sums[j][start:start + len(lg)] += torch.softmax(
-                        lg.double() / temps[j], dim=1).numpy()
-    return [s / len(members) for s in sums], bins, labels
+    """:func:`average_probabilities` of the members in ``model_dirs`` for ``flux``."""
+    members, bins, labels = member_logits(flux, model_dirs)
+    return average_probabilities(members, calibrated, temperatures), bins, labels
 
 
 def reference_labels(table: pd.DataFrame, truth: pd.DataFrame | None,
@@ -75,9 +90,9 @@ def heldout_calibration(flux: np.ndarray, ref: pd.DataFrame, model_dirs: Sequenc
     """Metrics before/after temperature scaling on held-out rows, plus the curves for plots."""
     out: dict[str, Any] = {"n": int(len(flux)), "labels": {}}
     curves: dict[str, dict[str, Any]] = {}
+    members, bins, labels = member_logits(flux, model_dirs)  # one forward pass for both
     for tag, calibrated in (("before", False), ("after", True)):
-        probs, bins, labels = ensemble_probabilities(flux, model_dirs, calibrated,
-                                                     temperatures=temperatures)
+        probs = average_probabilities(members, calibrated, temperatures)
         for j, (name, b) in enumerate(zip(labels, bins)):
             truth = ref[name].to_numpy(dtype=np.float64)
             ok = np.isfinite(truth)
