@@ -33,8 +33,9 @@ from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 from .. import artifacts
 from ..labels import check_labels
 from ..models import build_model
-from ..train import (HISTORY_FILE, META_FILE, MODEL_FILE, _plain, resolve_device, say,
-                     seed_everything, training_precision, training_set_hash)
+from ..train import (CHECKPOINT_NAME, HISTORY_FILE, META_FILE, MODEL_FILE, _plain,
+                     _to_device_rows, keep_resident, resolve_device, say, seed_everything,
+                     training_precision, training_set_hash)
 from .bins import LabelBins, label_bins, summarize
 from .calibration import (bin_likelihoods, expected_calibration_error, fit_temperature, nll,
                           pit, interval_coverage)
@@ -81,19 +82,29 @@ class WeightAverager:
         self.averaged.update_parameters(model)
         self.n_snapshots += 1
 
-    def finalize(self, batches: Sequence[torch.Tensor]) -> nn.Module:
-        update_bn(batches, self.averaged)
+    def finalize(self, batches: Sequence[torch.Tensor],
+                 device: torch.device | None = None) -> nn.Module:
+        update_bn(batches, self.averaged, device=device)  # host batches are moved to `device`
         return self.averaged.module
 
 
 # ---------------------------------------------------------------- one training phase
 
 class _Data:
-    """Flux and label tensors on the device, plus the per-label bin geometry."""
+    """Flux and label tensors plus the per-label bin geometry.
+
+    Labels always live on ``device`` (they are small). The flux lives there too when
+    ``resident``; otherwise it stays in host memory and :meth:`gather` copies each batch over
+    through a pinned staging buffer (``non_blocking``), as the regression trainer does.
+    """
 
     def __init__(self, flux: np.ndarray, values: np.ndarray, bins: Sequence[LabelBins],
-                 device: torch.device, errors: np.ndarray | None = None) -> None:
-        self.flux = torch.from_numpy(np.ascontiguousarray(flux, dtype=np.float32)).to(device)
+                 device: torch.device, errors: np.ndarray | None = None,
+                 resident: bool = True) -> None:
+        self.device = device
+        self.resident = resident
+        host = torch.from_numpy(np.ascontiguousarray(flux, dtype=np.float32))
+        self.flux = host.to(device) if resident else host
         self.values = torch.from_numpy(values.astype(np.float32)).to(device)
         # catalogue label errors (0 = exact, e.g. synthetic labels)
         err = np.zeros_like(values) if errors is None else np.nan_to_num(errors, nan=0.0)
@@ -102,17 +113,51 @@ class _Data:
         spans = np.array([b.high - b.low for b in bins])
         self.scaled = torch.from_numpy(((values - lows) / spans).astype(np.float32)).to(device)
 
+    def __len__(self) -> int:
+        return int(self.flux.shape[0])
 
-def _phase_loss(model: nn.Module, flux: torch.Tensor, values: torch.Tensor, scaled: torch.Tensor,
-                errors: torch.Tensor, bins: Sequence[LabelBins],
-                centres: Sequence[torch.Tensor], costs: Sequence[torch.Tensor],
-                cfg: Mapping[str, Any]) -> tuple[torch.Tensor, float, float]:
+    def gather(self, rows: torch.Tensor) -> torch.Tensor:
+        """``flux[rows]`` on the device; ``rows`` is a CPU index tensor."""
+        if self.resident:
+            return self.flux[rows.to(self.device)]
+        return _to_device_rows(self.flux, rows, self.device)
+
+
+def _batch_flux(train: _Data, replay: _Data | None, pick: torch.Tensor | None,
+                rows: torch.Tensor) -> torch.Tensor:
+    """Flux of one batch of the (training + replayed synthetic) set, on the device.
+
+    ``rows`` (CPU) index the virtual concatenation [train rows, replay rows ``pick``]: the
+    batch is filled from both without ever concatenating the flux matrices, so a host-memory
+    training set is not copied once per epoch, and resident and host runs do the same arithmetic.
+    """
+    if replay is None:
+        return train.gather(rows)
+    n = len(train)
+    from_train = rows < n
+    if bool(from_train.all()):
+        return train.gather(rows)
+    out = torch.empty((rows.numel(), train.flux.shape[1]), dtype=torch.float32,
+                      device=train.device)
+    mask = from_train.to(train.device)
+    if bool(from_train.any()):
+        out[mask] = train.gather(rows[from_train])
+    out[~mask] = replay.gather(pick[rows[~from_train] - n])
+    return out
+
+
+def _phase_loss(forward: Callable[[torch.Tensor], Any], flux: torch.Tensor,
+                values: torch.Tensor, scaled: torch.Tensor, errors: torch.Tensor,
+                bins: Sequence[LabelBins], centres: Sequence[torch.Tensor],
+                costs: Sequence[torch.Tensor], cfg: Mapping[str, Any]
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total loss, label loss, triplet loss) of one batch, as device tensors (no GPU sync)."""
     with training_precision(flux.device):
-        logits, embedding = model(flux)
+        logits, embedding = forward(flux)
     loss_cfg = cfg["loss"]
     deconvolve = bool(loss_cfg["deconvolve_label_errors"])
     label_loss = sum(
-        focal_cost_loss(lg, values[:, j], centres[j], bins[j].width,
+        focal_cost_loss(lg.float(), values[:, j], centres[j], bins[j].width,
                         gamma=loss_cfg["focal_gamma"],
                         target_sigma_bins=loss_cfg["target_sigma_bins"],
                         cost_weight=loss_cfg["cost_weight"], cost=costs[j],
@@ -120,25 +165,29 @@ def _phase_loss(model: nn.Module, flux: torch.Tensor, values: torch.Tensor, scal
         for j, lg in enumerate(logits)) / len(logits)
     weight = float(cfg["triplet"]["weight"])
     if weight:
-        trip = triplet_loss(embedding, scaled, margin=cfg["triplet"]["margin"],
+        trip = triplet_loss(embedding.float(), scaled, margin=cfg["triplet"]["margin"],
                             mining=cfg["triplet"]["mining"],
                             positive_radius=cfg["triplet"]["positive_radius"],
                             negative_radius=cfg["triplet"]["negative_radius"])
     else:
         trip = torch.zeros((), device=flux.device)
-    return label_loss + weight * trip, float(label_loss.detach()), float(trip.detach())
+    return label_loss + weight * trip, label_loss.detach(), trip.detach()
 
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, flux: torch.Tensor, batch_size: int = 256
                    ) -> tuple[list[np.ndarray], np.ndarray]:
-    """Per-head logits (fp32, eval mode) and embeddings for every row of ``flux``."""
+    """Per-head logits (fp32, eval mode) and embeddings for every row of ``flux``.
+
+    ``flux`` may sit on the model's device or in host memory (moved one slice at a time).
+    """
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     heads: list[list[torch.Tensor]] = []
     embeddings = []
     for start in range(0, flux.shape[0], batch_size):
-        logits, emb = model(flux[start:start + batch_size])
+        logits, emb = model(flux[start:start + batch_size].to(device))
         heads.append([lg.float() for lg in logits])
         embeddings.append(emb.float())
     model.train(was_training)
@@ -159,18 +208,74 @@ def _valid_summary(model: nn.Module, data: _Data, bins: Sequence[LabelBins],
     return out
 
 
+class MemberCheckpoint:
+    """Resumable state of one deep-REMAP member, in ``<model folder>/checkpoint.pt``.
+
+    Written (atomically) every ``every`` epochs inside a phase and once at the end of each phase.
+    It holds the weights, the optimiser, both learning-rate schedules, the SWA running average,
+    the history and every random-number generator the member draws from (the shuffle/replay
+    generator, torch's CPU and CUDA generators that drive dropout), so a resumed member ends
+    with the same weights as an uninterrupted one: bit for bit on CPU. ``identity`` ties it to
+    one training set, configuration, variant and member; a checkpoint of anything else is ignored.
+    """
+
+    def __init__(self, path: Path, identity: str, every: int,
+                 log: Callable[[str], Any] = print) -> None:
+        self.path, self.identity, self.every, self.log = Path(path), identity, int(every), log
+
+    def load(self) -> dict[str, Any] | None:
+        if not self.every or not self.path.exists():
+            return None
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        if state.get("identity") != self.identity:
+            say(self.log, f"{self.path}: checkpoint from another training set, configuration or "
+                          f"member; starting afresh")
+            return None
+        return state
+
+    def due(self, epoch: int, epochs: int) -> bool:
+        return bool(self.every) and epoch % self.every == 0 and epoch < epochs
+
+    def save(self, **state: Any) -> None:
+        if not self.every:
+            return
+        state.update(identity=self.identity, torch_rng=torch.get_rng_state(),
+                     cuda_rng=(torch.cuda.get_rng_state_all() if torch.cuda.is_available()
+                               else None))
+        with artifacts.atomic_path(self.path) as tmp:
+            torch.save(state, tmp)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def restore_rng(state: Mapping[str, Any], generator: torch.Generator) -> None:
+    """Put every generator back where the checkpoint left it."""
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+
 def run_phase(name: str, model: nn.Module, train: _Data, valid: _Data | None,
               bins: Sequence[LabelBins], cfg: Mapping[str, Any], *, epochs: int,
               learning_rate: float, batch_size: int, generator: torch.Generator,
               trainable: Sequence[nn.Parameter], replay: _Data | None = None,
               replay_fraction: float = 0.0, log: Callable[[str], Any] = print,
-              history: list[dict[str, Any]] | None = None) -> nn.Module:
+              history: list[dict[str, Any]] | None = None,
+              checkpoint: MemberCheckpoint | None = None, phase_index: int = 0,
+              resume: Mapping[str, Any] | None = None, compile_model: bool = False
+              ) -> nn.Module:
     """Train ``model`` for ``epochs`` (cosine annealing; SWA over the last fraction if enabled).
 
     Returns the trained module: the SWA average (BatchNorm recomputed) when SWA is on, otherwise
-    the weights after the last, annealed epoch.
+    the weights after the last, annealed epoch. ``resume`` is a mid-phase checkpoint of this
+    phase: the model, optimiser, schedules and SWA average continue from its epoch (the caller
+    has restored the weights, random generators and history). ``compile_model`` runs the
+    training steps through ``torch.compile`` (CUDA only; weights are shared with ``model``).
     """
-    device = train.flux.device
+    device = train.device
+    history = [] if history is None else history
     centres = [torch.as_tensor(b.centres, dtype=torch.float32, device=device) for b in bins]
     costs = [cost_matrix(b.n_bins, cfg["loss"]["cost_sigma_bins"], device) for b in bins]
     optimizer = torch.optim.AdamW(trainable, lr=learning_rate,
@@ -185,47 +290,64 @@ def run_phase(name: str, model: nn.Module, train: _Data, valid: _Data | None,
     swa_scheduler = (SWALR(optimizer, swa_lr=learning_rate * float(swa_cfg["lr_factor"]),
                            anneal_epochs=1) if swa_epochs else None)
     averager = WeightAverager(model) if swa_epochs else None
-    n_replay = int(round(replay_fraction * train.flux.shape[0])) if replay is not None else 0
+    first_epoch = 1
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        cosine.load_state_dict(resume["cosine"])
+        if swa_scheduler is not None:
+            swa_scheduler.load_state_dict(resume["swa_scheduler"])
+            averager.averaged.load_state_dict(resume["averaged"])
+            averager.n_snapshots = int(resume["n_snapshots"])
+        first_epoch = int(resume["epoch"]) + 1
+        say(log, f"{name}: resumed after epoch {first_epoch - 1}/{epochs} from "
+                 f"{checkpoint.path if checkpoint else 'a checkpoint'}")
+    forward: Callable[[torch.Tensor], Any] = model
+    if compile_model and device.type == "cuda":
+        forward = torch.compile(model)
+    n_replay = int(round(replay_fraction * len(train))) if replay is not None else 0
     start = time.perf_counter()
-    for epoch in range(1, epochs + 1):
+    for epoch in range(first_epoch, epochs + 1):
         t0 = time.perf_counter()
         model.train()
-        flux, values, scaled, errors = train.flux, train.values, train.scaled, train.errors
+        values, scaled, errors = train.values, train.scaled, train.errors
+        pick = None
         if n_replay:
-            pick = torch.randperm(replay.flux.shape[0], generator=generator)[:n_replay].to(device)
-            flux = torch.cat([flux, replay.flux[pick]])
-            values = torch.cat([values, replay.values[pick]])
-            scaled = torch.cat([scaled, replay.scaled[pick]])
-            errors = torch.cat([errors, replay.errors[pick]])
-        order = torch.randperm(flux.shape[0], generator=generator).to(device)
-        sums = np.zeros(3)
-        for s in range(0, flux.shape[0], batch_size):
-            batch = order[s:s + batch_size]
-            if batch.numel() < 2:   # BatchNorm needs two; a lone leftover spectrum is skipped
+            pick = torch.randperm(len(replay), generator=generator)[:n_replay]
+            pick_device = pick.to(device)
+            values = torch.cat([values, replay.values[pick_device]])
+            scaled = torch.cat([scaled, replay.scaled[pick_device]])
+            errors = torch.cat([errors, replay.errors[pick_device]])
+        n_epoch = int(values.shape[0])
+        order = torch.randperm(n_epoch, generator=generator)
+        order_device = order.to(device)
+        sums = torch.zeros(3, dtype=torch.float64, device=device)  # no GPU sync per batch
+        for s in range(0, n_epoch, batch_size):
+            rows = order[s:s + batch_size]
+            if rows.numel() < 2:   # BatchNorm needs two; a lone leftover spectrum is skipped
                 continue
-            loss, label_loss, trip = _phase_loss(model, flux[batch], values[batch],
-                                                 scaled[batch], errors[batch], bins, centres,
-                                                 costs, cfg)
+            batch = order_device[s:s + batch_size]
+            flux = _batch_flux(train, replay if n_replay else None, pick, rows)
+            loss, label_loss, trip = _phase_loss(forward, flux, values[batch], scaled[batch],
+                                                 errors[batch], bins, centres, costs, cfg)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            sums += np.array([float(loss.detach()), label_loss, trip]) * batch.numel()
+            sums += torch.stack([loss.detach(), label_loss, trip]).double() * rows.numel()
         in_swa = averager is not None and epoch > anneal_epochs
         if in_swa:
             averager.update(model)
             swa_scheduler.step()
         else:
             cosine.step()
+        mean_loss, mean_label, mean_trip = (sums / n_epoch).tolist()  # one sync per epoch
         seconds = time.perf_counter() - t0
-        row = {"phase": name, "epoch": epoch, "loss": sums[0] / flux.shape[0],
-               "label_loss": sums[1] / flux.shape[0], "triplet_loss": sums[2] / flux.shape[0],
-               "lr": optimizer.param_groups[0]["lr"], "swa": in_swa,
-               "spectra_per_s": flux.shape[0] / max(seconds, 1e-9),
+        row = {"phase": name, "epoch": epoch, "loss": mean_loss, "label_loss": mean_label,
+               "triplet_loss": mean_trip, "lr": optimizer.param_groups[0]["lr"], "swa": in_swa,
+               "spectra_per_s": n_epoch / max(seconds, 1e-9),
                "elapsed_s": time.perf_counter() - start}
         if valid is not None and (epoch % 5 == 0 or epoch == epochs):
             row.update(_valid_summary(model, valid, bins))
-        if history is not None:
-            history.append(row)
+        history.append(row)
         extra = " ".join(f"{k} {v:.4g}" for k, v in row.items() if k.startswith("rmse_"))
         say(log, f"{name} epoch {epoch}/{epochs}: loss {row['loss']:.4f} (labels "
                  f"{row['label_loss']:.4f}, triplet {row['triplet_loss']:.4f}) lr {row['lr']:.2e}"
@@ -233,13 +355,26 @@ def run_phase(name: str, model: nn.Module, train: _Data, valid: _Data | None,
         if not np.isfinite(row["loss"]):
             raise RuntimeError(f"{name}: loss became {row['loss']} at epoch {epoch}; lower the "
                                f"learning rate")
-    if averager is None:
-        return model
-    batches = [train.flux[s:s + 256] for s in range(0, train.flux.shape[0], 256)]
-    averaged = averager.finalize(batches)
-    say(log, f"{name}: SWA averaged {averager.n_snapshots} snapshots; BatchNorm statistics "
-             f"recomputed on {train.flux.shape[0]} spectra")
-    return averaged
+        if checkpoint is not None and checkpoint.due(epoch, epochs):
+            checkpoint.save(
+                phase=name, phase_index=phase_index, epoch=epoch, done=False,
+                model=model.state_dict(), optimizer=optimizer.state_dict(),
+                cosine=cosine.state_dict(),
+                swa_scheduler=swa_scheduler.state_dict() if swa_scheduler else None,
+                averaged=averager.averaged.state_dict() if averager else None,
+                n_snapshots=averager.n_snapshots if averager else 0,
+                history=list(history), generator=generator.get_state())
+    if averager is not None:
+        batches = [train.flux[s:s + 256] for s in range(0, len(train), 256)]
+        model = averager.finalize(batches, device)
+        say(log, f"{name}: SWA averaged {averager.n_snapshots} snapshots; BatchNorm statistics "
+                 f"recomputed on {len(train)} spectra")
+    if checkpoint is not None:
+        # the end of a phase is always a resume point: a later kill never repeats this phase
+        checkpoint.save(phase=name, phase_index=phase_index, epoch=epochs, done=True,
+                        model=model.state_dict(), history=list(history),
+                        generator=generator.get_state())
+    return model
 
 
 # ---------------------------------------------------------------- calibration
@@ -297,10 +432,6 @@ def train_remap_member(flux_path: str | os.PathLike, table_path: str | os.PathLi
     device = resolve_device(train_cfg["device"])
     seed = int(train_cfg["seed"]) + int(member)
     generator = seed_everything(seed)
-    if int(train_cfg.get("checkpoint_every", 0) or 0):
-        say(log, "note: deep_remap members do not write mid-training checkpoints (their phases "
-                 "are short); a killed job restarts the member from its seed")
-
     table = artifacts.load_table(table_path)
     grid_hash = artifacts.table_metadata(table_path).get("grid_hash")
     if not grid_hash:
@@ -328,31 +459,78 @@ def train_remap_member(flux_path: str | os.PathLike, table_path: str | os.PathLi
     label_errors = (table[error_cols].to_numpy(dtype=np.float64)
                     if all(c in table for c in error_cols) else None)
 
+    # which spectra, exactly: ties the checkpoint and the model folder to this training set
+    train_rows = np.sort(np.concatenate([r for r in rows.values()]))
+    train_hash = training_set_hash(np.asarray(flux[train_rows]), values[train_rows], labels)
+    data_bytes = int(train_rows.size) * int(flux.shape[1]) * 4
+    resident = keep_resident(str(train_cfg.get("resident", "auto")), device, data_bytes)
+
     def data(key: tuple[str, str]) -> _Data | None:
         r = rows[key]
         errors = None if label_errors is None else label_errors[r]
-        return _Data(flux[r], values[r], bins, device, errors) if r.size else None
+        return _Data(flux[r], values[r], bins, device, errors, resident) if r.size else None
 
     say(log, f"deep_remap member {member} ({variant}: {VARIANTS[variant]}): synthetic "
              f"{rows['synthetic', 'train'].size}/{rows['synthetic', 'valid'].size}, observed "
              f"{rows['observed', 'train'].size}/{rows['observed', 'valid'].size} train/valid; "
              f"{flux.shape[1]} pixels; bins " + ", ".join(f"{b.name} {b.n_bins}" for b in bins)
         + f"; device {device}, seed {seed}, {torch.get_num_threads()} thread(s)")
+    say(log, f"deep_remap member {member}: spectra {data_bytes / 2**30:.2f} GiB, "
+             + ("resident on the device" if resident else "kept in host memory, each batch "
+                "gathered and copied over") + f" (resident: {train_cfg.get('resident', 'auto')})")
+    compile_model = bool(train_cfg.get("compile", False))
+    if compile_model and device.type != "cuda":
+        say(log, f"deep_remap member {member}: compile: true is skipped on {device.type} (CUDA "
+                 f"only); training runs uncompiled, exactly as with compile: false")
 
     architecture = dict(cfg["architecture"], n_bins=[b.n_bins for b in bins])
     model = build_model("deep_remap", flux.shape[1], len(labels), architecture).to(device)
     batch_size = int(train_cfg["batch_size"])
     history: list[dict[str, Any]] = []
     start = time.perf_counter()
+
+    # ---- resume point: a checkpoint of this very member (training set, settings, variant);
+    # where the spectra live and whether the steps are compiled do not change the arithmetic
+    identity_settings = {"train": {k: v for k, v in dict(train_cfg).items()
+                                   if k not in ("checkpoint_every", "threads", "resident",
+                                                "compile")},
+                         "remap": cfg, "variant": variant}
+    checkpoint = MemberCheckpoint(
+        Path(out_dir) / CHECKPOINT_NAME,
+        f"{train_hash}:{artifacts.config_hash(identity_settings)}:{int(member)}",
+        int(train_cfg.get("checkpoint_every", 0) or 0), log)
+    resumed = checkpoint.load()
+    resumed_phase, resumed_done = -1, False
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        restore_rng(resumed, generator)
+        history = list(resumed["history"])
+        resumed_phase, resumed_done = int(resumed["phase_index"]), bool(resumed["done"])
+        say(log, f"deep_remap member {member}: resumed from {checkpoint.path} "
+                 f"({resumed['phase']} epoch {resumed['epoch']}"
+                 f"{', phase complete' if resumed_done else ''})")
+
+    def phase_state(index: int) -> tuple[bool, Mapping[str, Any] | None]:
+        """(skip phase ``index``: the checkpoint is past it, mid-phase state to continue)."""
+        if resumed_phase > index or (resumed_phase == index and resumed_done):
+            return True, None
+        return False, resumed if resumed_phase == index else None
+
     syn_train = data(("synthetic", "train")) if (pretrain["enabled"] or
                                                  finetune["replay_fraction"]) else None
     obs_valid = data(("observed", "valid"))
+    common = dict(bins=bins, cfg=cfg, batch_size=batch_size, generator=generator, log=log,
+                  history=history, checkpoint=checkpoint, compile_model=compile_model)
     if pretrain["enabled"]:
-        model = run_phase("pretrain", model, syn_train, data(("synthetic", "valid")), bins, cfg,
-                          epochs=int(pretrain["epochs"]),
-                          learning_rate=float(pretrain["learning_rate"]),
-                          batch_size=batch_size, generator=generator,
-                          trainable=list(model.parameters()), log=log, history=history)
+        skip, resume = phase_state(0)
+        if skip:
+            say(log, "pretrain: complete in the checkpoint; skipped")
+        else:
+            model = run_phase("pretrain", model, syn_train, data(("synthetic", "valid")),
+                              epochs=int(pretrain["epochs"]),
+                              learning_rate=float(pretrain["learning_rate"]),
+                              trainable=list(model.parameters()), phase_index=0, resume=resume,
+                              **common)
     if finetune["enabled"]:
         frozen = set(finetune["freeze"]) if pretrain["enabled"] else set()
         groups = model.parameter_groups()
@@ -361,13 +539,17 @@ def train_remap_member(flux_path: str | os.PathLike, table_path: str | os.PathLi
             for p in groups[name]:
                 p.requires_grad_(False)
         say(log, f"fine-tune: frozen {sorted(frozen) or 'nothing'}")
-        model = run_phase("finetune", model, data(("observed", "train")), obs_valid, bins, cfg,
-                          epochs=int(finetune["epochs"]),
-                          learning_rate=float(finetune["learning_rate"]),
-                          batch_size=batch_size, generator=generator, trainable=trainable,
-                          replay=syn_train if finetune["replay_fraction"] else None,
-                          replay_fraction=float(finetune["replay_fraction"]), log=log,
-                          history=history)
+        skip, resume = phase_state(1)
+        if skip:
+            say(log, "finetune: complete in the checkpoint; skipped")
+        else:
+            model = run_phase("finetune", model, data(("observed", "train")), obs_valid,
+                              epochs=int(finetune["epochs"]),
+                              learning_rate=float(finetune["learning_rate"]),
+                              trainable=trainable,
+                              replay=syn_train if finetune["replay_fraction"] else None,
+                              replay_fraction=float(finetune["replay_fraction"]), phase_index=1,
+                              resume=resume, **common)
         for p in model.parameters():
             p.requires_grad_(True)
     model.eval()
@@ -381,9 +563,7 @@ def train_remap_member(flux_path: str | os.PathLike, table_path: str | os.PathLi
     # reference set of the similar-star lookup: the labelled observed stars
     ref_rows = np.sort(np.concatenate([rows["observed", "train"], rows["observed", "valid"]]))
     ref_flux = np.ascontiguousarray(flux[ref_rows], dtype=np.float32)
-    _, ref_emb = predict_logits(model, torch.from_numpy(ref_flux).to(device))
-    train_rows = np.sort(np.concatenate([r for r in rows.values()]))
-    train_hash = training_set_hash(np.asarray(flux[train_rows]), values[train_rows], labels)
+    _, ref_emb = predict_logits(model, torch.from_numpy(ref_flux))
     # early stopping is not used; the held-out NLL after calibration ranks members instead
     score = float(np.sum([calib[b.name]["nll_after"] for b in bins]))
     meta: dict[str, Any] = {
@@ -402,11 +582,12 @@ def train_remap_member(flux_path: str | os.PathLike, table_path: str | os.PathLi
         "train_seconds": float(time.perf_counter() - start),
         "config": _plain({"train": dict(train_cfg), "remap": cfg}),
     }
-    meta.update(_plain(artifacts.provenance(None)))
+    meta.update(_plain(artifacts.provenance({"train": dict(train_cfg), "remap": cfg})))
     reference = {"embedding": torch.from_numpy(ref_emb.astype(np.float32)),
                  "star_id": table["star_id"].astype(str).to_numpy()[ref_rows].tolist(),
                  "spectrum_id": table["spectrum_id"].astype(str).to_numpy()[ref_rows].tolist()}
     write_remap_folder(out_dir, model, meta, pd.DataFrame(history), reference)
+    checkpoint.remove()  # the finished folder supersedes it; a rerun must not resume from it
     say(log, f"deep_remap member {member} ({variant}): held-out RMSE vs catalogue labels "
              + ", ".join(f"{k[5:]} {v:.4g}" for k, v in valid_rmse.items())
              + f"; {meta['train_seconds']:.0f} s")
@@ -493,6 +674,6 @@ def calibrate_ensemble(flux_path: str | os.PathLike, table_path: str | os.PathLi
                    f"{entry['nll_before']:.3f} → {entry['nll_after']:.3f}, 68% coverage of the "
                    f"catalogue labels (noise-convolved) {entry['coverage68_before']:.2f} → "
                    f"{entry['coverage68_after']:.2f}")
-    result.update(_plain(artifacts.provenance(None)))
+    result.update(_plain(artifacts.provenance(cfg)))
     artifacts.save_json(out_path, result)
     return result
