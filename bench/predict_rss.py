@@ -64,7 +64,7 @@ def child(args) -> None:
     sampler.start()
     lines: list[str] = []
     t0 = time.perf_counter()
-    df = stages.predict(flux=args.flux, table=args.table, model_dirs=args.models, shard=0,
+    n_written = stages.predict(flux=args.flux, table=args.table, model_dirs=args.models, shard=0,
                         n_shards=1, cfg={"batch_size": args.batch_size, "device": args.device,
                                          "keep_quantile": 1.0},
                         out=args.shard_out, threads=args.threads, log=lines.append)
@@ -73,7 +73,7 @@ def child(args) -> None:
     sampler.join()
     status = C.proc_status()
     print("RESULT " + json.dumps({
-        "seconds": seconds, "n_rows": len(df), "vm_hwm_bytes": status.get("VmHWM"),
+        "seconds": seconds, "n_rows": n_written, "vm_hwm_bytes": status.get("VmHWM"),
         "peak_rss_anon_sampled_bytes": sampler.peak.get("RssAnon"),
         "peak_rss_file_sampled_bytes": sampler.peak.get("RssFile"),
         "peak_vm_rss_sampled_bytes": sampler.peak.get("VmRSS"),

@@ -51,7 +51,7 @@ def main() -> None:
     run = C.Run("predict_throughput", args)
 
     import torch
-    from starlabels import stages
+    from starlabels import artifacts, stages
     from starlabels.train import resolve_device
 
     flux_path, table_path, source = C.ges_matrix(args.cache, n, args.threads)
@@ -77,7 +77,7 @@ def main() -> None:
     C.say(f"predict: {n} spectra x {n_members} members on {device}, batch {batch}, "
           f"{args.threads} thread(s)")
     t0 = time.perf_counter()
-    df = stages.predict(flux=str(flux_path), table=str(table_path),
+    n_written = stages.predict(flux=str(flux_path), table=str(table_path),
                         model_dirs=[str(d) for d in model_dirs], shard=0, n_shards=1, cfg=cfg,
                         out=str(out), threads=args.threads, log=lines.append)
     if device.type == "cuda":
@@ -85,7 +85,8 @@ def main() -> None:
     seconds = time.perf_counter() - t0
     load_after = [_time_np_load(flux_path)]
     C.say(f"predict {seconds:.1f} s; np.load after {load_after[0]:.2f} s")
-    assert len(df) == n and int(df["n_members"].iloc[0]) == n_members
+    df = artifacts.load_table(out)
+    assert n_written == len(df) == n and int(df["n_members"].iloc[0]) == n_members
     assert np.isfinite(df[labels].to_numpy()).all()
     out.unlink(missing_ok=True)
     rates = [float(m.group(1)) for line in lines

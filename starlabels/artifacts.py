@@ -17,7 +17,7 @@ import platform
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -225,6 +225,37 @@ def save_table(path: str | os.PathLike, table: pd.DataFrame,
     arrow = arrow.replace_schema_metadata(meta)
     with atomic_path(path) as tmp:
         pq.write_table(arrow, tmp)
+
+
+@contextlib.contextmanager
+def open_table_writer(path: str | os.PathLike, metadata: Mapping[str, Any] | None = None
+                      ) -> Iterator[Callable[[pd.DataFrame], None]]:
+    """Write a Parquet table chunk by chunk (one row group per call), atomically.
+
+    Yields ``write(df)``; every chunk must have the first one's columns and types. Only the
+    current chunk is in memory, so a stage can write millions of rows in constant memory. The
+    file appears at ``path`` (with ``metadata`` stored as :func:`save_table` does) only when the
+    block completes; a failure leaves no partial file. At least one chunk (it may be empty) must
+    be written.
+    """
+    writer: pq.ParquetWriter | None = None
+    with atomic_path(path) as tmp:
+        def write(df: pd.DataFrame) -> None:
+            nonlocal writer
+            arrow = pa.Table.from_pandas(df, preserve_index=False)
+            if writer is None:
+                meta = dict(arrow.schema.metadata or {})
+                meta[PROVENANCE_KEY] = json.dumps(_jsonable(dict(metadata or {})),
+                                                  sort_keys=True).encode()
+                writer = pq.ParquetWriter(tmp, arrow.schema.with_metadata(meta))
+            writer.write_table(arrow)
+        try:
+            yield write
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:
+            raise ValueError(f"{path}: no chunk was written; write at least an empty frame")
 
 
 def load_table(path: str | os.PathLike, columns: list[str] | None = None) -> pd.DataFrame:

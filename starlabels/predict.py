@@ -2,8 +2,10 @@
 
 - :func:`select_members` keeps the members whose validation loss is within a quantile of all
   (the group's practice: train many, keep those below the 80th percentile).
-- :func:`predict_shard` streams one shard of a memory-mapped flux matrix through every kept member,
-  one batch at a time, and returns label = ensemble mean, ``<label>_std`` = scatter across members.
+- :func:`iter_shard_predictions` streams one shard of a memory-mapped flux matrix through every
+  kept member, one batch at a time, and yields label = ensemble mean, ``<label>_std`` = scatter
+  across members in chunks; :func:`write_shard_chunks` writes them to Parquet as they come, so
+  a job's memory is flat in the shard size (:func:`predict_shard` gathers them into one frame).
 - :func:`input_gradients` gives the mean |∂label/∂flux| per pixel in physical units — the
   "network gradients" figure that shows which lines the network reads.
 """
@@ -13,10 +15,12 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from torch import nn
 
@@ -70,16 +74,17 @@ def _label_scaling(meta: Mapping[str, Any], device: torch.device) -> tuple[torch
 
 def open_shard_inputs(flux_path: str | os.PathLike, table_path: str | os.PathLike, shard: int,
                       n_shards: int, batch_size: int, device: str, threads: int | None
-                      ) -> tuple[torch.device, pd.DataFrame, str | None, np.ndarray]:
+                      ) -> tuple[torch.device, pa.Table, str | None, np.ndarray]:
     """Checked arguments and opened inputs of one prediction shard, for every method:
-    (device, spectrum ids, the table's grid hash, the memory-mapped flux matrix)."""
+    (device, the table's spectrum ids as an Arrow table — compact, sliced without copying —,
+    its grid hash, the memory-mapped flux matrix)."""
     if n_shards < 1 or not 0 <= shard < n_shards:
         raise ValueError(f"shard {shard} of {n_shards}: need 0 <= shard < n_shards")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if threads is not None:
         torch.set_num_threads(int(threads))
-    table = artifacts.load_table(table_path, columns=["spectrum_id"])
+    table = pq.read_table(table_path, columns=["spectrum_id"])
     flux = artifacts.load_matrix(flux_path)
     if flux.ndim != 2 or flux.shape[0] != len(table):
         raise ValueError(f"{flux_path}: flux matrix shape {flux.shape} does not match the table's "
@@ -88,15 +93,32 @@ def open_shard_inputs(flux_path: str | os.PathLike, table_path: str | os.PathLik
             flux)
 
 
-def predict_shard(flux_path: str | os.PathLike, table_path: str | os.PathLike,
-                  model_dirs: Sequence[ModelDir], shard: int, n_shards: int,
-                  batch_size: int = 512, device: str = "auto",
-                  log: Callable[[str], Any] = print, threads: int | None = None) -> pd.DataFrame:
-    """Ensemble labels for shard ``shard`` of ``n_shards`` (contiguous matrix rows).
+def shard_rows(n_rows: int, shard: int, n_shards: int) -> range:
+    """Matrix rows of shard ``shard``: contiguous, sizes differing by at most one (as
+    ``np.array_split``)."""
+    size, extra = divmod(n_rows, n_shards)
+    start = shard * size + min(shard, extra)
+    return range(start, start + size + (1 if shard < extra else 0))
+
+
+#: rows per streamed chunk (one Parquet row group): bounds a predict job's memory whatever the
+#: shard size — a chunk's table is a few MB
+CHUNK_ROWS = 65_536
+
+
+def iter_shard_predictions(flux_path: str | os.PathLike, table_path: str | os.PathLike,
+                           model_dirs: Sequence[ModelDir], shard: int, n_shards: int,
+                           batch_size: int = 512, device: str = "auto",
+                           log: Callable[[str], Any] = print, threads: int | None = None,
+                           chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+    """Ensemble labels for shard ``shard`` of ``n_shards`` (contiguous matrix rows), yielded as
+    consecutive chunks of about ``chunk_rows`` rows (at least one chunk, maybe empty).
 
     Columns: spectrum_id, row, then ``<label>`` (ensemble mean) and ``<label>_std`` (scatter across
-    members, ddof=0) per label, then n_members. ``df.attrs`` carries grid_hash, labels, members.
-    Inference runs in fp32 even on CUDA: bf16 outputs would quantise labels to ~0.4 % of their range.
+    members, ddof=0) per label, then n_members. Each chunk's ``attrs`` carry grid_hash, labels,
+    shard, n_shards and members. A chunk is a whole number of batches, so the batches — and the
+    numbers — are the same whatever ``chunk_rows`` is. Inference runs in fp32 even on CUDA: bf16
+    outputs would quantise labels to ~0.4 % of their range.
     """
     device, table, table_grid, flux = open_shard_inputs(flux_path, table_path, shard, n_shards,
                                                         batch_size, device, threads)
@@ -110,42 +132,82 @@ def predict_shard(flux_path: str | os.PathLike, table_path: str | os.PathLike,
                              f"{flux.shape[1]}")
     labels = list(members[0][1]["labels"])
     scalings = [_label_scaling(meta, device) for _, meta in members]
+    attrs = {"grid_hash": table_grid, "labels": labels, "shard": int(shard),
+             "n_shards": int(n_shards), "members": [str(d) for d in model_dirs]}
+    spectrum_ids = table.column("spectrum_id")
+    del flux  # rows are read through MatrixRowReader, never through the memory map
 
-    rows = np.array_split(np.arange(len(table)), n_shards)[shard]
-    n_rows = rows.size
-    mean = np.empty((n_rows, len(labels)), dtype=np.float64)
-    std = np.empty((n_rows, len(labels)), dtype=np.float64)
+    rows = shard_rows(len(table), shard, n_shards)
+    n_rows = len(rows)
+    per_chunk = max(1, int(chunk_rows) // batch_size) * batch_size
     n_batches = math.ceil(n_rows / batch_size)
     log_every = max(1, n_batches // 10)
-    say(log, f"shard {shard}/{n_shards}: {n_rows} spectra (rows {rows[:1].tolist()}.."
-              f"{rows[-1:].tolist()}), {len(members)} member(s), device {device}")
+    say(log, f"shard {shard}/{n_shards}: {n_rows} spectra (rows {rows.start}..{rows.stop - 1}), "
+              f"{len(members)} member(s), device {device}")
     start_time = time.perf_counter()
+    batch_index = 0
     with torch.inference_mode(), artifacts.MatrixRowReader(flux_path, batch_size) as reader:
-        for b, start in enumerate(range(0, n_rows, batch_size)):
-            stop = min(start + batch_size, n_rows)
-            # Shard rows are contiguous: one read per batch into a reused buffer, the only flux
-            # held in memory (no memory-map pages accumulate in the job's RSS).
-            block = reader.read(rows[start], rows[stop - 1] + 1)
-            x = torch.from_numpy(block).to(device)
-            physical = torch.stack([model(x).double() * span + low
-                                    for (model, _), (low, span) in zip(members, scalings)])
-            mean[start:stop] = physical.mean(dim=0).cpu().numpy()
-            std[start:stop] = physical.std(dim=0, correction=0).cpu().numpy()
-            if (b + 1) % log_every == 0 or b + 1 == n_batches:
-                elapsed = time.perf_counter() - start_time
-                say(log, f"shard {shard}: {stop}/{n_rows} spectra, "
-                          f"{stop / max(elapsed, 1e-9):.0f} spectra/s, {elapsed:.1f} s")
+        for chunk_start in range(0, max(n_rows, 1), per_chunk):
+            chunk_stop = min(chunk_start + per_chunk, n_rows)
+            n_chunk = chunk_stop - chunk_start
+            mean = np.empty((n_chunk, len(labels)), dtype=np.float64)
+            std = np.empty((n_chunk, len(labels)), dtype=np.float64)
+            for start in range(chunk_start, chunk_stop, batch_size):
+                stop = min(start + batch_size, chunk_stop)
+                # one read per batch into a reused buffer, the only flux held in memory (no
+                # memory-map pages accumulate in the job's RSS)
+                x = torch.from_numpy(reader.read(rows[start], rows[stop - 1] + 1)).to(device)
+                physical = torch.stack([model(x).double() * span + low
+                                        for (model, _), (low, span) in zip(members, scalings)])
+                mean[start - chunk_start:stop - chunk_start] = physical.mean(dim=0).cpu().numpy()
+                std[start - chunk_start:stop - chunk_start] = \
+                    physical.std(dim=0, correction=0).cpu().numpy()
+                batch_index += 1
+                if batch_index % log_every == 0 or batch_index == n_batches:
+                    elapsed = time.perf_counter() - start_time
+                    say(log, f"shard {shard}: {stop}/{n_rows} spectra, "
+                              f"{stop / max(elapsed, 1e-9):.0f} spectra/s, {elapsed:.1f} s")
+            first = rows.start + chunk_start
+            columns: dict[str, Any] = {
+                "spectrum_id": spectrum_ids.slice(first, n_chunk).to_numpy(
+                    zero_copy_only=False).astype(str),
+                "row": np.arange(first, first + n_chunk, dtype=np.int64)}
+            for j, name in enumerate(labels):
+                columns[name] = mean[:, j]
+                columns[f"{name}_std"] = std[:, j]
+            columns["n_members"] = np.full(n_chunk, len(members), dtype=np.int64)
+            chunk = pd.DataFrame(columns)
+            chunk.attrs.update(attrs)
+            yield chunk
 
-    columns: dict[str, Any] = {"spectrum_id": table["spectrum_id"].to_numpy()[rows].astype(str),
-                               "row": rows.astype(np.int64)}
-    for j, name in enumerate(labels):
-        columns[name] = mean[:, j]
-        columns[f"{name}_std"] = std[:, j]
-    columns["n_members"] = np.full(n_rows, len(members), dtype=np.int64)
-    df = pd.DataFrame(columns)
-    df.attrs.update({"grid_hash": table_grid, "labels": labels, "shard": int(shard),
-                     "n_shards": int(n_shards), "members": [str(d) for d in model_dirs]})
+
+def predict_shard(flux_path: str | os.PathLike, table_path: str | os.PathLike,
+                  model_dirs: Sequence[ModelDir], shard: int, n_shards: int,
+                  batch_size: int = 512, device: str = "auto",
+                  log: Callable[[str], Any] = print, threads: int | None = None) -> pd.DataFrame:
+    """The whole shard of :func:`iter_shard_predictions` as one frame (``df.attrs`` carries
+    grid_hash, labels, members). The workflow streams the chunks to disk instead
+    (:func:`write_shard_chunks`), so a job's memory does not grow with its shard."""
+    chunks = list(iter_shard_predictions(flux_path, table_path, model_dirs, shard, n_shards,
+                                         batch_size=batch_size, device=device, log=log,
+                                         threads=threads))
+    df = pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
+    df.attrs = dict(chunks[0].attrs)
     return df
+
+
+def write_shard_chunks(chunks: Iterator[pd.DataFrame], path: str | os.PathLike,
+                       meta: Mapping[str, Any] | None = None) -> int:
+    """Stream predicted chunks into one Parquet shard (a row group each), atomically; metadata =
+    the chunks' attrs + ``meta``, as :func:`write_shard`. Returns the number of rows written."""
+    first = next(chunks)
+    n_rows = len(first)
+    with artifacts.open_table_writer(path, {**first.attrs, **dict(meta or {})}) as write:
+        write(first)
+        for chunk in chunks:
+            write(chunk)
+            n_rows += len(chunk)
+    return n_rows
 
 
 def _point_estimate_fn(model: nn.Module, meta: Mapping[str, Any], device: torch.device

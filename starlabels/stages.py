@@ -351,8 +351,9 @@ def train(*, flux: str, table: str, labels: Sequence[str], member: int, cfg: Map
 def predict(*, flux: str, table: str, model_dirs: Sequence[str], shard: int, n_shards: int,
             cfg: Mapping[str, Any], out: str, threads: int = 1, log: Log = log_to_stdout,
             config_hash: str = "none", knn: int = 5,
-            ensemble_calibration: str | None = None) -> pd.DataFrame:
-    from .predict import predict_shard, select_members, write_shard
+            ensemble_calibration: str | None = None) -> int:
+    """One prediction shard to Parquet; returns the number of rows written."""
+    from .predict import iter_shard_predictions, select_members, write_shard, write_shard_chunks
     from .train import resolve_device
 
     keep_freed_memory()
@@ -361,6 +362,8 @@ def predict(*, flux: str, table: str, model_dirs: Sequence[str], shard: int, n_s
     members = select_members(list(model_dirs), cfg["keep_quantile"])
     log(f"predict: shard {shard}/{n_shards} with {len(members)} of {len(model_dirs)} members")
     method = artifacts.load_json(Path(members[0]) / "model.json")["method"]
+    meta = artifacts.provenance(None, config_hash=config_hash, stage="predict", shard=int(shard),
+                                n_shards=int(n_shards))
     if method == "deep_remap":
         from .remap.predict import predict_remap_shard
 
@@ -368,13 +371,13 @@ def predict(*, flux: str, table: str, model_dirs: Sequence[str], shard: int, n_s
         df = predict_remap_shard(flux, table, members, int(shard), int(n_shards),
                                  batch_size=batch_size, device=cfg["device"], knn=knn, log=log,
                                  threads=threads, temperatures=temperatures)
-    else:
-        df = predict_shard(flux, table, members, int(shard), int(n_shards),
-                           batch_size=batch_size, device=cfg["device"], log=log,
-                           threads=threads)
-    write_shard(df, out, artifacts.provenance(None, config_hash=config_hash, stage="predict",
-                                               shard=int(shard), n_shards=int(n_shards)))
-    return df
+        write_shard(df, out, meta)
+        return len(df)
+    # streamed: chunks go to disk as they are predicted, so memory does not grow with the shard
+    chunks = iter_shard_predictions(flux, table, members, int(shard), int(n_shards),
+                                    batch_size=batch_size, device=cfg["device"], log=log,
+                                    threads=threads)
+    return write_shard_chunks(chunks, out, meta)
 
 
 def _ensemble_temperatures(path: str | None, members: Sequence[str]) -> list[float] | None:

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from starlabels import artifacts
-from starlabels.predict import input_gradients, predict_shard, select_members, write_shard
+from starlabels.predict import (input_gradients, iter_shard_predictions, predict_shard,
+                                select_members, shard_rows, write_shard, write_shard_chunks)
 from starlabels.train import load_member, predict_scaled, train_member
 
 LABELS = ["teff", "logg"]
@@ -199,3 +200,69 @@ def test_write_shard_round_trip(survey, members, tmp_path):
     meta = artifacts.table_metadata(path)
     assert meta["stage"] == "predict" and meta["grid_hash"] == GRID_HASH
     assert meta["members"] == [str(d) for d in members]
+
+
+@pytest.mark.parametrize("n_rows, n_shards", [(300, 1), (300, 4), (10, 3), (2, 5), (0, 2)])
+def test_shard_rows_match_array_split(n_rows, n_shards):
+    expected = np.array_split(np.arange(n_rows), n_shards)
+    for shard in range(n_shards):
+        assert list(shard_rows(n_rows, shard, n_shards)) == expected[shard].tolist()
+
+
+def test_chunks_are_whole_batches_and_give_the_same_numbers(survey, members):
+    whole = predict_shard(survey["flux"], survey["table"], members, 0, 1, batch_size=16,
+                          device="cpu", log=_quiet)
+    chunks = list(iter_shard_predictions(survey["flux"], survey["table"], members, 0, 1,
+                                         batch_size=16, device="cpu", log=_quiet,
+                                         chunk_rows=50))
+    # 50 rows round down to 3 batches of 16: chunks of 48, the last one the remainder
+    assert [len(c) for c in chunks] == [48] * 6 + [N_SPECTRA - 288]
+    joined = pd.concat(chunks, ignore_index=True)
+    pd.testing.assert_frame_equal(joined, whole)   # bit for bit: the same batches
+    assert all(c.attrs["grid_hash"] == GRID_HASH for c in chunks)
+
+
+def test_streamed_shard_file_equals_the_frame_and_holds_one_row_group_per_chunk(survey, members,
+                                                                                tmp_path):
+    import pyarrow.parquet as pq
+
+    whole = predict_shard(survey["flux"], survey["table"], members, 1, 2, batch_size=16,
+                          device="cpu", log=_quiet)
+    path = tmp_path / "shard1.parquet"
+    n = write_shard_chunks(iter_shard_predictions(survey["flux"], survey["table"], members, 1, 2,
+                                                  batch_size=16, device="cpu", log=_quiet,
+                                                  chunk_rows=64),
+                           path, {"stage": "predict"})
+    assert n == len(whole) == N_SPECTRA // 2
+    pd.testing.assert_frame_equal(artifacts.load_table(path), whole)
+    assert pq.ParquetFile(path).num_row_groups == 3            # 64 + 64 + 22 rows
+    meta = artifacts.table_metadata(path)
+    assert meta["stage"] == "predict" and meta["grid_hash"] == GRID_HASH and meta["shard"] == 1
+
+
+def test_failure_mid_stream_leaves_no_shard_file(survey, members, tmp_path):
+    def failing():
+        chunks = iter_shard_predictions(survey["flux"], survey["table"], members, 0, 1,
+                                        batch_size=16, device="cpu", log=_quiet, chunk_rows=32)
+        yield next(chunks)
+        raise RuntimeError("node lost")
+
+    path = tmp_path / "shard.parquet"
+    with pytest.raises(RuntimeError, match="node lost"):
+        write_shard_chunks(failing(), path)
+    assert list(tmp_path.iterdir()) == []                     # neither the shard nor a temp file
+
+
+def test_empty_shard_still_writes_a_table(survey, members, tmp_path):
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    flux = artifacts.load_matrix(survey["flux"])[:2]
+    artifacts.save_matrix(tiny / "flux.npy", np.asarray(flux))
+    artifacts.save_table(tiny / "table.parquet",
+                         artifacts.load_table(survey["table"]).iloc[:2],
+                         {"grid_hash": GRID_HASH})
+    path = tmp_path / "shard4.parquet"
+    n = write_shard_chunks(iter_shard_predictions(tiny / "flux.npy", tiny / "table.parquet",
+                                                  members, 4, 5, device="cpu", log=_quiet), path)
+    back = artifacts.load_table(path)
+    assert n == 0 and len(back) == 0 and {"spectrum_id", "teff", "teff_std"} <= set(back.columns)
