@@ -34,8 +34,9 @@ from .. import artifacts
 from ..labels import check_labels
 from ..models import build_model
 from ..train import (CHECKPOINT_NAME, HISTORY_FILE, META_FILE, MODEL_FILE, _plain,
-                     _to_device_rows, keep_resident, resolve_device, say, seed_everything,
-                     training_precision, training_set_hash)
+                     _to_device_rows, keep_resident, load_checkpoint, resolve_device,
+                     save_checkpoint, say, seed_everything, training_precision,
+                     training_set_hash)
 from .bins import LabelBins, label_bins, summarize
 from .calibration import (bin_likelihoods, expected_calibration_error, fit_temperature, nll,
                           pit, interval_coverage)
@@ -224,14 +225,7 @@ class MemberCheckpoint:
         self.path, self.identity, self.every, self.log = Path(path), identity, int(every), log
 
     def load(self) -> dict[str, Any] | None:
-        if not self.every or not self.path.exists():
-            return None
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
-        if state.get("identity") != self.identity:
-            say(self.log, f"{self.path}: checkpoint from another training set, configuration or "
-                          f"member; starting afresh")
-            return None
-        return state
+        return load_checkpoint(self.path, self.identity, self.log) if self.every else None
 
     def due(self, epoch: int, epochs: int) -> bool:
         return bool(self.every) and epoch % self.every == 0 and epoch < epochs
@@ -242,8 +236,7 @@ class MemberCheckpoint:
         state.update(identity=self.identity, torch_rng=torch.get_rng_state(),
                      cuda_rng=(torch.cuda.get_rng_state_all() if torch.cuda.is_available()
                                else None))
-        with artifacts.atomic_path(self.path) as tmp:
-            torch.save(state, tmp)
+        save_checkpoint(self.path, state)
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
