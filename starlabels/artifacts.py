@@ -220,11 +220,16 @@ def save_table(path: str | os.PathLike, table: pd.DataFrame,
                metadata: Mapping[str, Any] | None = None) -> None:
     """Write a DataFrame as Parquet atomically, provenance JSON under the 'starlabels' key."""
     arrow = pa.Table.from_pandas(table, preserve_index=False)
-    meta = dict(arrow.schema.metadata or {})
-    meta[PROVENANCE_KEY] = json.dumps(_jsonable(dict(metadata or {})), sort_keys=True).encode()
-    arrow = arrow.replace_schema_metadata(meta)
+    arrow = arrow.replace_schema_metadata(_with_provenance(arrow.schema, metadata).metadata)
     with atomic_path(path) as tmp:
         pq.write_table(arrow, tmp)
+
+
+def _with_provenance(schema: pa.Schema, metadata: Mapping[str, Any] | None) -> pa.Schema:
+    """``schema`` with ``metadata`` stored as JSON under the 'starlabels' key."""
+    meta = dict(schema.metadata or {})
+    meta[PROVENANCE_KEY] = json.dumps(_jsonable(dict(metadata or {})), sort_keys=True).encode()
+    return schema.with_metadata(meta)
 
 
 @contextlib.contextmanager
@@ -244,10 +249,7 @@ def open_table_writer(path: str | os.PathLike, metadata: Mapping[str, Any] | Non
             nonlocal writer
             arrow = pa.Table.from_pandas(df, preserve_index=False)
             if writer is None:
-                meta = dict(arrow.schema.metadata or {})
-                meta[PROVENANCE_KEY] = json.dumps(_jsonable(dict(metadata or {})),
-                                                  sort_keys=True).encode()
-                writer = pq.ParquetWriter(tmp, arrow.schema.with_metadata(meta))
+                writer = pq.ParquetWriter(tmp, _with_provenance(arrow.schema, metadata))
             writer.write_table(arrow)
         try:
             yield write
