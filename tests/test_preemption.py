@@ -2,11 +2,8 @@
 same weights, bit for bit on CPU, as an uninterrupted run with the same seed."""
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +11,7 @@ import pandas as pd
 import torch
 
 from starlabels import artifacts
+from procs import kill_9_at_checkpoint
 from starlabels.train import CHECKPOINT_NAME, load_member, train_member
 
 SCRIPT = """
@@ -60,17 +58,8 @@ def test_kill_9_then_rerun_resumes_and_matches_uninterrupted(tmp_path):
     out = tmp_path / "killed"
     proc = subprocess.Popen(_run(flux, table, out, epochs, n), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        ckpt = out / CHECKPOINT_NAME
-        if ckpt.exists() and torch.load(ckpt, weights_only=True)["epoch"] >= 6:
-            break
-        time.sleep(0.05)
-    else:
-        proc.kill()
-        raise AssertionError("no checkpoint appeared")
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_9_at_checkpoint(proc, out / CHECKPOINT_NAME, lambda state: state["epoch"] >= 6,
+                         poll=0.05)
     assert not (out / "model.json").exists()             # it really died mid-training
 
     rerun = subprocess.run(_run(flux, table, out, epochs, n), capture_output=True, text=True,

@@ -4,11 +4,8 @@ weights, temperatures and history, bit for bit on CPU, as an uninterrupted membe
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
+from procs import kill_9_at_checkpoint
 from starlabels import artifacts
 from starlabels.config import validate_config
 from starlabels.remap.train import train_remap_member
@@ -174,22 +172,8 @@ def test_kill_9_mid_finetune_then_rerun_resumes(reference, tmp_path):
     command = [sys.executable, "-c", SCRIPT.format(tests=str(Path(__file__).parent)),
                str(flux), str(table), str(out)]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    ckpt = out / CHECKPOINT_NAME
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if ckpt.exists():
-            state = torch.load(ckpt, weights_only=True)
-            if state["phase"] == "finetune" and not state["done"]:
-                break
-        if proc.poll() is not None:
-            raise AssertionError("the member finished before it could be killed:\n"
-                                 + proc.stdout.read())
-        time.sleep(0.02)
-    else:
-        proc.kill()
-        raise AssertionError("no fine-tuning checkpoint appeared")
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_9_at_checkpoint(proc, out / CHECKPOINT_NAME,
+                         lambda state: state["phase"] == "finetune" and not state["done"])
     assert not (out / "model.json").exists()             # it really died mid-training
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=600, check=True)
     assert "resumed from" in rerun.stdout and "pretrain: complete in the checkpoint" in rerun.stdout
