@@ -62,31 +62,10 @@ import pandas as pd
 from scipy.spatial import cKDTree
 from threadpoolctl import threadpool_limits
 
+from . import config
 from .labels import check_labels
 
 MAD_TO_SIGMA = 1.4826  # MAD of a Gaussian times this is its standard deviation
-
-CLEAN_DEFAULTS: dict[str, Any] = {
-    "splits": ["train", "valid"],
-    "pca_components": 50,
-    "perplexity": 30.0,
-    "n_neighbors": 15,
-    "outlier_z": 3.5,
-    "label_z": 6.0,
-    # smallest neighbour scatter used per label: repeat spectra of one star or a synthetic grid
-    # can make the neighbourhood MAD zero, and then any tiny difference would look discrepant
-    "label_floor": {"teff": 60.0, "logg": 0.12, "fe_h": 0.06, "mg_fe": 0.06, "al_fe": 0.08},
-    "min_flagged_labels": 1,
-    "residual_z": 8.0,
-    "seed": 42,
-    "n_jobs": 1,
-    # not in the brief's list, kept here with defaults so callers may leave them out
-    "pca_fit_rows": 5000,        # spectra used to fit the PCA basis
-    "residual_window": 7,        # pixels of the running mean in the residual-peak statistic
-    "residual_peak_z": 6.0,      # robust z (at similar S/N) of log(residual peak) to reject
-    "label_model_z": 5.5,        # robust z of the label-model residual RMS / peak (None = off)
-    "residual_snr_bins": 10,     # S/N quantile bins for the residual z (0 = one global bin)
-}
 
 REASON_PCA = "pca_residual"
 REASON_PEAK = "pca_peak"
@@ -444,10 +423,11 @@ def _column(table: pd.DataFrame, name: str, rows: np.ndarray) -> np.ndarray:
 
 
 def _config(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
-    merged = {**CLEAN_DEFAULTS, **dict(cfg or {})}
-    given_floor = dict((cfg or {}).get("label_floor") or {})
-    merged["label_floor"] = {**CLEAN_DEFAULTS["label_floor"], **given_floor}
-    return merged
+    """The clean section completed from the schema's defaults; ``n_jobs`` (threads of the t-SNE
+    and the BLAS calls, not a config key: the rule passes its threads) defaults to 1."""
+    c = config.section("clean", cfg)
+    c.setdefault("n_jobs", 1)
+    return c
 
 
 def tsne_clean(flux: np.ndarray, table: pd.DataFrame, labels: Sequence[str],
@@ -461,7 +441,8 @@ def tsne_clean(flux: np.ndarray, table: pd.DataFrame, labels: Sequence[str],
     table : one row per flux row with ``spectrum_id``, ``split``, the label columns, optionally
         ``star_id`` and ``snr``.
     labels : label columns used for the disagreement test.
-    cfg : thresholds; missing keys take :data:`CLEAN_DEFAULTS`.
+    cfg : the ``clean`` config section (thresholds); missing keys take the schema's defaults;
+        ``n_jobs`` (default 1) sets the threads.
     log : called with one human-readable line per step.
 
     Returns

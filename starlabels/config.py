@@ -1,14 +1,19 @@
 """Configuration: JSON-schema validation with defaults filled in and errors that name the key.
 
-The schema (schemas/config.schema.yaml) gives every key a description and a default. Validation
-fills defaults into nested blocks (each experiment block included) and stops at the first
-problems with messages such as::
+The schema (schemas/config.schema.yaml) gives every key a description and a default; it is the
+only place defaults live. Validation fills defaults into nested blocks (each experiment block
+included) and stops at the first problems with messages such as::
 
     config key 'experiments.demo_ges.train.device': 'gpu' is not one of ['auto', 'cpu', 'cuda']
+
+Library functions take one experiment section (``normalize``, ``synthetic.synthesize``, ...);
+:func:`section` completes a partial one from the schema, so a notebook and the workflow run with
+the same settings.
 """
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -41,6 +46,47 @@ _DefaultFillingValidator = _with_defaults(Draft202012Validator)
 
 def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
     return yaml.safe_load(Path(path).read_text())
+
+
+@functools.lru_cache(maxsize=1)
+def _schema() -> dict[str, Any]:
+    return load_schema()
+
+
+def _resolved(node: Mapping[str, Any]) -> dict[str, Any]:
+    """A subschema with its local ``$ref`` merged in (the node's own keys, e.g. a default, win)."""
+    node = dict(node)
+    ref = node.pop("$ref", None)
+    if ref is None:
+        return node
+    target: Any = _schema()
+    for part in ref.removeprefix("#/").split("/"):
+        target = target[part]
+    return {**_resolved(target), **node}
+
+
+def _fill_defaults(node: Mapping[str, Any], value: Any) -> Any:
+    """Fill the schema's defaults into ``value`` in place, as :func:`validate_config` does."""
+    if not isinstance(value, dict):
+        return value
+    for name, sub in _resolved(node).get("properties", {}).items():
+        sub = _resolved(sub)
+        if name not in value and "default" in sub:
+            value[name] = copy.deepcopy(sub["default"])
+        if name in value:
+            _fill_defaults(sub, value[name])
+    return value
+
+
+def section(path: str, cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One experiment section (``path`` as in the config: 'clean', 'synthetic.synthesize',
+    'normalize.continuum') as a new dict: ``cfg``'s keys, the schema's defaults for the rest.
+
+    Values are not validated here; the workflow validates the whole configuration first."""
+    node: Mapping[str, Any] = _schema()["$defs"]["experiment"]
+    for part in path.split("."):
+        node = _resolved(node)["properties"][part]
+    return _fill_defaults(node, copy.deepcopy(dict(cfg or {})))
 
 
 def _describe(error: jsonschema.ValidationError) -> str:

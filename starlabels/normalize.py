@@ -8,7 +8,7 @@ Per star (:func:`normalize_star`):
    flagged, non-finite, have ivar ≤ 0 or flux ≤ 0 (zeroed detector runs) carry no weight, and
    grid pixels less than ``min_coverage`` covered by good input are masked;
 3. each (spectrum, segment) piece is continuum-normalised by a sigma-clipped Chebyshev fit
-   (:func:`normalize_segment`, shared with the synthesize stage);
+   (:func:`starlabels.spectral.normalize_segment`, shared with the synthesize stage);
 4. pieces covering the same segment (repeat observations, the two MARVELS beams) are coadded by
    inverse-variance weighting.
 
@@ -21,96 +21,45 @@ Masked pixels get flux 1.0 (continuum: no line signal for the network) and ivar 
 
 The survey driver (:func:`normalize_survey`) runs the stars in parallel, streams the rows into
 memory-mapped float32 ``.npy`` files, and accounts for every input star or file in either the
-table or the rejects table. The parallel map, the row stream and the progress log are reused by
-:mod:`starlabels.synthesize`.
+table or the rejects table (the batch engine of :mod:`starlabels.batch`).
+
+Settings are the experiment's ``normalize`` section; keys it leaves out take the defaults of the
+configuration schema (:func:`starlabels.config.section`).
 """
 from __future__ import annotations
 
-import contextlib
-import copy
-import functools
 import math
-import multiprocessing
 import os
-import sys
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from . import artifacts
+from . import artifacts, config
+from .batch import (MatrixRowStream, Progress, RejectSpectrum, exception_text, log_reject_counts,
+                    ordered_map, rejects_frame, say)
 from .grid import WavelengthGrid
 from .io.spectrum import Spectrum, SpectrumFormatError
-from .spectral import air_to_vacuum, doppler_shift, fit_continuum, resample_flux, vacuum_to_air
+from .spectral import (MASKED_FLUX, air_to_vacuum, check_continuum_config, doppler_shift,
+                       grid_segments, normalize_segment, resample_flux, vacuum_to_air)
 
-__all__ = [
-    "NORMALIZE_DEFAULTS", "CONTINUUM_DEFAULTS", "MASKED_FLUX", "RejectSpectrum",
-    "normalize_config", "normalize_segment", "normalize_star", "normalize_survey",
-    "grid_segments", "ordered_map", "MatrixRowStream", "Progress", "rejects_frame",
-]
+__all__ = ["normalize_config", "normalize_star", "normalize_survey"]
 
-CONTINUUM_DEFAULTS: dict[str, Any] = {
-    "method": "chebyshev", "order": 3, "sigma_low": 2.0, "sigma_high": 3.0, "iterations": 5,
-}
-NORMALIZE_DEFAULTS: dict[str, Any] = {
-    "continuum": CONTINUUM_DEFAULTS,
-    "rest_frame": True,
-    "min_coverage": 0.99,
-    "max_masked_fraction": 0.25,
-    "medium": "air",
-}
-# Masked pixels look like continuum to the network: no line signal, and ivar 0 says "no data".
-MASKED_FLUX = 1.0
 STAGE = "normalize"
 # Table columns this stage computes; a catalogue column of the same name is kept as catalog_<name>.
 _OWN_COLUMNS = ("spectrum_id", "star_id", "row", "snr", "masked_fraction", "rv_used",
                 "n_spectra", "files", "setups", "dropped")
 
 
-class RejectSpectrum(Exception):
-    """A star (or spectrum) that cannot be normalised; ``reason`` goes into the rejects table.
-
-    ``key`` groups reasons for the summary counts: 'masked fraction 0.41 > 0.25' and
-    'masked fraction 0.30 > 0.25' share the key 'masked fraction > 0.25'.
-    """
-
-    def __init__(self, reason: str, key: str | None = None):
-        super().__init__(reason)
-        self.reason = reason
-        self.key = key or reason
-
-
 # ---------------------------------------------------------------- configuration
 
-def _merged(defaults: Mapping[str, Any], cfg: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``defaults`` updated by ``cfg``, recursively for nested mappings (unknown keys are kept)."""
-    out = copy.deepcopy(dict(defaults))
-    for key, value in dict(cfg or {}).items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merged(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def check_continuum_config(continuum: Mapping[str, Any]) -> None:
-    """Refuse a continuum sub-config this module cannot honour (a config error, not bad data)."""
-    if continuum["method"] != "chebyshev":
-        raise ValueError(f"continuum.method {continuum['method']!r} is not supported "
-                         f"(only 'chebyshev')")
-    if int(continuum["order"]) < 0 or int(continuum["iterations"]) < 1:
-        raise ValueError("continuum.order must be ≥ 0 and continuum.iterations ≥ 1")
-    if not (continuum["sigma_low"] > 0 and continuum["sigma_high"] > 0):
-        raise ValueError("continuum.sigma_low and continuum.sigma_high must be > 0")
-
-
 def normalize_config(cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The normalize config with defaults filled in, checked for values that cannot work."""
-    c = _merged(NORMALIZE_DEFAULTS, cfg)
+    """The normalize section with the schema's defaults filled in, checked for values that cannot
+    work."""
+    c = config.section("normalize", cfg)
     check_continuum_config(c["continuum"])
     if c["medium"] not in ("air", "vacuum"):
         raise ValueError(f"normalize.medium must be 'air' or 'vacuum', got {c['medium']!r}")
@@ -123,18 +72,6 @@ def normalize_config(cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- grid helpers
 
-@functools.lru_cache(maxsize=16)
-def grid_segments(grid: WavelengthGrid) -> tuple[tuple[str, np.ndarray, slice], ...]:
-    """(name, wavelength, columns) per grid segment, computed once per grid (grids are frozen)."""
-    slices = grid.segment_slices
-    out = []
-    for segment in grid.segments:
-        wavelength = segment.wavelength_air
-        wavelength.setflags(write=False)    # shared by every call: nobody may edit it
-        out.append((segment.name, wavelength, slices[segment.name]))
-    return tuple(out)
-
-
 def _segment_range(wavelength: np.ndarray) -> tuple[float, float]:
     """Outer pixel edges of a linear segment."""
     half = 0.5 * (wavelength[1] - wavelength[0]) if wavelength.size > 1 else 0.5
@@ -146,33 +83,6 @@ def _crop(wavelength: np.ndarray, lo: float, hi: float, pad: int = 2) -> slice:
     start = max(int(np.searchsorted(wavelength, lo)) - pad, 0)
     stop = min(int(np.searchsorted(wavelength, hi)) + pad, wavelength.size)
     return slice(start, stop)
-
-
-# ---------------------------------------------------------------- one segment
-
-def normalize_segment(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray,
-                      usable: np.ndarray, continuum: Mapping[str, Any],
-                      segment_name: str = "") -> tuple[np.ndarray, np.ndarray]:
-    """Divide one segment by its continuum; flux → flux / c, ivar → ivar · c².
-
-    The continuum is the ivar-weighted, sigma-clipped Chebyshev fit over the ``usable`` pixels.
-    Unusable pixels come back as the masked convention (flux 1.0, ivar 0). Raises
-    :class:`RejectSpectrum` when the fit fails (too few pixels, or a continuum ≤ 0 where there
-    is data, which would flip or blow up the normalised flux).
-    """
-    usable = np.asarray(usable, dtype=bool)
-    cont = fit_continuum(wavelength, flux, ivar, order=int(continuum["order"]),
-                         sigma_low=float(continuum["sigma_low"]),
-                         sigma_high=float(continuum["sigma_high"]),
-                         iterations=int(continuum["iterations"]), mask=~usable)
-    where = f" in segment {segment_name}" if segment_name else ""
-    good_cont = np.isfinite(cont) & (cont > 0)
-    if not usable.any() or not good_cont[usable].all():
-        raise RejectSpectrum(f"continuum fit failed{where}")
-    safe = np.where(usable, cont, 1.0)
-    flux_norm = np.where(usable, flux / safe, MASKED_FLUX)
-    ivar_norm = np.where(usable, ivar * safe ** 2, 0.0)
-    return flux_norm, ivar_norm
 
 
 # ---------------------------------------------------------------- one star
@@ -330,175 +240,6 @@ def normalize_star(spectra: Sequence[Spectrum], grid: WavelengthGrid,
     return flux, ivar, info
 
 
-# ---------------------------------------------------------------- shared driver machinery
-
-def _say(log: Callable[[str], Any], message: str) -> None:
-    """Log one line and flush, so progress shows up in Snakemake log files while a job runs."""
-    log(message)
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-
-
-_WORKER: tuple[Callable[[Any, Any], Any], Any] | None = None
-
-
-_THREAD_LIMITS: Any = None
-
-
-def _one_native_thread_per_worker() -> None:
-    """Keep BLAS to one thread inside a pool worker.
-
-    The continuum fits call LAPACK; with N workers each starting an OpenBLAS pool sized to the
-    whole machine, N² threads fight over N cores and the pool ends up slower than one process.
-    threadpoolctl is optional: without it the environment (OMP_NUM_THREADS) decides.
-    """
-    global _THREAD_LIMITS
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return
-    _THREAD_LIMITS = threadpool_limits(limits=1)
-
-
-def _set_worker(func: Callable[[Any, Any], Any], state: Any) -> None:
-    """Pool initializer: the per-task function and the read-only state it needs, sent once."""
-    global _WORKER
-    _WORKER = (func, state)
-    _one_native_thread_per_worker()
-
-
-def _run_task(item: Any) -> Any:
-    func, state = _WORKER
-    return func(state, item)
-
-
-def ordered_map(func: Callable[[Any, Any], Any], state: Any, items: Sequence[Any],
-                threads: int = 1) -> Iterator[Any]:
-    """``func(state, item)`` for every item, results in input order.
-
-    threads=1 runs in-process (no pool: simple tracebacks, no pickling). Otherwise a
-    ``multiprocessing`` Pool receives ``state`` once per worker through its initializer and the
-    items through ``imap`` in chunks, which keeps the order whatever the number of workers.
-    """
-    threads = max(1, min(int(threads), len(items)))
-    if threads == 1:
-        for item in items:
-            yield func(state, item)
-        return
-    # a few chunks per worker: few round trips, yet the last chunks still balance the load
-    chunksize = max(2, min(64, len(items) // (threads * 8)))
-    with multiprocessing.get_context().Pool(threads, initializer=_set_worker,
-                                            initargs=(func, state)) as pool:
-        yield from pool.imap(_run_task, items, chunksize=chunksize)
-
-
-class MatrixRowStream:
-    """Rows of flux and ivar streamed into float32 ``.npy`` memmaps, trimmed when committed.
-
-    ``capacity`` is an upper bound on the number of rows. The staging files are sparse until
-    written, so a generous bound costs no disk. :meth:`commit` moves them into place when they
-    are full, or copies the filled rows in chunks into right-sized files when some inputs were
-    rejected; the whole matrix is never held in memory.
-    """
-
-    def __init__(self, paths: Sequence[str | os.PathLike], capacity: int, n_pixels: int):
-        self.paths = [Path(p) for p in paths]
-        self.capacity = int(capacity)
-        self.n_pixels = int(n_pixels)
-        self.n_rows = 0
-        self._staging = [artifacts.open_matrix_writer(p.with_name(p.name + ".staging.npy"),
-                                                      self.capacity, self.n_pixels)
-                         for p in self.paths]
-
-    def append(self, *rows: np.ndarray) -> int:
-        """Write one row per matrix; returns the row index."""
-        if self.n_rows >= self.capacity:
-            raise RuntimeError(f"more rows than the capacity {self.capacity}")
-        for matrix, row in zip(self._staging, rows, strict=True):
-            matrix[self.n_rows] = row
-        self.n_rows += 1
-        return self.n_rows - 1
-
-    def commit(self, chunk_rows: int = 1024) -> None:
-        for i, (staging, path) in enumerate(zip(self._staging, self.paths)):
-            if self.n_rows == self.capacity:
-                artifacts.commit_matrix_writer(staging, path)
-            else:
-                final = artifacts.open_matrix_writer(path, self.n_rows, self.n_pixels)
-                for start in range(0, self.n_rows, chunk_rows):
-                    stop = min(start + chunk_rows, self.n_rows)
-                    final[start:stop] = staging[start:stop]
-                artifacts.commit_matrix_writer(final, path)
-                _discard(staging)
-            self._staging[i] = None
-        self._staging = []
-
-    def abort(self) -> None:
-        """Remove the staging files (after an error); the final paths are left untouched."""
-        for staging in self._staging:
-            if staging is not None:
-                _discard(staging)
-        self._staging = []
-
-
-def _discard(matrix: np.memmap) -> None:
-    filename = matrix.filename
-    del matrix
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(filename)
-
-
-class Progress:
-    """Logs a line about every ``every`` of the work (5 %), with rates and rejects so far."""
-
-    def __init__(self, log: Callable[[str], Any], stage: str, total: int, what: str,
-                 every: float = 0.05):
-        self.log, self.stage, self.total, self.what = log, stage, int(total), what
-        self.step = max(1, int(math.ceil(every * self.total)))
-        self.next = self.step
-        self.start = time.perf_counter()
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start
-
-    def update(self, done: int, detail: str, n_spectra: int, n_rejects: int) -> None:
-        if done < self.next and done != self.total:
-            return
-        while self.next <= done:
-            self.next += self.step
-        elapsed = self.elapsed()
-        rate = n_spectra / elapsed if elapsed > 0 else float("nan")
-        pct = 100.0 * done / self.total if self.total else 100.0
-        _say(self.log, f"{self.stage}: {done}/{self.total} {self.what} ({pct:.0f}%), {detail}, "
-                       f"{rate:.1f} spectra/s, {n_rejects} rejected so far, "
-                       f"{elapsed:.1f} s elapsed")
-
-
-def rejects_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """Rejects rows in the layout of :func:`artifacts.empty_rejects`."""
-    empty = artifacts.empty_rejects()
-    if not rows:
-        return empty
-    return pd.DataFrame([{k: str(r[k]) for k in empty.columns} for r in rows],
-                        columns=empty.columns)
-
-
-def log_reject_counts(log: Callable[[str], Any], stage: str, per_reason: Mapping[str, int]) -> None:
-    """The final per-reason summary, most frequent first."""
-    if not per_reason:
-        _say(log, f"{stage}: no rejects")
-        return
-    _say(log, f"{stage}: rejects by reason:")
-    for reason, count in sorted(per_reason.items(), key=lambda kv: (-kv[1], kv[0])):
-        _say(log, f"{stage}:   {count:7d}  {reason}")
-
-
-def exception_text(exc: BaseException) -> str:
-    """'TypeName: message' for an unexpected exception, as recorded in a rejects table."""
-    return f"{type(exc).__name__}: {exc}"
-
-
 # ---------------------------------------------------------------- the survey driver
 
 @dataclass
@@ -653,7 +394,7 @@ def normalize_survey(units: Sequence[Sequence[str]], read_fn: Callable[[str], An
     units = [[str(p) for p in unit] for unit in units]
     state = _SurveyState(read_fn, grid, c, frozenset(cat.index), _catalogue_rv(cat, rv_column))
     n_pixels = grid.n_pixels
-    _say(log, f"{STAGE}: {len(units)} units, {len(cat)} catalogue stars, grid {grid.hash()} "
+    say(log, f"{STAGE}: {len(units)} units, {len(cat)} catalogue stars, grid {grid.hash()} "
               f"({n_pixels} pixels in {len(grid.segments)} segments), threads={threads}")
 
     # one row per catalogue star at most: anything else is rejected before it is written
@@ -715,7 +456,7 @@ def normalize_survey(units: Sequence[Sequence[str]], read_fn: Callable[[str], An
         "n_catalogue_unobserved": n_unobserved,
         "elapsed_s": elapsed, "spectra_per_s": n_spectra / elapsed if elapsed > 0 else math.nan,
     }
-    _say(log, f"{STAGE}: done in {elapsed:.1f} s: {len(records)} stars accepted, "
+    say(log, f"{STAGE}: done in {elapsed:.1f} s: {len(records)} stars accepted, "
               f"{len(rejects)} rejected, {n_spectra} spectra read "
               f"({counts['spectra_per_s']:.1f} spectra/s); {n_unobserved} catalogue stars "
               f"had no spectra in the units")

@@ -4,17 +4,24 @@
 - Doppler shifts,
 - flux-conserving resampling onto a new pixel grid (overlap integration of pixel bins),
 - Gaussian line-spread-function convolution at constant resolving power R (FWHM = λ/R),
-- continuum fitting by an iteratively sigma-clipped Chebyshev polynomial.
+- continuum fitting by an iteratively sigma-clipped Chebyshev polynomial, and the continuum
+  normalisation of one grid segment that the normalize and synthesize stages share.
 """
 from __future__ import annotations
+
+import functools
+from typing import Any, Mapping
 
 import numpy as np
 from numpy.polynomial import chebyshev
 
-from .grid import pixel_edges
+from .batch import RejectSpectrum
+from .grid import WavelengthGrid, pixel_edges
 
 C_KMS = 299_792.458
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+# Masked pixels look like continuum to the network: no line signal, and ivar 0 says "no data".
+MASKED_FLUX = 1.0
 
 
 # ------------------------------------------------------------------ air / vacuum
@@ -184,3 +191,54 @@ def fit_continuum(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, *,
             break
         use = new_use
     return cont
+
+
+# ------------------------------------------------------------------ one grid segment's continuum
+
+def check_continuum_config(continuum: Mapping[str, Any]) -> None:
+    """Refuse a continuum sub-config this module cannot honour (a config error, not bad data)."""
+    if continuum["method"] != "chebyshev":
+        raise ValueError(f"continuum.method {continuum['method']!r} is not supported "
+                         f"(only 'chebyshev')")
+    if int(continuum["order"]) < 0 or int(continuum["iterations"]) < 1:
+        raise ValueError("continuum.order must be ≥ 0 and continuum.iterations ≥ 1")
+    if not (continuum["sigma_low"] > 0 and continuum["sigma_high"] > 0):
+        raise ValueError("continuum.sigma_low and continuum.sigma_high must be > 0")
+
+
+@functools.lru_cache(maxsize=16)
+def grid_segments(grid: WavelengthGrid) -> tuple[tuple[str, np.ndarray, slice], ...]:
+    """(name, wavelength, columns) per grid segment, computed once per grid (grids are frozen)."""
+    slices = grid.segment_slices
+    out = []
+    for segment in grid.segments:
+        wavelength = segment.wavelength_air
+        wavelength.setflags(write=False)    # shared by every call: nobody may edit it
+        out.append((segment.name, wavelength, slices[segment.name]))
+    return tuple(out)
+
+
+def normalize_segment(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray,
+                      usable: np.ndarray, continuum: Mapping[str, Any],
+                      segment_name: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """Divide one segment by its continuum; flux → flux / c, ivar → ivar · c².
+
+    The continuum is the ivar-weighted, sigma-clipped Chebyshev fit over the ``usable`` pixels.
+    Unusable pixels come back as the masked convention (flux 1.0, ivar 0). Raises
+    :class:`RejectSpectrum` when the fit fails (too few pixels, or a continuum ≤ 0 where there
+    is data, which would flip or blow up the normalised flux).
+    """
+    usable = np.asarray(usable, dtype=bool)
+    cont = fit_continuum(wavelength, flux, ivar, order=int(continuum["order"]),
+                         sigma_low=float(continuum["sigma_low"]),
+                         sigma_high=float(continuum["sigma_high"]),
+                         iterations=int(continuum["iterations"]), mask=~usable)
+    where = f" in segment {segment_name}" if segment_name else ""
+    good_cont = np.isfinite(cont) & (cont > 0)
+    if not usable.any() or not good_cont[usable].all():
+        raise RejectSpectrum(f"continuum fit failed{where}")
+    safe = np.where(usable, cont, 1.0)
+    flux_norm = np.where(usable, flux / safe, MASKED_FLUX)
+    ivar_norm = np.where(usable, ivar * safe ** 2, 0.0)
+    return flux_norm, ivar_norm
+

@@ -5,7 +5,7 @@ Per model file, ``n_augment`` copies, each:
 1. :func:`degrade` — vacuum → air, Gaussian LSF to the survey's resolving power R (per copy
    jittered by ``resolution_jitter``; the model's own ``source_resolution`` is taken out in
    quadrature), flux-conserving resampling onto the grid segments, and continuum normalisation
-   with the very function the normalize stage uses (:func:`starlabels.normalize.normalize_segment`),
+   with the very function the normalize stage uses (:func:`starlabels.spectral.normalize_segment`),
    so synthetic and observed spectra see the same continuum definition;
 2. :func:`augment` — the residual RV error left after rest-framing (shift in ln λ), photon-like
    Gaussian noise at an S/N drawn log-uniform in ``snr``, and, with probability
@@ -15,6 +15,9 @@ Per model file, ``n_augment`` copies, each:
 Every copy of one model shares its ``split`` (train/valid, a hash of the model's name), so the
 validation loss is measured on grid points the network never saw. Random numbers come from
 ``default_rng([seed, file index])``: results do not depend on the number of worker processes.
+
+Settings are the experiment's ``synthetic.synthesize`` section plus the ``continuum`` of its
+``normalize`` section; keys they leave out take the configuration schema's defaults.
 """
 from __future__ import annotations
 
@@ -29,37 +32,24 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from . import artifacts
+from . import artifacts, config
+from .batch import (MatrixRowStream, Progress, RejectSpectrum, exception_text, log_reject_counts,
+                    ordered_map, rejects_frame, say)
 from .grid import WavelengthGrid
 from .io.spectrum import Spectrum, SpectrumFormatError
-from .normalize import (CONTINUUM_DEFAULTS, MASKED_FLUX, MatrixRowStream, Progress,
-                        RejectSpectrum, _merged, _say, check_continuum_config, exception_text,
-                        grid_segments, log_reject_counts, normalize_segment, ordered_map,
-                        rejects_frame)
-from .spectral import C_KMS, convolve_resolution, resample_flux, vacuum_to_air
+from .spectral import (C_KMS, MASKED_FLUX, check_continuum_config, convolve_resolution,
+                       grid_segments, normalize_segment, resample_flux, vacuum_to_air)
 
-__all__ = ["SYNTHESIZE_DEFAULTS", "LABEL_KEYS", "synthesize_config", "draw_resolution",
-           "degrade", "augment", "model_split", "synthesize_grid"]
+__all__ = ["LABEL_KEYS", "synthesize_config", "draw_resolution", "degrade", "augment",
+           "model_split", "synthesize_grid"]
 
-SYNTHESIZE_DEFAULTS: dict[str, Any] = {
-    "resolution": None,            # required: float, or {segment name: R}
-    "vacuum_to_air": True,
-    "source_resolution": 500_000.0,
-    "n_augment": 5,
-    "snr": {"min": 20.0, "max": 200.0},
-    "rv_jitter_kms": 2.0,
-    "resolution_jitter": 0.05,
-    "zero_runs": {"probability": 0.1, "max_length": 40},
-    "valid_fraction": 0.1,
-    "seed": 42,
-    "continuum": CONTINUUM_DEFAULTS,
-    "min_coverage": 0.99,
-}
 LABEL_KEYS = ("teff", "logg", "fe_h", "alpha")
 STAGE = "synthesize"
 SOURCE = "phoenix"
 # Noise floor for saturated line cores: σ = sqrt(max(flux, floor)) / snr keeps ivar finite.
 _NOISE_FLUX_FLOOR = 0.01
+# Grid pixels a model covers less than this (by its good pixels) are masked.
+MODEL_MIN_COVERAGE = 0.99
 # Half-width of source spectrum kept around a segment, in LSF FWHMs: the kernel spans ±1.7 FWHM,
 # the rest keeps the edge padding of the convolution well away from the segment.
 _MARGIN_FWHM = 8.0
@@ -69,8 +59,12 @@ _MARGIN_FWHM = 8.0
 
 def synthesize_config(cfg: Mapping[str, Any] | None, grid: WavelengthGrid | None = None
                       ) -> dict[str, Any]:
-    """The synthesize config with defaults filled in, checked (against ``grid`` when given)."""
-    c = _merged(SYNTHESIZE_DEFAULTS, cfg)
+    """The synthesize section (with the normalize stage's ``continuum``) completed from the
+    schema's defaults, checked (against ``grid`` when given)."""
+    given = dict(cfg or {})
+    c = config.section("synthetic.synthesize", {k: v for k, v in given.items()
+                                                 if k != "continuum"})
+    c["continuum"] = config.section("normalize.continuum", given.get("continuum"))
     check_continuum_config(c["continuum"])
     resolution = c["resolution"]
     if resolution is None:
@@ -105,7 +99,7 @@ def draw_resolution(resolution: float | Mapping[str, float], cfg: Mapping[str, A
                     rng: np.random.Generator) -> float | dict[str, float]:
     """R scaled by one factor 1 + u, u ~ U(-j, j), j = resolution_jitter (same for all segments:
     an instrument's focus changes its resolving power coherently)."""
-    jitter = float(cfg.get("resolution_jitter", 0.0))
+    jitter = float(cfg["resolution_jitter"])
     scale = 1.0 + rng.uniform(-jitter, jitter) if jitter > 0 else 1.0
     if isinstance(resolution, Mapping):
         return {name: float(r) * scale for name, r in resolution.items()}
@@ -185,7 +179,7 @@ def degrade(spec: Spectrum, grid: WavelengthGrid, resolution: float | Mapping[st
             f = np.interp(w, w[g], f[g])
         smoothed = convolve_resolution(w, f, r, resolution_in=float(c["source_resolution"]))
         flux, ivar, coverage = resample_flux(w, smoothed, seg_w, ivar_in=g.astype(np.float64))
-        usable = (coverage >= float(c["min_coverage"])) & np.isfinite(flux)
+        usable = (coverage >= MODEL_MIN_COVERAGE) & np.isfinite(flux)
         if not usable.any():
             raise RejectSpectrum(f"no coverage of grid segment {name}")
         # a noiseless model: uniform weights for the continuum fit
@@ -374,7 +368,7 @@ def synthesize_grid(spectrum_paths: Sequence[str | os.PathLike], wave_path: str 
     wavelength_vacuum = np.asarray(read_wave(str(wave_path)), dtype=np.float64)
     paths = [str(p) for p in spectrum_paths]
     n_pixels = grid.n_pixels
-    _say(log, f"{STAGE}: {len(paths)} model files x {n_augment} copies, grid {grid.hash()} "
+    say(log, f"{STAGE}: {len(paths)} model files x {n_augment} copies, grid {grid.hash()} "
               f"({n_pixels} pixels), R={c['resolution']}, threads={threads}")
 
     rejects: list[dict[str, Any]] = []
@@ -430,7 +424,7 @@ def synthesize_grid(spectrum_paths: Sequence[str | os.PathLike], wave_path: str 
     counts = {"n_files": len(paths), "n_accepted": n_accepted, "n_rows": len(records),
               "n_rejected": len(rejects), "per_reason": dict(per_reason), "elapsed_s": elapsed,
               "spectra_per_s": len(records) / elapsed if elapsed > 0 else math.nan}
-    _say(log, f"{STAGE}: done in {elapsed:.1f} s: {n_accepted} models → {len(records)} rows, "
+    say(log, f"{STAGE}: done in {elapsed:.1f} s: {n_accepted} models → {len(records)} rows, "
               f"{len(rejects)} rejected ({counts['spectra_per_s']:.1f} spectra/s)")
     log_reject_counts(log, STAGE, per_reason)
     return counts

@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from starlabels import artifacts
-from starlabels.clean import (CLEAN_DEFAULTS, independent_neighbours, label_disagreement_z,
+from starlabels import artifacts, config
+from starlabels.clean import (independent_neighbours, label_disagreement_z,
                               pca_scores_and_residuals, robust_z, robust_z_given, tsne_clean)
 
 LABELS = ["teff", "fe_h", "mg_fe"]
@@ -265,9 +265,10 @@ def test_input_errors():
 
 
 def test_defaults_documented():
-    assert CLEAN_DEFAULTS["pca_components"] == 50 and CLEAN_DEFAULTS["perplexity"] == 30
-    assert CLEAN_DEFAULTS["label_floor"]["teff"] == 60
-    assert CLEAN_DEFAULTS["splits"] == ["train", "valid"]
+    defaults = config.section("clean")
+    assert defaults["pca_components"] == 50 and defaults["perplexity"] == 30
+    assert defaults["label_floor"]["teff"] == 60
+    assert defaults["splits"] == ["train", "valid"]
 
 
 def test_label_model_flags_spectra_that_disagree_with_their_labels():

@@ -14,9 +14,10 @@ from scipy.optimize import curve_fit
 from starlabels import artifacts
 from starlabels.grid import WavelengthGrid
 from starlabels.io.spectrum import Spectrum, SpectrumFormatError
-from starlabels.normalize import (MASKED_FLUX, RejectSpectrum, grid_segments, normalize_config,
-                                  normalize_star, normalize_survey)
-from starlabels.spectral import C_KMS, air_to_vacuum, doppler_shift, resample_flux
+from starlabels.batch import RejectSpectrum
+from starlabels.normalize import normalize_config, normalize_star, normalize_survey
+from starlabels.spectral import (C_KMS, MASKED_FLUX, air_to_vacuum, doppler_shift, grid_segments,
+                                 resample_flux)
 
 GRID = WavelengthGrid.from_config([
     {"name": "HR10", "start": 5400.0, "end": 5460.0, "step": 0.05},

@@ -11,7 +11,8 @@ from scipy.optimize import curve_fit
 from starlabels import artifacts
 from starlabels.grid import WavelengthGrid
 from starlabels.io.spectrum import Spectrum, SpectrumFormatError
-from starlabels.normalize import MASKED_FLUX, RejectSpectrum, grid_segments
+from starlabels.batch import RejectSpectrum
+from starlabels.spectral import MASKED_FLUX, grid_segments
 from starlabels.spectral import C_KMS, air_to_vacuum, vacuum_to_air
 from starlabels.synthesize import (augment, degrade, draw_resolution, model_split,
                                    synthesize_config, synthesize_grid)
@@ -140,12 +141,13 @@ def test_degrade_rejects_a_model_that_misses_a_segment():
 
 def test_config_checks():
     with pytest.raises(ValueError, match="resolution is required"):
-        synthesize_config({})
+        synthesize_config({"resolution": None})
     with pytest.raises(ValueError, match="below source_resolution"):
         synthesize_config({"resolution": 600_000.0})
     with pytest.raises(ValueError, match=r"segment\(s\) \['B'\]"):
         synthesize_config({"resolution": {"A": 20_000.0}}, GRID)
-    assert synthesize_config({"resolution": 1e4})["snr"] == {"min": 20.0, "max": 200.0}
+    # keys left out take the schema's defaults (synthetic.synthesize.snr)
+    assert synthesize_config({"resolution": 1e4})["snr"] == {"min": 30.0, "max": 200.0}
 
 
 # ---------------------------------------------------------------- augment
