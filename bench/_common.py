@@ -7,8 +7,8 @@ Every benchmark writes ``<out>/<name>.json`` with the same envelope::
 
 and, in full mode, a copy under ``bench/results/`` (``results/`` is git-ignored; the copy is
 what gets committed). Nothing here re-implements what is measured: the scripts call the
-package's own stage functions (``starlabels.stages``, ``starlabels.clean``, ``starlabels.train``,
-``starlabels.predict``).
+package's own stage functions (``starlabels.stages``, ``starlabels.clean``,
+``starlabels.cnn``, ``starlabels.members``).
 """
 from __future__ import annotations
 
@@ -389,7 +389,7 @@ def write_untrained_members(folder: Path, n_members: int, n_pixels: int, labels:
     import torch
     from starlabels import artifacts
     from starlabels.models import build_model
-    from starlabels.train import META_FILE, write_model_folder
+    from starlabels.members import META_FILE, write_model_folder
 
     dirs = []
     for k in range(n_members):

@@ -52,7 +52,7 @@ def main() -> None:
 
     import torch
     from starlabels import artifacts, stages
-    from starlabels.train import resolve_device
+    from starlabels.members import resolve_device
 
     flux_path, table_path, source = C.ges_matrix(args.cache, n, args.threads)
     exp = C.ges_experiment()

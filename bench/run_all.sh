@@ -22,5 +22,5 @@ fi
 $PY bench/predict_rss.py "$@"
 
 # The workflow's clean, train and predict stages set glibc's M_TOP_PAD themselves
-# (starlabels.stages.keep_freed_memory); the *_malloc_tuned.json files in bench/results/ are
+# (starlabels.runtime.keep_freed_memory); the *_malloc_tuned.json files in bench/results/ are
 # from before that change, with MALLOC_TOP_PAD_ set in the environment instead.

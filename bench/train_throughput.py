@@ -39,7 +39,7 @@ def main() -> None:
     C.resolve_paths(args)
 
     from starlabels import artifacts, stages
-    from starlabels.train import resolve_device
+    from starlabels.members import resolve_device
 
     device = resolve_device(args.device)
     gpu = device.type == "cuda"

@@ -43,7 +43,7 @@ def _steps(lines: list[str]) -> dict[str, float]:
 
 def _timed_clean(flux, table, labels, cfg, threads) -> dict:
     from starlabels.clean import tsne_clean
-    from starlabels.stages import keep_freed_memory
+    from starlabels.runtime import keep_freed_memory
 
     keep_freed_memory()  # what the clean rule's stage function does first
 

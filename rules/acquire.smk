@@ -16,7 +16,6 @@ rule acquire_observed:
         survey=lambda w: EXPERIMENTS[w.exp]["survey"],
         source=lambda w: EXPERIMENTS[w.exp]["source"],
         simulate=section("simulate"),
-        config_hash=section_hash("survey", "source", "simulate"),
     threads: config["threads"]
     log:
         f"{R}/{{exp}}/logs/acquire_observed.log",
@@ -36,7 +35,6 @@ rule acquire_synthetic:
         models=directory(f"{R}/{{exp}}/raw/phoenix/HiResFITS"),
     params:
         simulate=lambda w: EXPERIMENTS[w.exp]["synthetic"]["simulate"],
-        config_hash=lambda w: config_hash(EXPERIMENTS[w.exp]["synthetic"]["simulate"]),
     threads: config["threads"]
     log:
         f"{R}/{{exp}}/logs/acquire_synthetic.log",

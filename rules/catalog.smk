@@ -14,16 +14,8 @@ rule catalog:
         labels=section("labels"),
         catalog=section("catalog"),
         method=lambda w: EXPERIMENTS[w.exp]["method"],
-        # MARVELS: giant / subgiant / dwarf column from the validate section's log g limits
-        classes=lambda w: (
-            {
-                k: EXPERIMENTS[w.exp]["validate"][k]
-                for k in ("giant_logg_max", "dwarf_logg_min")
-            }
-            if EXPERIMENTS[w.exp]["survey"] == "sdss_marvels"
-            else None
-        ),
-        config_hash=section_hash("labels", "catalog", "method"),
+        # giant / subgiant / dwarf column (surveys with giant candidates: MARVELS)
+        classes=evolutionary_classes,
     log:
         f"{R}/{{exp}}/logs/catalog.log",
     benchmark:

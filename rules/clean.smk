@@ -16,7 +16,6 @@ rule clean:
     params:
         labels=section("labels"),
         clean=section("clean"),
-        config_hash=section_hash("labels", "clean"),
     threads: config["threads"]
     log:
         f"{R}/{{exp}}/logs/clean.log",

@@ -6,7 +6,7 @@ from pathlib import Path
 sys.path.insert(0, workflow.basedir)  # the workflow's own starlabels/ wins over an installed one
 
 from snakemake.exceptions import WorkflowError
-from starlabels.artifacts import config_hash
+from starlabels import methods, surveys
 from starlabels.config import ConfigError, canonical, validate_config
 
 try:
@@ -69,14 +69,23 @@ def download_shard_files(dataset):
     )
 
 
+def survey(exp):
+    """The survey record of an experiment (starlabels.surveys)."""
+    return surveys.get(EXPERIMENTS[exp]["survey"])
+
+
+def method(exp):
+    """The method record of an experiment (starlabels.methods)."""
+    return methods.get(EXPERIMENTS[exp]["method"])
+
+
 def manifest_download_settings(wildcards):
-    """The download settings the manifest job uses: shards and the TAP wait, plus the fetch
-    options for MARVELS (whose catalogue is a file); so tuning concurrency later does not
-    re-run the archive queries."""
+    """The download settings the manifest job uses (the survey's record says which: the TAP
+    wait, or all fetch options where the catalogue is a file), so tuning concurrency later
+    does not re-run the archive queries."""
     d = EXPERIMENTS[wildcards.exp]["download"]
-    if _observed_source(wildcards.exp) == "sdss_marvels":
-        return d
-    return {"shards": d["shards"], "tap_timeout_s": d["tap_timeout_s"]}
+    keys = survey(wildcards.exp).manifest_download
+    return d if keys is None else {k: d[k] for k in keys}
 
 
 def required_reference_stars(wildcards):
@@ -87,12 +96,14 @@ def required_reference_stars(wildcards):
 
 
 def credentials_env_names(wildcards):
-    """Names (never values) of the environment variables with archive credentials: the ESO
-    user/password for Gaia-ESO spectra; none for SDSS and PHOENIX (public)."""
-    if wildcards.dataset == "observed" and _observed_source(wildcards.exp) == "eso_ges":
-        eso = EXPERIMENTS[wildcards.exp]["archive"]["eso"]
-        return [eso["user_env"], eso["password_env"]]
-    return [None, None]
+    """Names (never values) of the environment variables with archive credentials, from the
+    archive block the survey's record names (the ESO user/password for Gaia-ESO spectra); none
+    for public data (SDSS, PHOENIX)."""
+    block = survey(wildcards.exp).credentials if wildcards.dataset == "observed" else None
+    if block is None:
+        return [None, None]
+    names = EXPERIMENTS[wildcards.exp]["archive"][block]
+    return [names["user_env"], names["password_env"]]
 
 
 def truth_input(wildcards):
@@ -105,12 +116,6 @@ def truth_input(wildcards):
 def section(name):
     """params function giving one experiment's config section (so edits rerun only its stage)."""
     return lambda wildcards: EXPERIMENTS[wildcards.exp][name]
-
-
-def section_hash(*names):
-    return lambda wildcards: config_hash(
-        {n: EXPERIMENTS[wildcards.exp][n] for n in names}
-    )
 
 
 def members(exp):
@@ -159,11 +164,18 @@ PLOTS = [
 ]
 
 
-def remap_section(wildcards):
-    """params: the `remap` section for deep_remap experiments, None otherwise (so remap edits do
-    not rerun regression-CNN members)."""
-    e = EXPERIMENTS[wildcards.exp]
-    return e["remap"] if e["method"] == "deep_remap" else None
+def method_section(wildcards):
+    """params: the method's own config section (deep_remap: `remap`), None for a method without
+    one (so remap edits do not rerun regression-CNN members)."""
+    return method(wildcards.exp).settings(EXPERIMENTS[wildcards.exp])
+
+
+def predict_options(wildcards):
+    """params: the settings of the method's own section that prediction uses."""
+    return method(wildcards.exp).predict_options(EXPERIMENTS[wildcards.exp])
+
+
+ABLATION_VARIANTS = "|".join(v for m in methods.METHODS for v in methods.get(m).variants)
 
 
 def ablation_files(wildcards):
@@ -173,30 +185,34 @@ def ablation_files(wildcards):
     )
 
 
-def remap_metrics_input(wildcards):
-    """validate's extra input for deep_remap experiments: the calibration/ablation report."""
-    if EXPERIMENTS[wildcards.exp]["method"] == "deep_remap":
-        return {"remap": f"{R}/{wildcards.exp}/remap_report.json"}
-    return {}
+def method_report_input(wildcards):
+    """validate's extra input where the method writes a report (deep_remap: calibration and
+    ablation)."""
+    path = method(wildcards.exp).report
+    return {"method_report": f"{R}/{wildcards.exp}/{path}"} if path else {}
 
 
 def ensemble_calibration_input(wildcards):
-    """deep_remap with ensemble-level temperature scaling: the fitted temperatures."""
-    e = EXPERIMENTS[wildcards.exp]
-    if e["method"] == "deep_remap" and e["remap"]["calibration"]["level"] == "ensemble":
+    """The fitted ensemble temperatures where the method calibrates the whole ensemble
+    (deep_remap with calibration.level ensemble)."""
+    if method(wildcards.exp).calibrates_ensemble(EXPERIMENTS[wildcards.exp]):
         return {"ensemble_calibration": f"{R}/{wildcards.exp}/models/ensemble_calibration.json"}
     return {}
 
 
-REMAP_PLOTS = ["reliability", "embedding_map"]
+def evolutionary_classes(wildcards):
+    """params: the log g limits of the giant / sub-giant / dwarf classes where the survey has
+    giant candidates to classify (MARVELS), None otherwise."""
+    if not survey(wildcards.exp).classes:
+        return None
+    v = EXPERIMENTS[wildcards.exp]["validate"]
+    return {k: v[k] for k in ("giant_logg_max", "dwarf_logg_min")}
 
 
 def final_targets():
     targets = []
     for exp in config["run"]:
-        if EXPERIMENTS[exp]["method"] == "deep_remap":
-            targets += [f"{R}/{exp}/ablation.md"]
-            targets += [f"{R}/{exp}/plots/{p}.png" for p in REMAP_PLOTS]
+        targets += [f"{R}/{exp}/{out}" for out in method(exp).report_outputs]
         targets += [
             f"{R}/{exp}/catalog/starlabels_{exp}.fits",
             f"{R}/{exp}/catalog/starlabels_{exp}.parquet",

@@ -25,7 +25,6 @@ rule archive_manifest:
         labels=section("labels"),
         download_dir=lambda w: f"{R}/{w.exp}/raw/observed/download/files",
         reference_stars=required_reference_stars,
-        config_hash=section_hash("survey", "source", "mirror", "archive", "grid", "labels"),
     log:
         f"{R}/{{exp}}/logs/archive_manifest.log",
     benchmark:
@@ -45,7 +44,6 @@ rule phoenix_manifest:
         phoenix=lambda w: EXPERIMENTS[w.exp]["synthetic"]["phoenix"],
         mirror=section("mirror"),
         shards=lambda w: EXPERIMENTS[w.exp]["download"]["shards"],
-        config_hash=lambda w: config_hash(EXPERIMENTS[w.exp]["synthetic"]["phoenix"]),
     log:
         f"{R}/{{exp}}/logs/phoenix_manifest.log",
     benchmark:
@@ -95,7 +93,6 @@ rule archive_observed:
     params:
         survey=lambda w: EXPERIMENTS[w.exp]["survey"],
         reference_stars=section("reference_stars"),
-        config_hash=section_hash("survey", "source", "reference_stars"),
     log:
         f"{R}/{{exp}}/logs/archive_observed.log",
     benchmark:
@@ -115,8 +112,6 @@ rule archive_synthetic:
     output:
         manifest=f"{R}/{{exp}}/raw/phoenix/manifest.parquet",
         models=directory(f"{R}/{{exp}}/raw/phoenix/HiResFITS"),
-    params:
-        config_hash=lambda w: config_hash(EXPERIMENTS[w.exp]["synthetic"]["phoenix"]),
     log:
         f"{R}/{{exp}}/logs/archive_synthetic.log",
     benchmark:

@@ -20,9 +20,6 @@ rule normalize:
         selection=section("selection"),
         solar=section("solar_abundances"),
         normalize=section("normalize"),
-        config_hash=section_hash(
-            "survey", "labels", "grid", "selection", "solar_abundances", "normalize"
-        ),
     threads: config["threads"]
     log:
         f"{R}/{{exp}}/logs/normalize.log",

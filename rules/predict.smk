@@ -3,7 +3,7 @@
 
 rule predict:
     input:
-        unpack(ensemble_calibration_input),  # deep_remap: the ensemble's temperatures
+        unpack(ensemble_calibration_input),  # the ensemble's temperatures, if it has them
         flux=f"{R}/{{exp}}/normalized/flux.npy",
         table=f"{R}/{{exp}}/normalized/stars.parquet",
         models=model_files,
@@ -12,12 +12,7 @@ rule predict:
     params:
         n_shards=lambda w: EXPERIMENTS[w.exp]["predict"]["shards"],
         predict=section("predict"),
-        knn=lambda w: (
-            EXPERIMENTS[w.exp]["remap"]["knn"]
-            if EXPERIMENTS[w.exp]["method"] == "deep_remap"
-            else None
-        ),
-        config_hash=section_hash("predict"),
+        options=predict_options,  # the method's own prediction settings (deep_remap: knn)
     threads: 1
     group:
         "predict"

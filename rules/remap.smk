@@ -11,12 +11,12 @@ rule train_ablation:
         sidecar=f"{R}/{{exp}}/ablation/{{variant}}/model.json",
         history=f"{R}/{{exp}}/ablation/{{variant}}/history.csv",
     wildcard_constraints:
-        variant="no_pretrain|pretrain_only|no_triplet|no_swa",
+        variant=ABLATION_VARIANTS,
     params:
         labels=section("labels"),
         method=lambda w: EXPERIMENTS[w.exp]["method"],
         train=section("train"),
-        remap=remap_section,
+        method_cfg=method_section,
     threads: lambda w: EXPERIMENTS[w.exp]["train"]["threads"]
     resources:
         gpu=1,
@@ -27,7 +27,7 @@ rule train_ablation:
     conda:
         "../envs/starlabels.yaml"
     script:
-        "../workflow_scripts/train.py"
+        "../workflow_scripts/train_ablation.py"
 
 
 rule calibrate_ensemble:
@@ -79,7 +79,7 @@ rule remap_report:
             k: EXPERIMENTS[w.exp]["validate"][k]
             for k in ("giant_logg_max", "dwarf_logg_min")
         },
-        config_hash=section_hash("remap", "validate"),
+        targets=lambda w: EXPERIMENTS[w.exp]["validate"]["targets"],
     log:
         f"{R}/{{exp}}/logs/remap_report.log",
     benchmark:

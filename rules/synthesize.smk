@@ -15,13 +15,6 @@ rule synthesize:
         grid=section("grid"),
         synthesize=lambda w: EXPERIMENTS[w.exp]["synthetic"]["synthesize"],
         continuum=lambda w: EXPERIMENTS[w.exp]["normalize"]["continuum"],
-        config_hash=lambda w: config_hash(
-            {
-                "grid": EXPERIMENTS[w.exp]["grid"],
-                "synthesize": EXPERIMENTS[w.exp]["synthetic"]["synthesize"],
-                "continuum": EXPERIMENTS[w.exp]["normalize"]["continuum"],
-            }
-        ),
     threads: config["threads"]
     log:
         f"{R}/{{exp}}/logs/synthesize.log",

@@ -11,7 +11,6 @@ rule trainset:
     params:
         sources=lambda w: EXPERIMENTS[w.exp]["trainset"]["sources"],
         labels=section("labels"),
-        config_hash=section_hash("trainset", "labels"),
     log:
         f"{R}/{{exp}}/logs/trainset.log",
     benchmark:
@@ -34,7 +33,7 @@ rule train:
         labels=section("labels"),
         method=lambda w: EXPERIMENTS[w.exp]["method"],
         train=section("train"),
-        remap=remap_section,
+        method_cfg=method_section,
     threads: lambda w: EXPERIMENTS[w.exp]["train"]["threads"]
     resources:
         gpu=1,

@@ -4,7 +4,7 @@
 rule validate:
     input:
         unpack(truth_input),  # simulated surveys only: real data have no truth
-        unpack(remap_metrics_input),  # deep_remap: calibration + ablation report
+        unpack(method_report_input),  # the method's report (deep_remap: calibration, ablation)
         catalog=f"{R}/{{exp}}/catalog/starlabels_{{exp}}.parquet",
         table=f"{R}/{{exp}}/normalized/stars.parquet",
         flux=f"{R}/{{exp}}/normalized/flux.npy",
@@ -58,6 +58,7 @@ rule validate:
     params:
         labels=section("labels"),
         survey=lambda w: EXPERIMENTS[w.exp]["survey"],
+        method=lambda w: EXPERIMENTS[w.exp]["method"],
         grid=section("grid"),
         validate=section("validate"),
         linelist=lambda w: EXPERIMENTS[w.exp]["simulate"]["linelist"],
@@ -66,7 +67,6 @@ rule validate:
             if EXPERIMENTS[w.exp]["source"] == "simulate"
             else None
         ),
-        config_hash=section_hash("labels", "validate"),
     log:
         f"{R}/{{exp}}/logs/validate.log",
     benchmark:

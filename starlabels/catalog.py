@@ -370,6 +370,53 @@ def write_catalog(df: pd.DataFrame, fits_path: str | os.PathLike | None,
     if parquet_path is not None:
         artifacts.save_table(parquet_path, df, provenance)
 
+# ---------------------------------------------------------------- the catalogue's columns
+
+def catalog_tables(*, shards: Sequence[str | os.PathLike], table: str | os.PathLike,
+                   clean_table: str | os.PathLike, model_dirs: Sequence[str | os.PathLike],
+                   labels: Sequence[str], cfg: Mapping[str, Any],
+                   classes: Mapping[str, float] | None = None
+                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The catalogue from prediction shards, the star table and the clean table: (the scalar
+    columns for FITS, the same plus the per-spectrum vectors for Parquet).
+
+    ``cfg`` is the experiment's ``catalog`` section (flag thresholds); ``classes``
+    (giant_logg_max, dwarf_logg_min) adds a giant / subgiant / dwarf column.
+    """
+    stars = artifacts.load_table(table)
+    pred = merge_shards(list(shards), n_rows=len(stars))
+    cleaned = artifacts.load_table(clean_table, columns=["keep", "reason", "cleaned"])
+    out = pd.DataFrame({"spectrum_id": stars["spectrum_id"], "star_id": stars["star_id"],
+                        "split": stars["split"], "snr": stars["snr"]})
+    for label in labels:
+        out[label] = pred[label].to_numpy()
+        out[f"{label}_std"] = pred[f"{label}_std"].to_numpy()
+        # deep_remap: the distribution's 16th/84th percentiles and the members' disagreement
+        for suffix in ("q16", "q84", "members_std"):
+            if f"{label}_{suffix}" in pred:
+                out[f"{label}_{suffix}"] = pred[f"{label}_{suffix}"].to_numpy()
+    if classes is not None:
+        out["evolutionary_class"] = evolutionary_class(out["logg"].to_numpy(),
+                                                       classes["giant_logg_max"],
+                                                       classes["dwarf_logg_min"])
+    for label in labels:
+        # catalogue (reference) labels the survey gave, kept beside ours for comparison
+        out[f"{label}_ref"] = stars[label].to_numpy(dtype=float) if label in stars else np.nan
+    out["n_members"] = pred["n_members"].to_numpy()
+    out["clean_keep"] = cleaned["keep"].to_numpy(dtype=bool)
+    out["clean_reason"] = cleaned["reason"].fillna("").to_numpy()
+    metas = [artifacts.load_json(Path(d) / "model.json") for d in model_dirs]
+    ranges = {label: (min(m["label_min"][i] for m in metas), max(m["label_max"][i] for m in metas))
+              for i, label in enumerate(metas[0]["labels"])}
+    out["flags"] = compute_flags(out, list(labels), ranges, cfg["snr_min"], cfg["max_std"])
+    # per-spectrum vectors (probabilities per bin, nearest labelled stars, embedding) are
+    # Parquet list columns; the FITS catalogue keeps the scalar columns
+    vectors = [c for c in pred.columns if c.endswith("_prob")
+               or c in ("knn_star_id", "knn_distance", "embedding")]
+    full = pd.concat([out, pred[vectors].reset_index(drop=True)], axis=1) if vectors else out
+    return out, full
+
+
 
 def read_catalog(path: str | os.PathLike, extname: str = "STARLABELS") -> pd.DataFrame:
     """Read a catalog written by :func:`write_catalog` from FITS or Parquet.

@@ -21,6 +21,8 @@ import jsonschema
 import yaml
 from jsonschema import Draft202012Validator, validators
 
+from . import surveys
+
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 
 
@@ -125,11 +127,11 @@ def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any] | None 
     for name, exp in config.get("experiments", {}).items():
         if not isinstance(exp, dict):
             continue
-        if exp.get("survey") == "sdss_marvels":
-            extra = sorted(set(exp.get("labels", [])) - {"teff", "logg", "fe_h"})
-            if extra:
-                messages.append(f"config key 'experiments.{name}.labels': MARVELS has no "
-                                f"catalogue values for {extra}; allowed: ['teff', 'logg', 'fe_h']")
+        known = surveys.get(exp["survey"]).labels if exp.get("survey") in surveys.SURVEYS else None
+        extra = sorted(set(exp.get("labels", [])) - set(known)) if known is not None else []
+        if extra:
+            messages.append(f"config key 'experiments.{name}.labels': the {exp['survey']} "
+                            f"catalogue has no values for {extra}; allowed: {list(known)}")
         if "synthetic" in exp.get("trainset", {}).get("sources", []) and \
                 not exp.get("synthetic", {}).get("enabled", False):
             messages.append(f"config key 'experiments.{name}.trainset.sources': 'synthetic' needs "

@@ -8,6 +8,10 @@ star: star_id, labels, label errors, S/N, RV, ``split``). Splits:
 * ``calibration`` — stars with literature labels (MARVELS calibration stars);
 * ``target`` — everything else: labelled stars failing the cuts and unlabelled stars. They are
   predicted but never trained on.
+
+``selection`` is the experiment's ``selection`` section; keys it leaves out take the schema's
+defaults. Each survey's stars function takes the same keyword arguments, as its record in
+:mod:`starlabels.surveys` calls it.
 """
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+
+from . import config
 
 
 def hash_uniform(star_ids: Sequence[str], seed: int) -> np.ndarray:
@@ -43,10 +49,11 @@ def training_quality(stars: pd.DataFrame, labels: Sequence[str], cfg: Mapping[st
                      ) -> np.ndarray:
     """Catalogue cuts for training stars: finite labels (and errors), Teff range, S/N, and
     (``exclude_flags``) the survey's quality flags."""
+    cfg = config.section("selection", cfg)
     ok = np.ones(len(stars), dtype=bool)
     for label in labels:
         ok &= np.isfinite(stars[label].to_numpy(dtype=float))
-        if cfg.get("require_finite_errors", True) and f"e_{label}" in stars:
+        if cfg["require_finite_errors"] and f"e_{label}" in stars:
             ok &= np.isfinite(stars[f"e_{label}"].to_numpy(dtype=float))
     lo, hi = cfg["teff_range"]
     teff = stars["teff"].to_numpy(dtype=float)
@@ -54,7 +61,7 @@ def training_quality(stars: pd.DataFrame, labels: Sequence[str], cfg: Mapping[st
     if "snr" in stars:
         snr = stars["snr"].to_numpy(dtype=float)
         ok &= ~(snr < cfg["snr_min"])          # unknown S/N does not exclude
-    if cfg.get("exclude_flags") and "flags" in stars:
+    if cfg["exclude_flags"] and "flags" in stars:
         ok &= ~flagged(stars["flags"], cfg["exclude_flags"])
     return ok
 
@@ -74,13 +81,17 @@ def flagged(flags: pd.Series, codes: Sequence[str]) -> np.ndarray:
 
 
 def gaia_eso_stars(catalog_path: str, labels: Sequence[str], selection: Mapping[str, Any],
-                   solar: Mapping[str, float]) -> pd.DataFrame:
-    """Stars table from a Gaia-ESO parameter catalogue (MG1/AL1 → [Mg/Fe]/[Al/Fe])."""
+                   solar: Mapping[str, float], calibration_path: str | None = None
+                   ) -> pd.DataFrame:
+    """Stars table from a Gaia-ESO parameter catalogue (MG1/AL1 → [Mg/Fe]/[Al/Fe] with the
+    ``solar_abundances``). Its reference labels are the catalogue's own: ``calibration_path``
+    is not read."""
     from .io.gaia_eso import read_ges_catalog
 
+    selection = config.section("selection", selection)
     stars = read_ges_catalog(catalog_path, solar_mg=solar["mg"], solar_al=solar["al"])
     stars = stars.drop_duplicates("star_id").reset_index(drop=True)
-    if selection.get("exclude_flags"):
+    if selection["exclude_flags"]:
         from .io.gaia_eso import read_ges_flags
 
         flags = read_ges_flags(catalog_path).drop_duplicates("star_id").set_index("star_id")
@@ -93,15 +104,18 @@ def gaia_eso_stars(catalog_path: str, labels: Sequence[str], selection: Mapping[
 
 
 def marvels_stars(catalog_path: str, calibration_path: str, labels: Sequence[str],
-                  selection: Mapping[str, Any]) -> pd.DataFrame:
+                  selection: Mapping[str, Any], solar: Mapping[str, float] | None = None
+                  ) -> pd.DataFrame:
     """Stars table from the MARVELS star catalogue and the calibration stars' literature table.
 
     Catalogue dwarfs with labels are the fine-tuning sample (train/valid/test by hash);
-    calibration stars take their literature labels; RPM giants are targets.
+    calibration stars take their literature labels; RPM giants are targets. The catalogue gives
+    no abundances, so ``solar`` is not used.
     """
     from .artifacts import load_table
     from .io.marvels import read_marvels_star_catalog
 
+    selection = config.section("selection", selection)
     stars = read_marvels_star_catalog(catalog_path).drop_duplicates("star_id")
     stars = stars.reset_index(drop=True)
     literature = load_table(calibration_path)

@@ -15,7 +15,12 @@ Metrics (written to ``metrics.json``):
 * **network gradients** — mean |∂label/∂flux| near each element's lines relative to elsewhere;
 * **precision report** (simulated surveys) — per label and S/N bin: σ and bias of
   (predicted − true), the median Cramér–Rao bound of the simulator's own forward model
-  (``starlabels.limits``), their ratio, and the ensemble's z-spread and 68 % coverage.
+  (``starlabels.limits``), their ratio, and the ensemble's z-spread and 68 % coverage;
+* **targets** — the experiment's acceptance targets (``validate.targets.sigma_vs_true``) beside
+  the measured σ against true labels, and whether each is met.
+
+What differs between surveys (evaluation split, what their reference labels are, giant classes)
+comes from their records in :mod:`starlabels.surveys`.
 """
 from __future__ import annotations
 
@@ -24,11 +29,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from . import artifacts
+from . import artifacts, surveys
 from .grid import WavelengthGrid
 
-#: issue-2 acceptance targets for demo_ges (σ against true labels on the test split)
-DEMO_GES_TARGETS = {"teff": 100.0, "logg": 0.15, "fe_h": 0.08, "mg_fe": 0.08, "al_fe": 0.12}
 #: the spectral lines each label is expected to be read from (element, for the gradient ratio)
 LABEL_ELEMENTS = {"fe_h": ["Fe"], "mg_fe": ["Mg"], "al_fe": ["Al"]}
 
@@ -247,16 +250,21 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
              grid_cfg: Mapping[str, Any], cfg: Mapping[str, Any], metrics: str,
              plots: Mapping[str, str], experiment: str, linelist: str | None = None,
              simulate_cfg: Mapping[str, Any] | None = None, log=print,
-             config_hash: str = "none",
-             remap_report: str | None = None) -> dict[str, Any]:
+             config_hash: str = "none", method: str | None = None,
+             method_report: str | None = None) -> dict[str, Any]:
     """Compute metrics.json and draw the validation plots (paths in ``plots``).
 
     ``truth`` is None for real data: metrics are then against the catalogue / literature labels
     only, the one-to-one-with-truth plot is empty, and precision vs S/N is against the
-    catalogue labels."""
+    catalogue labels. ``cfg`` is the ``validate`` section (keys left out take the schema's
+    defaults). A method's own report (``method_report``, e.g. deep-REMAP's calibration and
+    ablation) is merged in under the method's name."""
+    from . import config
     from . import plots as P
-    from .predict import input_gradients
     from .simulate.physics import load_linelist
+
+    cfg = config.section("validate", cfg)
+    record = surveys.get(survey)
 
     cat = artifacts.load_table(catalog)
     stars = artifacts.load_table(table)
@@ -268,17 +276,18 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
                               "n_catalog": int(len(cat)), "n_normalize_rejected": int(len(rej)),
                               "truth": truth is not None}
 
-    eval_split = "test" if survey == "gaia_eso" else "calibration"
+    eval_split = record.evaluation_split
     rows = np.flatnonzero(cat["split"].to_numpy() == eval_split)
     result["evaluation_split"] = eval_split
     result["precision"] = precision_block(cat, true_labels, labels, rows)
-    if survey == "gaia_eso" and truth is not None:
+    targets = {k: v for k, v in cfg["targets"]["sigma_vs_true"].items() if v is not None}
+    if truth is not None and targets:
         result["targets"] = {
             label: {"sigma_vs_true": result["precision"]["vs_true"][label]["sigma"],
-                    "target": DEMO_GES_TARGETS[label],
+                    "target": targets[label],
                     "met": bool(result["precision"]["vs_true"][label]["sigma"]
-                                <= DEMO_GES_TARGETS[label])}
-            for label in labels if label in DEMO_GES_TARGETS}
+                                <= targets[label])}
+            for label in labels if label in targets}
     if truth is not None:
         result["clean"] = clean_metrics(true, stars, cleaned, rej)
         log(f"validate: {eval_split} σ vs true: " + ", ".join(
@@ -291,13 +300,13 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
         log(f"validate: no truth (real data); {eval_split} σ vs reference: " + ", ".join(
             f"{k}={v['sigma']:.3g}" for k, v in result["precision"]["vs_reference"].items()))
 
-    if survey == "sdss_marvels" and truth is None and "rpm_class" in stars:
+    if record.classes and truth is None and "rpm_class" in stars:
         # real MARVELS: the giant candidates are the catalogue's reduced-proper-motion giants
         giants = set(stars.loc[stars["rpm_class"].eq("giant"), "star_id"])
         cand = cat[cat["star_id"].isin(giants)]
         result["giant_candidates"] = {"predicted": giant_fractions(
             cand["logg"], cfg["giant_logg_max"], cfg["dwarf_logg_min"])}
-    if survey == "sdss_marvels" and "sample" in true:
+    if record.classes and "sample" in true:
         cand = cat.merge(true[["star_id", "sample", "logg"]].rename(columns={"logg": "logg_true"}),
                          on="star_id")
         cand = cand[cand["sample"] == "giant_candidate"]
@@ -331,7 +340,7 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
                  list(labels), plots["one_to_one_true"], ref_name="true")
     P.one_to_one(ev[list(labels)], ev[[f"{k}_ref" for k in labels]].set_axis(list(labels), axis=1),
                  list(labels), plots["one_to_one_reference"],
-                 ref_name="catalogue" if survey == "gaia_eso" else "literature")
+                 ref_name=record.reference_name)
     P.kiel_diagram(cat, plots["kiel"])
     if {"mg_fe", "al_fe"} & set(labels):
         P.abundance_trends(cat, plots["abundances"])
@@ -349,8 +358,51 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
         result["precision_vs_reference_by_snr"] = report.to_dict(orient="records")
         P.precision_vs_snr(report, plots["precision_vs_snr"])
 
-    if remap_report is not None:   # deep_remap: calibration, ablation, giant classes
-        result["deep_remap"] = artifacts.load_json(remap_report)
+    if method_report is not None:
+        result[method] = artifacts.load_json(method_report)
     result["provenance"] = artifacts.provenance(None, config_hash=config_hash, stage="validate")
     artifacts.save_json(metrics, result)
     return result
+
+
+# ---------------------------------------------------------------- network gradients
+
+def input_gradients(model_dirs: Sequence[str], flux_rows: np.ndarray, device: str,
+                    batch_size: int = 256) -> np.ndarray:
+    """Mean over spectra and members of |∂label/∂flux|, shape (n_labels, n_pixels), physical units.
+
+    Each method's point estimate (its record's ``point_estimate``) gives the labels as a function
+    of the flux and the span that turns them into label units: for the regression CNN the
+    networks output scaled labels y = (label − min)/(max − min), so ∂label/∂flux =
+    (max − min)·∂y/∂flux. Evaluated in eval mode (no dropout). Per-spectrum gradients come from the
+    gradient of the batch sum, exact because no layer mixes spectra within a batch.
+    """
+    import torch
+
+    from . import methods
+    from .members import load_ensemble, resolve_device
+
+    device = resolve_device(device)
+    flux_rows = np.array(flux_rows, dtype=np.float32)  # a writable copy (inputs may be memmaps)
+    if flux_rows.ndim == 1:
+        flux_rows = flux_rows[None, :]
+    members = load_ensemble(model_dirs, device)
+    n_pixels = int(members[0][1]["n_pixels"])
+    n_labels = len(members[0][1]["labels"])
+    if flux_rows.ndim != 2 or flux_rows.shape[1] != n_pixels or flux_rows.shape[0] == 0:
+        raise ValueError(f"flux_rows must have shape (n_spectra>0, {n_pixels}), "
+                         f"got {flux_rows.shape}")
+    total = torch.zeros((n_labels, n_pixels), dtype=torch.float64, device=device)
+    with torch.enable_grad():
+        for model, meta in members:
+            model.requires_grad_(False)  # gradients with respect to the flux only
+            point_estimate, span = methods.get(meta["method"]).point_estimate(model, meta, device)
+            for start in range(0, flux_rows.shape[0], batch_size):
+                x = torch.from_numpy(flux_rows[start:start + batch_size]).to(device)
+                x.requires_grad_(True)
+                out = point_estimate(x)
+                for j in range(n_labels):
+                    (grad,) = torch.autograd.grad(out[:, j].sum(), x,
+                                                  retain_graph=j < n_labels - 1)
+                    total[j] += grad.abs().sum(dim=0).double() * span[j]
+    return (total / (flux_rows.shape[0] * len(members))).cpu().numpy()

@@ -18,13 +18,17 @@ import pandas as pd
 import pytest
 
 from httpfaults import FakeTap, Fault, closed_port, fault_server  # noqa: F401  (fixture)
-from starlabels import archives, stages
+from starlabels import runtime, surveys
+from starlabels.acquire import manifests
+from starlabels.acquire.assemble import assemble_observed, assemble_synthetic
+from starlabels.acquire.http import ArchiveUnreachable, DownloadError
+from starlabels.acquire.literature import (LiteratureTableError, calibration_table,
+                                           load_benchmark_stars, load_marvels_calibration_stars)
+from starlabels.acquire.remote import ArchiveConfigError, remote_table, shard_of
+from starlabels.acquire.shards import download_shard
 from starlabels.artifacts import load_table, save_table
 from starlabels.config import ConfigError, load_config, validate_config
-from starlabels.download import ArchiveUnreachable, DownloadError
 from starlabels.io.gaia_eso import read_ges_catalog, read_ges_flags, write_ges_catalog
-from starlabels.literature import (LiteratureTableError, calibration_table, load_benchmark_stars,
-                                   load_marvels_calibration_stars)
 
 REPO = Path(__file__).resolve().parent.parent
 HR10 = {"name": "HR10", "start": 5342.0, "end": 5616.0, "step": 0.05}
@@ -131,7 +135,7 @@ class FakeEso:
 def eso_manifest(server, tmp_path, eso=None, labels=("teff", "logg", "fe_h", "mg_fe", "al_fe"),
                  n_shards=3, mirror="http://mirror.example.org/eso", log=None):
     remote, catalog = tmp_path / "remote.parquet", tmp_path / "catalog.fits"
-    counts = archives.build_eso_manifest(
+    counts = manifests.build_eso_manifest(
         eso=eso or eso_cfg(server), segments=[HR10, HR21], labels=list(labels), mirror=mirror,
         n_shards=n_shards, tap_timeout_s=60.0, remote_out=str(remote), catalog_out=str(catalog),
         log=log or (lambda _: None))
@@ -217,7 +221,7 @@ def test_unreachable_tap_names_host_and_the_way_forward(tmp_path):
                   tap_cat=f"http://127.0.0.1:{port}/tap_cat")
     start = time.monotonic()
     with pytest.raises(ArchiveUnreachable) as info:
-        archives.build_eso_manifest(
+        manifests.build_eso_manifest(
             eso=eso, segments=[HR10, HR21], labels=["teff"], mirror=None, n_shards=2,
             tap_timeout_s=10.0, remote_out=str(tmp_path / "r.parquet"),
             catalog_out=str(tmp_path / "c.fits"), log=lambda _: None,
@@ -230,7 +234,7 @@ def test_unreachable_tap_names_host_and_the_way_forward(tmp_path):
 
 
 def _refused(url, **kw):
-    from starlabels.tap import tap_columns
+    from starlabels.acquire.tap import tap_columns
 
     return tap_columns(url, 'safcat."GES_DR5_1_V1"', retries=0, backoff_s=0.01, **kw)
 
@@ -240,13 +244,13 @@ def test_archive_errors_are_reported_as_one_line(capsys):
         raise ArchiveUnreachable("cannot reach archive.eso.org while fetching: refused.\n"
                                  "  - set `mirror:` ...", host="archive.eso.org")
     except ArchiveUnreachable as exc:
-        stages.concise_excepthook(type(exc), exc, exc.__traceback__)
+        runtime.concise_excepthook(type(exc), exc, exc.__traceback__)
     err = capsys.readouterr().err
     assert err.startswith("ERROR: cannot reach archive.eso.org") and "Traceback" not in err
     try:
         raise KeyError("a bug")
     except KeyError as exc:
-        stages.concise_excepthook(type(exc), exc, exc.__traceback__)
+        runtime.concise_excepthook(type(exc), exc, exc.__traceback__)
     assert "Traceback" in capsys.readouterr().err        # real bugs keep their traceback
 
 
@@ -255,34 +259,34 @@ def test_archive_errors_are_reported_as_one_line(capsys):
 def test_local_names_are_sanitised_and_unique():
     rows = pd.DataFrame({"archive_url": ["https://a.org/x/1", "https://a.org/x/2"],
                          "relpath": ["../../etc/passwd", "ok/name:with|chars.fits"]})
-    table = archives.remote_table(rows, 4, None)
+    table = remote_table(rows, 4, None)
     assert table["relpath"].tolist() == ["etc/passwd", "ok/name_with_chars.fits"]
     assert table["url"].tolist() == rows["archive_url"].tolist()
     clash = pd.DataFrame({"archive_url": ["https://a.org/1", "https://a.org/2"],
                           "relpath": ["a:b.fits", "a|b.fits"]})
     with pytest.raises(ValueError, match="same local name"):
-        archives.remote_table(clash, 4, None)
+        remote_table(clash, 4, None)
 
 
 def test_shards_are_stable_and_spread():
     names = [f"{i:08d}+0000000_HR10.fits" for i in range(3000)]
-    shards = np.array([archives.shard_of(n, 24) for n in names])
+    shards = np.array([shard_of(n, 24) for n in names])
     assert shards.min() == 0 and shards.max() == 23
     assert np.bincount(shards).min() > 3000 / 24 * 0.7
-    assert [archives.shard_of(n, 24) for n in names[:50]] == shards[:50].tolist()
+    assert [shard_of(n, 24) for n in names[:50]] == shards[:50].tolist()
 
 
 def test_setups_are_told_apart_by_wavelength_range():
     lo = np.array([EM["HR10"][0], EM["HR21"][0], EM["HR15N"][0], 5400e-10])
     hi = np.array([EM["HR10"][1], EM["HR21"][1], EM["HR15N"][1], 5450e-10])
-    assert archives.classify_setup(lo, hi, SETUPS, 0.9).tolist() == ["HR10", "HR21", "", ""]
+    assert manifests.classify_setup(lo, hi, SETUPS, 0.9).tolist() == ["HR10", "HR21", "", ""]
 
 
 def test_adql_strings_and_table_names_cannot_break_out():
-    assert archives.adql_string("O'Brien") == "'O''Brien'"
-    assert archives.adql_table('safcat."GES_DR5_1_V1"', "k") == 'safcat."GES_DR5_1_V1"'
-    with pytest.raises(archives.ArchiveConfigError, match="archive.eso.catalog_table"):
-        archives.adql_table("t; DROP TABLE x", "archive.eso.catalog_table")
+    assert manifests.adql_string("O'Brien") == "'O''Brien'"
+    assert manifests.adql_table('safcat."GES_DR5_1_V1"', "k") == 'safcat."GES_DR5_1_V1"'
+    with pytest.raises(ArchiveConfigError, match="archive.eso.catalog_table"):
+        manifests.adql_table("t; DROP TABLE x", "archive.eso.catalog_table")
 
 
 # ------------------------------------------------------------------ download shards + assemble
@@ -302,7 +306,7 @@ def run_shards(tmp_path, remote_path, n_shards, **kw):
     outs = []
     for k in range(n_shards):
         out = tmp_path / f"shard_{k}.parquet"
-        archives.download_shard(remote=str(remote_path), shard=k, dest_dir=str(tmp_path / "files"),
+        download_shard(remote=str(remote_path), shard=k, dest_dir=str(tmp_path / "files"),
                                 journal_dir=str(tmp_path / "journal"), out=str(out),
                                 download=DOWNLOAD, log=lambda _: None, **kw)
         outs.append(str(out))
@@ -323,13 +327,13 @@ def test_rerun_after_a_failed_shard_fetches_only_what_is_missing(fault_server, t
         assert len(ok) == 1, dp                            # fetched once over both runs
     # a different number of shards moves files between shards: still nothing fetched again
     fault_server.reset_records()
-    remote = archives.remote_table(remote.drop(columns=["shard"]), 5, None)
+    remote = remote_table(remote.drop(columns=["shard"]), 5, None)
     save_table(remote_path, remote)
     outs = run_shards(tmp_path, remote_path, 5, allow_missing=True)
     assert not [r for r in fault_server.records if r.path.startswith("/dataPortal")]
 
     raw = tmp_path / "raw"
-    counts = archives.assemble_observed(survey="gaia_eso", remote=str(remote_path),
+    counts = assemble_observed(survey="gaia_eso", remote=str(remote_path),
                                         shard_tables=outs, catalog=str(tmp_path / "catalog.fits"),
                                         raw_dir=str(raw), calibration={"table": None},
                                         log=lambda _: None)
@@ -351,7 +355,7 @@ def test_missing_archive_file_reaches_the_normalize_rejects_not_oblivion(fault_s
         run_shards(tmp_path, tmp_path / "remote.parquet", 3, allow_missing=False)
     outs = run_shards(tmp_path, tmp_path / "remote.parquet", 3, allow_missing=True)
     raw = tmp_path / "raw"
-    counts = archives.assemble_observed(survey="gaia_eso", remote=str(tmp_path / "remote.parquet"),
+    counts = assemble_observed(survey="gaia_eso", remote=str(tmp_path / "remote.parquet"),
                                         shard_tables=outs, catalog=str(tmp_path / "catalog.fits"),
                                         raw_dir=str(raw), calibration={"table": None},
                                         log=lambda _: None)
@@ -387,12 +391,12 @@ def phoenix_cfg(base_url: str, **grid) -> dict:
 
 
 def test_phoenix_grid_points_follow_the_grid_layout():
-    points = archives.phoenix_grid_points({"teff": [5000, 5000, 100], "logg": [4.5, 4.5, 0.5],
+    points = manifests.phoenix_grid_points({"teff": [5000, 5000, 100], "logg": [4.5, 4.5, 0.5],
                                            "fe_h": [-3.5, 0.5, 0.5], "alpha": [0.0, 0.4, 0.2]})
     with_alpha = {(p[2], p[3]) for p in points if p[3] != 0}
     assert {fe for fe, _ in with_alpha} == {-3.0, -2.5, -2.0, -1.5, -1.0, -0.5, 0.0}
     assert len(points) == 9 + 7 * 2
-    rows = archives.phoenix_rows(phoenix_cfg("https://phoenix.astro.physik.uni-goettingen.de/"
+    rows = manifests.phoenix_rows(phoenix_cfg("https://phoenix.astro.physik.uni-goettingen.de/"
                                              "data/HiResFITS"))
     assert rows["archive_url"][0].endswith("/data/HiResFITS/WAVE_PHOENIX-ACES-AGSS-COND-2011.fits")
     assert rows["archive_url"][1] == (
@@ -406,7 +410,7 @@ def test_phoenix_holes_are_recorded_as_missing_not_fatal(fault_server, tmp_path)
 
     prefix = "data/HiResFITS"
     cfg = phoenix_cfg("https://phoenix.astro.physik.uni-goettingen.de/" + prefix)
-    rows = archives.phoenix_rows(cfg)
+    rows = manifests.phoenix_rows(cfg)
     wave = np.linspace(5000.0, 5010.0, 200)
     write_phoenix_wave(fault_server.root / prefix / WAVE_FILENAME, wave)
     holes = set(rows["relpath"][rows["kind"] == "spectrum"][::4])
@@ -418,11 +422,11 @@ def test_phoenix_holes_are_recorded_as_missing_not_fatal(fault_server, tmp_path)
         write_phoenix_spectrum(path, np.full(200, 1e15, np.float32), teff=row.teff,
                                logg=row.logg, fe_h=row.fe_h, alpha=row.alpha)
     remote = tmp_path / "remote.parquet"
-    archives.build_phoenix_manifest(phoenix=cfg, mirror=fault_server.base_url, n_shards=3,
+    manifests.build_phoenix_manifest(phoenix=cfg, mirror=fault_server.base_url, n_shards=3,
                                     remote_out=str(remote), log=lambda _: None)
     outs = run_shards(tmp_path, remote, 3, allow_missing=True)
     raw = tmp_path / "phoenix"
-    counts = archives.assemble_synthetic(remote=str(remote), shard_tables=outs, raw_dir=str(raw),
+    counts = assemble_synthetic(remote=str(remote), shard_tables=outs, raw_dir=str(raw),
                                          log=lambda _: None)
     manifest = load_table(raw / "manifest.parquet")
     assert counts == {"n_models": len(rows) - 1 - len(holes), "n_missing": len(holes)}
@@ -451,7 +455,7 @@ def test_marvels_manifest_lists_one_star1d_file_per_plate(fault_server, tmp_path
     write_marvels_star_catalog(fault_server.root / "sas/dr12/marvels/catalogs/marvelsStar.fits",
                                stars)
     remote = tmp_path / "remote.parquet"
-    archives.build_marvels_manifest(sdss=sdss, mirror=fault_server.base_url, n_shards=2,
+    manifests.build_marvels_manifest(sdss=sdss, mirror=fault_server.base_url, n_shards=2,
                                     download=DOWNLOAD, download_dir=str(tmp_path / "files"),
                                     remote_out=str(remote), catalog_out=str(tmp_path / "c.fits"),
                                     log=lambda _: None)
@@ -462,8 +466,8 @@ def test_marvels_manifest_lists_one_star1d_file_per_plate(fault_server, tmp_path
                                f"results/HD4203/star1d_HD4203.fits")
     assert read_marvels_star_catalog(tmp_path / "c.fits")["star_id"].tolist() == \
         stars["STARNAME"].tolist()
-    with pytest.raises(archives.ArchiveConfigError, match="archive.sdss.rerun"):
-        archives.marvels_plate_rows(["HD4203"], dict(sdss, rerun=None))
+    with pytest.raises(ArchiveConfigError, match="archive.sdss.rerun"):
+        manifests.marvels_plate_rows(["HD4203"], dict(sdss, rerun=None))
 
 
 # ------------------------------------------------------------------ literature tables
@@ -549,11 +553,11 @@ def test_reader_choices_from_config_reach_the_reader(tmp_path):
     wave = np.linspace(5340.0, 5620.0, 300)
     write_ges_spectrum(path, wave, np.full(300, 100.0), np.full(300, 2.0), cname="X", setup="HR10",
                        snr=50.0, resolution=19800.0, vrad_kms=0.0)
-    assert archives.spectrum_reader("gaia_eso", {"medium": "header"})(path).medium == "air"
+    assert surveys.get("gaia_eso").reader({"medium": "header"})(path).medium == "air"
     with pytest.warns(UserWarning, match="TUCD"):
-        assert archives.spectrum_reader("gaia_eso", {"medium": "vacuum"})(path).medium == "vacuum"
+        assert surveys.get("gaia_eso").reader({"medium": "vacuum"})(path).medium == "vacuum"
     with pytest.raises(Exception, match="FLUX_REDUCED"):
-        archives.spectrum_reader("gaia_eso", {"flux_column": "FLUX_REDUCED"})(path)
+        surveys.get("gaia_eso").reader({"flux_column": "FLUX_REDUCED"})(path)
 
 
 # ------------------------------------------------------------------ configs and the DAG
@@ -588,7 +592,7 @@ def test_survey_scale_dag_builds_fast_without_network(tmp_path):
         "kind": "spectrum", "star_id": [c for c in cnames for _ in (0, 1)],
         "setup": ["HR10", "HR21"] * n})
     rows["unit"] = rows["star_id"]
-    save_table(download / "remote.parquet", archives.remote_table(rows, 32, None))
+    save_table(download / "remote.parquet", remote_table(rows, 32, None))
     write_ges_catalog(download / "catalog.fits", pd.DataFrame({
         "OBJECT": cnames, "TEFF": 5000.0, "LOGG": 4.0, "FEH": 0.0}))
     start = time.perf_counter()

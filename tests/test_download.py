@@ -16,9 +16,9 @@ import pytest
 
 from httpfaults import Fault, closed_port
 
-from starlabels.download import (ArchiveUnreachable, DownloadError, RemoteFile,
-                                 credentials_env_names, credentials_from_env, fetch_files,
-                                 safe_relpath, with_mirror)
+from starlabels.acquire.fetch import RemoteFile, fetch_files, safe_relpath, with_mirror
+from starlabels.acquire.http import (ArchiveUnreachable, DownloadError, credentials_env_names,
+                                     credentials_from_env)
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -9,7 +9,7 @@ from starlabels.models import GaiaEsoCNN, build_model, conv_l2_penalty, conv_out
 
 
 def test_output_shape_and_dtype():
-    model = GaiaEsoCNN(n_pixels=400, n_labels=5).eval()
+    model = build_model("cnn_regression", 400, 5).eval()
     out = model(torch.ones(3, 400) + 0.01 * torch.randn(3, 400))
     assert out.shape == (3, 5)
     assert out.dtype == torch.float32
@@ -24,7 +24,7 @@ def test_output_shape_and_dtype():
     (77, 4 * 1),  # the shortest spectrum that leaves one position
 ])
 def test_flattened_size_matches_hand_count_and_a_real_forward_pass(n_pixels, expected):
-    model = GaiaEsoCNN(n_pixels=n_pixels, n_labels=2).eval()
+    model = build_model("cnn_regression", n_pixels, 2).eval()
     assert model.flattened_size == expected
     with torch.no_grad():
         features = model.features(torch.zeros(2, 1, n_pixels))
@@ -34,12 +34,12 @@ def test_flattened_size_matches_hand_count_and_a_real_forward_pass(n_pixels, exp
 
 def test_too_short_spectrum_is_refused():
     with pytest.raises(ValueError, match="too short"):
-        GaiaEsoCNN(n_pixels=76, n_labels=2)
+        build_model("cnn_regression", 76, 2)
     assert conv_output_length(77, (10, 15, 10), (2, 2)) == 1
 
 
 def test_layers_follow_the_group_template():
-    model = GaiaEsoCNN(n_pixels=1000, n_labels=5)
+    model = build_model("cnn_regression", 1000, 5)
     f = list(model.features)
     kinds = [type(m) for m in f]
     assert kinds == [nn.Conv1d, nn.LeakyReLU, nn.MaxPool1d, nn.Conv1d, nn.LeakyReLU, nn.MaxPool1d,
@@ -60,7 +60,7 @@ def test_layers_follow_the_group_template():
 
 def test_continuum_maps_to_zero_input():
     """With zero conv biases a flat continuum (flux = 1) must give an all-zero feature map."""
-    model = GaiaEsoCNN(n_pixels=300, n_labels=2).eval()
+    model = build_model("cnn_regression", 300, 2).eval()
     for m in model.modules():
         if isinstance(m, nn.Conv1d):
             nn.init.zeros_(m.bias)
@@ -75,7 +75,7 @@ def test_continuum_maps_to_zero_input():
 
 
 def test_wrong_input_shape_is_refused():
-    model = GaiaEsoCNN(n_pixels=300, n_labels=2)
+    model = build_model("cnn_regression", 300, 2)
     with pytest.raises(ValueError, match=r"\(batch, 300\)"):
         model(torch.ones(2, 1, 300))
 
@@ -97,7 +97,7 @@ def test_registry_rejects_unknown_method_and_keys():
 
 
 def test_conv_l2_penalty_is_sum_of_squared_conv_kernels_only():
-    model = GaiaEsoCNN(n_pixels=400, n_labels=2)
+    model = build_model("cnn_regression", 400, 2)
     expected = sum(float((m.weight.detach() ** 2).sum()) for m in model.modules() if isinstance(m, nn.Conv1d))
     penalty = conv_l2_penalty(model)
     assert penalty.ndim == 0

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from starlabels import artifacts
-from starlabels.predict import (input_gradients, iter_shard_predictions, predict_shard,
-                                select_members, shard_rows, write_shard, write_shard_chunks)
-from starlabels.train import load_member, predict_scaled, train_member
+from starlabels.cnn.predict import iter_shard_predictions, predict_shard, write_shard_chunks
+from starlabels.cnn.train import predict_scaled, train_member
+from starlabels.members import load_member, select_members, shard_rows, write_shard
+from starlabels.validate import input_gradients
 
 LABELS = ["teff", "logg"]
 GRID_HASH = "toygrid0123456789"
@@ -182,7 +183,7 @@ def test_input_gradients_peak_at_the_informative_line(survey, members):
 def test_input_gradients_are_in_physical_units(survey, members):
     """Teff spans ~3000 K and log g ~4 dex: physical gradients scale by those spans."""
     flux = np.asarray(artifacts.load_matrix(survey["flux"])[260:270])
-    physical = input_gradients(members[:1], flux)
+    physical = input_gradients(members[:1], flux, device="cpu")
     model, meta = load_member(members[0])
     x = torch.from_numpy(flux.copy()).requires_grad_(True)
     model(x)[:, 1].sum().backward()

@@ -12,11 +12,12 @@ import torch
 
 from starlabels import artifacts
 from procs import kill_9_at_checkpoint
-from starlabels.train import CHECKPOINT_NAME, load_member, train_member
+from starlabels.cnn.train import train_member
+from starlabels.members import CHECKPOINT_NAME, load_member
 
 SCRIPT = """
 import sys, numpy as np
-from starlabels.train import train_member
+from starlabels.cnn.train import train_member
 cfg = dict(seed=3, device="cpu", epochs=int(sys.argv[4]), batch_size=16, learning_rate=3e-3,
            patience=100, conv_l2=0.0, architecture={{}}, method="cnn_regression", min_delta=0.0,
            lr_schedule="cosine", checkpoint_every=2)

@@ -16,8 +16,8 @@ import torch
 from procs import kill_9_at_checkpoint
 from starlabels import artifacts
 from starlabels.config import validate_config
-from starlabels.remap.train import train_remap_member
-from starlabels.train import CHECKPOINT_NAME, MODEL_FILE
+from starlabels.members import CHECKPOINT_NAME, MODEL_FILE
+from starlabels.remap.member import train_remap_member
 
 LABELS = ["teff", "logg", "fe_h"]
 
@@ -157,7 +157,7 @@ SCRIPT = """
 import sys, time
 sys.path.insert(0, {tests!r})
 from test_remap_preemption import LABELS, _settings
-from starlabels.remap.train import train_remap_member
+from starlabels.remap.member import train_remap_member
 train, remap = _settings()
 train_remap_member(sys.argv[1], sys.argv[2], LABELS, 0, train, remap, sys.argv[3],
                    log=lambda m: (print(m, flush=True),

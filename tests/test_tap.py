@@ -7,8 +7,8 @@ import pytest
 
 from httpfaults import FakeTap, Fault, closed_port
 
-from starlabels.download import ArchiveUnreachable
-from starlabels.tap import TapError, tap_async_query, tap_columns
+from starlabels.acquire.http import ArchiveUnreachable
+from starlabels.acquire.tap import TapError, tap_async_query, tap_columns
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -9,8 +9,8 @@ import torch
 
 from starlabels import artifacts
 from starlabels.models import conv_l2_penalty
-from starlabels.train import (load_keep, load_member, predict_scaled, resolve_device,
-                              select_rows, train_member)
+from starlabels.cnn.train import load_keep, predict_scaled, select_rows, train_member
+from starlabels.members import load_member, resolve_device
 
 LABELS = ["teff", "logg"]
 GRID_HASH = "toygrid0123456789"

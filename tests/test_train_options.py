@@ -10,8 +10,9 @@ import torch
 
 from starlabels import artifacts
 from starlabels.models import build_model
-from starlabels.train import (CHECKPOINT_NAME, _checkpoint_identity, _to_device_rows,
-                              keep_resident, load_member, train_member, write_model_folder)
+from starlabels.cnn.train import checkpoint_identity, train_member
+from starlabels.members import (CHECKPOINT_NAME, keep_resident, load_member, to_device_rows,
+                                write_model_folder)
 
 LABELS = ["teff", "logg"]
 
@@ -115,7 +116,7 @@ def test_keep_resident_decision():
 def test_host_batch_gather_matches_indexing():
     flux = torch.arange(60, dtype=torch.float32).reshape(12, 5)
     rows = torch.tensor([7, 0, 11, 3])
-    out = _to_device_rows(flux, rows, torch.device("cpu"))
+    out = to_device_rows(flux, rows, torch.device("cpu"))
     assert torch.equal(out, flux[rows])
     assert out.is_pinned() == torch.cuda.is_available()
 
@@ -131,10 +132,10 @@ def test_compiled_wrapper_is_saved_with_plain_keys(tmp_path):
 
 def test_placement_options_do_not_invalidate_checkpoints():
     base = _cfg(checkpoint_every=2)
-    identity = _checkpoint_identity("h", base, 0)
-    assert _checkpoint_identity("h", dict(base, resident="never", compile=False), 0) == identity
-    assert _checkpoint_identity("h", dict(base, compile=True), 0) != identity
-    assert _checkpoint_identity("h", dict(base, learning_rate=1.0), 0) != identity
+    identity = checkpoint_identity("h", base, 0)
+    assert checkpoint_identity("h", dict(base, resident="never", compile=False), 0) == identity
+    assert checkpoint_identity("h", dict(base, compile=True), 0) != identity
+    assert checkpoint_identity("h", dict(base, learning_rate=1.0), 0) != identity
 
 
 def test_resume_with_other_resident_setting_matches_uninterrupted(toy, tmp_path):

@@ -1,12 +1,8 @@
-import sys
+from starlabels import runtime
 
-sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)  # the rule log gets everything
-
+job = runtime.job(snakemake)  # the rule log gets everything; config hash of all params
 from starlabels import stages  # noqa: E402
 
-stages.acquire_synthetic(
-    simulate_cfg=snakemake.params.simulate,
-    raw_dir=snakemake.output.models.rsplit("/", 1)[0],
-    threads=snakemake.threads,
-    config_hash=snakemake.params.config_hash,
-)
+i, o, p = snakemake.input, snakemake.output, snakemake.params
+stages.acquire_synthetic(simulate_cfg=p.simulate, raw_dir=runtime.folder(o.models),
+                         threads=snakemake.threads, config_hash=job.config_hash)

@@ -1,22 +1,10 @@
-import sys
+from starlabels import runtime
 
-sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)  # the rule log gets everything
-
+job = runtime.job(snakemake)  # the rule log gets everything; config hash of all params
 from starlabels import stages  # noqa: E402
 
-sys.excepthook = stages.concise_excepthook  # an unreachable archive is one clear message
-
-stages.archive_manifest(
-    survey=snakemake.params.survey,
-    source=snakemake.params.source,
-    mirror=snakemake.params.mirror,
-    archive_cfg=snakemake.params.archive,
-    download_cfg=snakemake.params.download,
-    grid_cfg=snakemake.params.grid,
-    labels=snakemake.params.labels,
-    remote=snakemake.output.remote,
-    catalog=snakemake.output.catalog,
-    download_dir=snakemake.params.download_dir,
-    reference_stars=snakemake.params.reference_stars,
-    config_hash=snakemake.params.config_hash,
-)
+i, o, p = snakemake.input, snakemake.output, snakemake.params
+stages.archive_manifest(survey=p.survey, source=p.source, mirror=p.mirror, archive_cfg=p.archive,
+                        download_cfg=p.download, grid_cfg=p.grid, labels=p.labels,
+                        remote=o.remote, catalog=o.catalog, download_dir=p.download_dir,
+                        reference_stars=p.reference_stars, config_hash=job.config_hash)

@@ -1,17 +1,9 @@
-import sys
+from starlabels import runtime
 
-sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)  # the rule log gets everything
-
+job = runtime.job(snakemake)  # the rule log gets everything; config hash of all params
 from starlabels import stages  # noqa: E402
 
-sys.excepthook = stages.concise_excepthook  # e.g. an empty calibration table: one clear message
-
-stages.assemble_observed(
-    survey=snakemake.params.survey,
-    remote=snakemake.input.remote,
-    shards=list(snakemake.input.shards),
-    catalog=snakemake.input.catalog,
-    raw_dir=snakemake.output.spectra.rsplit("/", 1)[0],
-    reference_stars=snakemake.params.reference_stars,
-    config_hash=snakemake.params.config_hash,
-)
+i, o, p = snakemake.input, snakemake.output, snakemake.params
+stages.archive_observed(survey=p.survey, remote=i.remote, shards=list(i.shards),
+                        catalog=i.catalog, raw_dir=runtime.folder(o.spectra),
+                        reference_stars=p.reference_stars, config_hash=job.config_hash)

@@ -1,12 +1,8 @@
-import sys
+from starlabels import runtime
 
-sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)  # the rule log gets everything
-
+job = runtime.job(snakemake)  # the rule log gets everything; config hash of all params
 from starlabels import stages  # noqa: E402
 
-stages.assemble_synthetic(
-    remote=snakemake.input.remote,
-    shards=list(snakemake.input.shards),
-    raw_dir=snakemake.output.models.rsplit("/", 1)[0],
-    config_hash=snakemake.params.config_hash,
-)
+i, o, p = snakemake.input, snakemake.output, snakemake.params
+stages.archive_synthetic(remote=i.remote, shards=list(i.shards),
+                         raw_dir=runtime.folder(o.models), config_hash=job.config_hash)

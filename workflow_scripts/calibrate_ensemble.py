@@ -1,13 +1,8 @@
-import sys
+from starlabels import runtime
 
-sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)  # the rule log gets everything
-
+job = runtime.job(snakemake)  # the rule log gets everything; config hash of all params
 from starlabels import stages  # noqa: E402
 
-stages.calibrate_ensemble(
-    flux=snakemake.input.flux,
-    table=snakemake.input.table,
-    model_dirs=[path.rsplit("/", 1)[0] for path in snakemake.input.models],
-    cfg=snakemake.params.calibration,
-    out=snakemake.output[0],
-)
+i, o, p = snakemake.input, snakemake.output, snakemake.params
+stages.calibrate_ensemble(flux=i.flux, table=i.table, model_dirs=runtime.folders(i.models),
+                          cfg=p.calibration, out=o[0])

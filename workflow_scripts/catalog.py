@@ -1,20 +1,10 @@
-import sys
+from starlabels import runtime
 
-sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)  # the rule log gets everything
-
+job = runtime.job(snakemake)  # the rule log gets everything; config hash of all params
 from starlabels import stages  # noqa: E402
 
-stages.catalog(
-    shards=list(snakemake.input.shards),
-    table=snakemake.input.table,
-    clean_table=snakemake.input.clean,
-    model_dirs=[path.rsplit("/", 1)[0] for path in snakemake.input.models],
-    labels=snakemake.params.labels,
-    cfg=snakemake.params.catalog,
-    experiment=snakemake.wildcards.exp,
-    method=snakemake.params.method,
-    fits_path=snakemake.output.fits,
-    parquet_path=snakemake.output.parquet,
-    config_hash=snakemake.params.config_hash,
-    classes=snakemake.params.classes,
-)
+i, o, p = snakemake.input, snakemake.output, snakemake.params
+stages.catalog(shards=list(i.shards), table=i.table, clean_table=i.clean,
+               model_dirs=runtime.folders(i.models), labels=p.labels, cfg=p.catalog,
+               experiment=snakemake.wildcards.exp, method=p.method, fits_path=o.fits,
+               parquet_path=o.parquet, config_hash=job.config_hash, classes=p.classes)

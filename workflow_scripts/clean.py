@@ -1,16 +1,8 @@
-import sys
+from starlabels import runtime
 
-sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)  # the rule log gets everything
-
+job = runtime.job(snakemake)  # the rule log gets everything; config hash of all params
 from starlabels import stages  # noqa: E402
 
-stages.clean(
-    flux=snakemake.input.flux,
-    table=snakemake.input.table,
-    labels=snakemake.params.labels,
-    cfg=snakemake.params.clean,
-    out_table=snakemake.output.table,
-    plot=snakemake.output.plot,
-    threads=snakemake.threads,
-    config_hash=snakemake.params.config_hash,
-)
+i, o, p = snakemake.input, snakemake.output, snakemake.params
+stages.clean(flux=i.flux, table=i.table, labels=p.labels, cfg=p.clean, out_table=o.table,
+             plot=o.plot, threads=snakemake.threads, config_hash=job.config_hash)

@@ -1,18 +1,10 @@
-import sys
+from starlabels import runtime
 
-sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)  # the rule log gets everything
-
+job = runtime.job(snakemake)  # the rule log gets everything; config hash of all params
 from starlabels import stages  # noqa: E402
 
-sys.excepthook = stages.concise_excepthook  # an unreachable archive is one clear message
-
-stages.download_shard(
-    remote=snakemake.input.remote,
-    shard=int(snakemake.wildcards.shard),
-    dest_dir=snakemake.params.dest_dir,
-    journal_dir=snakemake.params.journal_dir,
-    out=snakemake.output[0],
-    dataset=snakemake.wildcards.dataset,
-    download_cfg=snakemake.params.download,
-    credentials_env=snakemake.params.credentials_env,
-)
+i, o, p = snakemake.input, snakemake.output, snakemake.params
+stages.download_shard(remote=i.remote, shard=int(snakemake.wildcards.shard),
+                      dest_dir=p.dest_dir, journal_dir=p.journal_dir, out=o[0],
+                      dataset=snakemake.wildcards.dataset, download_cfg=p.download,
+                      credentials_env=p.credentials_env)

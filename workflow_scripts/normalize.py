@@ -1,23 +1,11 @@
-import sys
+from starlabels import runtime
 
-sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)  # the rule log gets everything
-
+job = runtime.job(snakemake)  # the rule log gets everything; config hash of all params
 from starlabels import stages  # noqa: E402
 
-stages.normalize(
-    survey=snakemake.params.survey,
-    manifest=snakemake.input.manifest,
-    catalog=snakemake.input.catalog,
-    calibration=snakemake.input.calibration,
-    labels=snakemake.params.labels,
-    grid_cfg=snakemake.params.grid,
-    selection=snakemake.params.selection,
-    solar=snakemake.params.solar,
-    cfg=snakemake.params.normalize,
-    flux=snakemake.output.flux,
-    ivar=snakemake.output.ivar,
-    table=snakemake.output.table,
-    rejects=snakemake.output.rejects,
-    threads=snakemake.threads,
-    config_hash=snakemake.params.config_hash,
-)
+i, o, p = snakemake.input, snakemake.output, snakemake.params
+stages.normalize(survey=p.survey, manifest=i.manifest, catalog=i.catalog,
+                 calibration=i.calibration, labels=p.labels, grid_cfg=p.grid,
+                 selection=p.selection, solar=p.solar, cfg=p.normalize, flux=o.flux,
+                 ivar=o.ivar, table=o.table, rejects=o.rejects, threads=snakemake.threads,
+                 config_hash=job.config_hash)

@@ -1,15 +1,9 @@
-import sys
+from starlabels import runtime
 
-sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)  # the rule log gets everything
-
+job = runtime.job(snakemake)  # the rule log gets everything; config hash of all params
 from starlabels import stages  # noqa: E402
 
-sys.excepthook = stages.concise_excepthook  # a config gap is one clear message
-
-stages.phoenix_manifest(
-    phoenix_cfg=snakemake.params.phoenix,
-    mirror=snakemake.params.mirror,
-    download_cfg={"shards": snakemake.params.shards},
-    remote=snakemake.output.remote,
-    config_hash=snakemake.params.config_hash,
-)
+i, o, p = snakemake.input, snakemake.output, snakemake.params
+stages.phoenix_manifest(phoenix_cfg=p.phoenix, mirror=p.mirror,
+                        download_cfg={"shards": p.shards}, remote=o.remote,
+                        config_hash=job.config_hash)

@@ -1,24 +1,13 @@
-import sys
+from starlabels import runtime
 
-sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)  # the rule log gets everything
-
+job = runtime.job(snakemake)  # the rule log gets everything; config hash of all params
 from starlabels import stages  # noqa: E402
 
+i, o, p = snakemake.input, snakemake.output, snakemake.params
 stages.remap_report(
-    flux=snakemake.input.flux,
-    table=snakemake.input.table,
-    catalog=snakemake.input.catalog,
-    truth=snakemake.input.get("truth"),
-    model_dirs=[path.rsplit("/", 1)[0] for path in snakemake.input.models],
-    ablation_dirs={
-        variant: path.rsplit("/", 1)[0]
-        for variant, path in zip(snakemake.params.variants, snakemake.input.ablation)
-    },
-    classes=snakemake.params.classes,
-    metrics=snakemake.output.metrics,
-    ablation_md=snakemake.output.ablation,
-    reliability_plot=snakemake.output.reliability,
-    embedding_plot=snakemake.output.embedding_map,
-    config_hash=snakemake.params.config_hash,
-    ensemble_calibration=snakemake.input.get("ensemble_calibration"),
-)
+    flux=i.flux, table=i.table, catalog=i.catalog, truth=i.get("truth"),
+    model_dirs=runtime.folders(i.models),
+    ablation_dirs=dict(zip(p.variants, runtime.folders(i.ablation))), classes=p.classes,
+    targets=p.targets, metrics=o.metrics, ablation_md=o.ablation,
+    reliability_plot=o.reliability, embedding_plot=o.embedding_map,
+    config_hash=job.config_hash, ensemble_calibration=i.get("ensemble_calibration"))

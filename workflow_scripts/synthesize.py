@@ -1,18 +1,9 @@
-import sys
+from starlabels import runtime
 
-sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)  # the rule log gets everything
-
+job = runtime.job(snakemake)  # the rule log gets everything; config hash of all params
 from starlabels import stages  # noqa: E402
 
-stages.synthesize(
-    manifest=snakemake.input.manifest,
-    grid_cfg=snakemake.params.grid,
-    cfg=snakemake.params.synthesize,
-    continuum=snakemake.params.continuum,
-    flux=snakemake.output.flux,
-    ivar=snakemake.output.ivar,
-    table=snakemake.output.table,
-    rejects=snakemake.output.rejects,
-    threads=snakemake.threads,
-    config_hash=snakemake.params.config_hash,
-)
+i, o, p = snakemake.input, snakemake.output, snakemake.params
+stages.synthesize(manifest=i.manifest, grid_cfg=p.grid, cfg=p.synthesize, continuum=p.continuum,
+                  flux=o.flux, ivar=o.ivar, table=o.table, rejects=o.rejects,
+                  threads=snakemake.threads, config_hash=job.config_hash)

@@ -1,17 +1,9 @@
-import sys
+from starlabels import runtime
 
-sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)  # the rule log gets everything
-
+job = runtime.job(snakemake)  # the rule log gets everything; config hash of all params
 from starlabels import stages  # noqa: E402
 
-stages.train(
-    flux=snakemake.input.flux,
-    table=snakemake.input.table,
-    labels=snakemake.params.labels,
-    member=int(snakemake.wildcards.get("member", 0)),  # ablation variants reuse member 0's seed
-    cfg=dict(snakemake.params.train, method=snakemake.params.method),
-    model_dir=snakemake.output.sidecar.rsplit("/", 1)[0],
-    threads=snakemake.threads,
-    remap_cfg=snakemake.params.remap,
-    variant=snakemake.wildcards.get("variant", "full"),
-)
+i, o, p = snakemake.input, snakemake.output, snakemake.params
+stages.train(flux=i.flux, table=i.table, labels=p.labels, member=int(snakemake.wildcards.member),
+             cfg=dict(p.train, method=p.method), model_dir=runtime.folder(o.sidecar),
+             threads=snakemake.threads, method_cfg=p.method_cfg)

@@ -1,18 +1,10 @@
-import sys
+from starlabels import runtime
 
-sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)  # the rule log gets everything
-
+job = runtime.job(snakemake)  # the rule log gets everything; config hash of all params
 from starlabels import stages  # noqa: E402
 
-stages.trainset(
-    sources=snakemake.params.sources,
-    labels=snakemake.params.labels,
-    observed_flux=snakemake.input.observed_flux,
-    observed_table=snakemake.input.observed_table,
-    clean_table=snakemake.input.clean_table,
-    synthetic_flux=snakemake.input.get("synthetic_flux"),
-    synthetic_table=snakemake.input.get("synthetic_table"),
-    flux=snakemake.output.flux,
-    table=snakemake.output.table,
-    config_hash=snakemake.params.config_hash,
-)
+i, o, p = snakemake.input, snakemake.output, snakemake.params
+stages.trainset(sources=p.sources, labels=p.labels, observed_flux=i.observed_flux,
+                observed_table=i.observed_table, clean_table=i.clean_table, flux=o.flux,
+                table=o.table, synthetic_flux=i.get("synthetic_flux"),
+                synthetic_table=i.get("synthetic_table"), config_hash=job.config_hash)

@@ -1,30 +1,15 @@
-import sys
+from starlabels import runtime
 
-sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)  # the rule log gets everything
+job = runtime.job(snakemake)  # the rule log gets everything; config hash of all params
+from starlabels import stages  # noqa: E402
 
-from starlabels.validate import validate  # noqa: E402
-
-validate(
-    catalog=snakemake.input.catalog,
-    table=snakemake.input.table,
-    flux=snakemake.input.flux,
-    clean_table=snakemake.input.clean,
-    rejects=snakemake.input.rejects,
-    truth=snakemake.input.get("truth"),  # None for real data (no truth table)
-    model_dirs=[path.rsplit("/", 1)[0] for path in snakemake.input.models],
-    labels=snakemake.params.labels,
-    survey=snakemake.params.survey,
-    grid_cfg=snakemake.params.grid,
-    cfg=snakemake.params.validate,
-    metrics=snakemake.output.metrics,
-    plots={
-        name: getattr(snakemake.output, name)
-        for name in ("one_to_one_true", "one_to_one_reference", "kiel", "abundances", "tsne",
-                     "gradients", "precision_vs_snr")
-    },
-    experiment=snakemake.wildcards.exp,
-    linelist=snakemake.params.linelist,
-    simulate_cfg=snakemake.params.simulate,
-    config_hash=snakemake.params.config_hash,
-    remap_report=snakemake.input.get("remap"),  # deep_remap experiments only
-)
+i, o, p = snakemake.input, snakemake.output, snakemake.params
+PLOTS = ("one_to_one_true", "one_to_one_reference", "kiel", "abundances", "tsne", "gradients",
+         "precision_vs_snr")
+stages.validate(catalog=i.catalog, table=i.table, flux=i.flux, clean_table=i.clean,
+                rejects=i.rejects, truth=i.get("truth"), model_dirs=runtime.folders(i.models),
+                labels=p.labels, survey=p.survey, grid_cfg=p.grid, cfg=p.validate,
+                metrics=o.metrics, plots={name: o[name] for name in PLOTS},
+                experiment=snakemake.wildcards.exp, linelist=p.linelist,
+                simulate_cfg=p.simulate, config_hash=job.config_hash, method=p.method,
+                method_report=i.get("method_report"))

@@ -33,7 +33,7 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -41,6 +41,8 @@ from astropy.io import fits
 
 from ..artifacts import atomic_path
 from .fitsfast import NotSimpleFITS, read_simple_table, write_fits
+from .fitstools import (as_text, catalog_hdu, column_lookup, content_errors, name_lookup,
+                        open_fits, safe_name_part, table_hdu, wavelength_scale)
 from .spectrum import Spectrum, SpectrumFormatError
 
 __all__ = [
@@ -48,15 +50,6 @@ __all__ = [
     "ges_spectrum_filename", "GES_CATALOG_COLUMNS", "read_ges_flags",
 ]
 
-# FITS wavelength units we accept, and the factor that turns them into Angstrom. Anything else
-# (including the ambiguous 'A', which FITS reads as ampere) is refused rather than guessed.
-_WAVELENGTH_UNIT_TO_ANGSTROM = {
-    "nm": 10.0, "nanometer": 10.0, "nanometers": 10.0,
-    "angstrom": 1.0, "angstroms": 1.0, "aa": 1.0, "\u00e5": 1.0, "0.1nm": 1.0,
-}
-
-# astropy warnings on open that mean the file is damaged, not merely non-standard
-_FATAL_OPEN_WARNINGS = ("truncated", "corrupt", "Error validating header")
 
 # UCD the ESO Phase-3 standard gives to a wavelength column: air adds ';obs.atmos'.
 _UCD_AIR = "em.wl;obs.atmos"
@@ -64,113 +57,6 @@ _UCD_VACUUM = "em.wl"
 
 
 # ---------------------------------------------------------------- shared small helpers
-
-def _safe_name_part(text: str, what: str) -> str:
-    """Map ``text`` onto the characters [A-Za-z0-9._+-] with no leading dots.
-
-    Every other character (path separators included) becomes '_', so the result can never
-    leave the folder it is joined to, nor be a hidden file or '.'/'..'.
-    """
-    safe = re.sub(r"[^A-Za-z0-9._+-]", "_", str(text)).lstrip(".")
-    if not safe:
-        raise ValueError(f"{what} {text!r} leaves nothing usable for a file name")
-    return safe
-
-
-def _check_fits_size(path: Path) -> None:
-    """Refuse empty files and uncompressed FITS whose size is not a whole number of 2880-byte
-    blocks: astropy reads some truncated files silently, dropping or shortening the last HDU."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            magic = fh.read(6)
-    except OSError as exc:
-        raise SpectrumFormatError(path, f"cannot open file ({exc.strerror or exc})") from exc
-    if size == 0:
-        raise SpectrumFormatError(path, "empty file")
-    if magic == b"SIMPLE" and size % 2880 != 0:
-        raise SpectrumFormatError(path, f"file size {size} bytes is not a multiple of the FITS "
-                                        f"block size 2880: truncated or corrupt")
-
-
-@contextlib.contextmanager
-def _open_fits(path: Path) -> Iterator[fits.HDUList]:
-    """Open a FITS file for reading; turn every astropy/numpy failure inside the block into a
-    :class:`SpectrumFormatError` naming the file (data are read lazily, so a corrupt data unit
-    fails only when the block touches it)."""
-    _check_fits_size(path)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            hdul = fits.open(path, memmap=False, lazy_load_hdus=False)
-    except Exception as exc:  # astropy raises OSError, ValueError, TypeError, ... on junk
-        raise SpectrumFormatError(path, f"not a readable FITS file ({type(exc).__name__}: "
-                                        f"{exc})") from exc
-    for warning in caught:
-        # astropy only warns about a file cut on a block boundary and drops the broken HDU
-        if any(word in str(warning.message) for word in _FATAL_OPEN_WARNINGS):
-            hdul.close()
-            raise SpectrumFormatError(path, f"truncated or corrupt FITS file "
-                                            f"({str(warning.message).splitlines()[0]})")
-        warnings.warn_explicit(warning.message, warning.category, warning.filename,
-                               warning.lineno)
-    try:
-        with _content_errors(path):
-            yield hdul
-    finally:
-        hdul.close()
-
-
-@contextlib.contextmanager
-def _content_errors(path: Path) -> Iterator[None]:
-    """Any astropy/numpy failure inside the block becomes a :class:`SpectrumFormatError`."""
-    try:
-        yield
-    except SpectrumFormatError:
-        raise
-    except (OSError, ValueError, TypeError, KeyError, IndexError, EOFError) as exc:
-        raise SpectrumFormatError(path, f"corrupt FITS content ({type(exc).__name__}: "
-                                        f"{exc})") from exc
-
-
-def _table_hdu(hdul: fits.HDUList, path: Path, index: int = 1) -> fits.BinTableHDU:
-    """The binary table at ``index``; missing HDU or a non-table there is a format error."""
-    if len(hdul) <= index:
-        raise SpectrumFormatError(path, f"missing HDU {index}: file has only {len(hdul)} HDU(s)")
-    hdu = hdul[index]
-    if not isinstance(hdu, fits.BinTableHDU):
-        raise SpectrumFormatError(path, f"HDU {index} is a {type(hdu).__name__}, "
-                                        f"expected a binary table")
-    return hdu
-
-
-def _column_lookup(hdu: fits.BinTableHDU, path: Path) -> dict[str, str]:
-    """Map upper-case column name -> name as stored (TAP output may be lower case)."""
-    return _name_lookup(hdu.columns.names, path)
-
-
-def _name_lookup(names: Sequence[str], path: Path) -> dict[str, str]:
-    """:func:`_column_lookup` for a list of column names."""
-    lookup: dict[str, str] = {}
-    for name in names:
-        key = name.strip().upper()
-        if key in lookup:
-            raise SpectrumFormatError(path, f"columns {lookup[key]!r} and {name!r} differ only "
-                                            f"in case")
-        lookup[key] = name
-    return lookup
-
-
-def _wavelength_scale(unit: str | None, path: Path, column: str) -> float:
-    """Factor from the stored wavelength unit to Angstrom; unknown or missing unit is an error."""
-    if unit is None or not str(unit).strip():
-        raise SpectrumFormatError(path, f"column {column} has no TUNIT; cannot tell nm from "
-                                        f"Angstrom")
-    key = str(unit).strip().lower()
-    if key not in _WAVELENGTH_UNIT_TO_ANGSTROM:
-        raise SpectrumFormatError(path, f"unknown wavelength unit {unit!r} in column {column} "
-                                        f"(expected nm or Angstrom)")
-    return _WAVELENGTH_UNIT_TO_ANGSTROM[key]
 
 
 def _header_float(header: fits.Header, key: str, default: float = math.nan) -> float:
@@ -182,16 +68,6 @@ def _header_float(header: fits.Header, key: str, default: float = math.nan) -> f
         return float(value)
     except (TypeError, ValueError):
         return default
-
-
-def _as_text(values: np.ndarray) -> np.ndarray:
-    """FITS string column -> object array of stripped ``str`` (bytes decoded as ASCII)."""
-    out = []
-    for v in np.asarray(values).ravel():
-        if isinstance(v, (bytes, np.bytes_)):
-            v = v.decode("ascii", errors="replace")
-        out.append(str(v).strip())
-    return np.array(out, dtype=object)
 
 
 def _set_header(header: fits.Header, extra: dict | None) -> None:
@@ -219,7 +95,7 @@ def ges_spectrum_filename(cname: str, setup: str) -> str:
     Both parts are reduced to [A-Za-z0-9._+-] (other characters -> '_', leading dots dropped),
     so a hostile or odd CNAME/setup ('../x', 'HR10|HR21') cannot escape the download folder.
     """
-    return f"{_safe_name_part(cname, 'cname')}_{_safe_name_part(setup, 'setup')}.fits"
+    return f"{safe_name_part(cname, 'cname')}_{safe_name_part(setup, 'setup')}.fits"
 
 
 # ---------------------------------------------------------------- spectrum writer
@@ -387,16 +263,16 @@ def _spectrum_hdus(path: Path) -> Iterator[tuple[Any, Callable[[], _SpectrumTabl
     except NotSimpleFITS:
         simple = None
     if simple is None:
-        with _open_fits(path) as hdul:
+        with open_fits(path) as hdul:
             yield hdul[0].header, lambda: _astropy_table(hdul, path)
         return
     table = _SpectrumTable(simple.names, simple.units.get, simple.header, lambda: simple.rows)
-    with _content_errors(path):
+    with content_errors(path):
         yield simple.primary, lambda: table
 
 
 def _astropy_table(hdul: fits.HDUList, path: Path) -> _SpectrumTable:
-    hdu = _table_hdu(hdul, path, 1)
+    hdu = table_hdu(hdul, path, 1)
     return _SpectrumTable(hdu.columns.names, lambda name: hdu.columns[name].unit, hdu.header,
                           lambda: hdu.data)
 
@@ -424,7 +300,7 @@ def read_ges_spectrum(path: str | os.PathLike, *, flux_column: str = "auto",
             raise SpectrumFormatError(path, "primary header has neither SETUP nor DISPELEM: "
                                             "cannot tell the GIRAFFE setup")
         table = hdu1()
-        lookup = _name_lookup(table.names, path)
+        lookup = name_lookup(table.names, path)
         if "WAVE" not in lookup:
             raise SpectrumFormatError(path, f"missing column WAVE (columns: {sorted(lookup)})")
         flux_name = _choose_flux_column(flux_column, lookup, path)
@@ -435,7 +311,7 @@ def read_ges_spectrum(path: str | os.PathLike, *, flux_column: str = "auto",
         if nrows != 1:
             raise SpectrumFormatError(path, f"HDU1 has {nrows} rows; a Phase-3 1-D spectrum "
                                             f"has exactly one row of array columns")
-        scale = _wavelength_scale(table.unit(lookup["WAVE"]), path, "WAVE")
+        scale = wavelength_scale(table.unit(lookup["WAVE"]), path, "WAVE")
         wave_ucd = table.header.get(f"TUCD{table.names.index(lookup['WAVE']) + 1}")
         wavelength = _row_array(data, lookup, "WAVE", path) * scale
         flux = _row_array(data, lookup, flux_name, path)
@@ -487,17 +363,6 @@ _GES_REQUIRED = ("OBJECT", "TEFF", "LOGG", "FEH")
 _GES_FLAG_COLUMNS = ("TECH", "PECULI", "REMARK")
 
 
-def _string_column(name: str, values) -> fits.Column:
-    """A fixed-width ASCII string column; missing values (None/NaN) become ''."""
-    text = ["" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
-            for v in values]
-    for t in text:
-        if not t.isascii():
-            raise ValueError(f"column {name}: FITS strings must be ASCII, got {t!r}")
-    width = max([len(t) for t in text] + [1])
-    return fits.Column(name=name, format=f"{width}A", array=np.array(text, dtype=f"S{width}"))
-
-
 def write_ges_catalog(path: str | os.PathLike, table: pd.DataFrame) -> None:
     """Write a DR5.1-like parameter catalog (FITS binary table, HDU1 'GES_DR5_1_V1').
 
@@ -505,32 +370,11 @@ def write_ges_catalog(path: str | os.PathLike, table: pd.DataFrame) -> None:
     LOGG and FEH are required; the others may be left out (to mimic catalogs without them);
     an unknown column is refused because its unit would be unknown.
     """
-    hdu = _catalog_hdu(table, GES_CATALOG_COLUMNS, _GES_REQUIRED, "GES_DR5_1_V1", "GES catalog")
+    hdu = catalog_hdu(table, GES_CATALOG_COLUMNS, _GES_REQUIRED, "GES_DR5_1_V1", "GES catalog")
     hdu.header["ORIGIN"] = ("ESO", "Gaia-ESO Survey DR5.1-like catalog")
     hdu.header.add_comment("MG1, AL1: absolute abundances log eps(X) = log10(N_X/N_H) + 12")
     with atomic_path(path) as tmp:
         fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp, checksum=True)
-
-
-def _catalog_hdu(table: pd.DataFrame, spec: dict[str, tuple[str, str | None]],
-                 required: Sequence[str], extname: str, what: str) -> fits.BinTableHDU:
-    """A catalogue table HDU from ``table`` whose columns must all be described in ``spec``
-    (name → (TFORM, unit)); shared by the Gaia-ESO and MARVELS catalogue writers."""
-    missing = [c for c in required if c not in table.columns]
-    unknown = [c for c in table.columns if c not in spec]
-    if missing or unknown:
-        raise ValueError(f"{what}: missing required columns {missing}, unknown columns "
-                         f"{unknown}")
-    columns = []
-    for name, (fmt, unit) in spec.items():
-        if name not in table.columns:
-            continue
-        if fmt == "A":
-            columns.append(_string_column(name, table[name].tolist()))
-        else:
-            values = pd.to_numeric(table[name], errors="raise").to_numpy(dtype=np.float64)
-            columns.append(fits.Column(name=name, format=fmt, unit=unit, array=values))
-    return fits.BinTableHDU.from_columns(columns, name=extname)
 
 
 def _numeric_column(data, column: fits.Column, path: Path) -> np.ndarray:
@@ -575,9 +419,9 @@ def read_ges_catalog(path: str | os.PathLike, *, solar_mg: float = 7.53,
     any other missing column becomes NaN ('' for text) with one warning. NULLs stay NaN.
     """
     path = Path(path)
-    with _open_fits(path) as hdul:
-        hdu = _table_hdu(hdul, path, 1)
-        lookup = _column_lookup(hdu, path)
+    with open_fits(path) as hdul:
+        hdu = table_hdu(hdul, path, 1)
+        lookup = column_lookup(hdu, path)
         data = hdu.data
         nrows = 0 if data is None else len(data)
         found = {out: next((lookup[n] for n in names if n in lookup), None)
@@ -595,7 +439,7 @@ def read_ges_catalog(path: str | os.PathLike, *, solar_mg: float = 7.53,
                 columns[out] = (np.array([""] * nrows, dtype=object) if is_text
                                 else np.full(nrows, np.nan))
             elif is_text:
-                columns[out] = _as_text(data[stored])
+                columns[out] = as_text(data[stored])
             else:
                 columns[out] = _numeric_column(data, hdu.columns[stored], path)
 
@@ -621,15 +465,15 @@ def read_ges_flags(path: str | os.PathLike) -> pd.DataFrame:
     ('' where a star has none or the catalogue lacks the columns, which is no error: flags are
     optional in DR5.1-like tables and the simulated survey writes none)."""
     path = Path(path)
-    with _open_fits(path) as hdul:
-        hdu = _table_hdu(hdul, path, 1)
-        lookup = _column_lookup(hdu, path)
+    with open_fits(path) as hdul:
+        hdu = table_hdu(hdul, path, 1)
+        lookup = column_lookup(hdu, path)
         name = next((lookup[n] for n in ("OBJECT", "CNAME") if n in lookup), None)
         if name is None:
             raise SpectrumFormatError(path, "missing required column OBJECT")
         data = hdu.data
         nrows = 0 if data is None else len(data)
-        star_id = _as_text(data[name]) if nrows else np.array([], dtype=object)
-        parts = [_as_text(data[lookup[c]]) for c in _GES_FLAG_COLUMNS if c in lookup and nrows]
+        star_id = as_text(data[name]) if nrows else np.array([], dtype=object)
+        parts = [as_text(data[lookup[c]]) for c in _GES_FLAG_COLUMNS if c in lookup and nrows]
     flags = ["|".join(p for p in row if p) for row in zip(*parts)] if parts else [""] * nrows
     return pd.DataFrame({"star_id": star_id, "flags": np.array(flags, dtype=object)})

@@ -42,9 +42,8 @@ from astropy.io import fits
 
 from ..artifacts import atomic_path
 from .fitsfast import write_fits
-# FITS helpers shared with the Gaia-ESO module: safe opening, columns, units, file names.
-from .gaia_eso import (_as_text, _catalog_hdu, _column_lookup, _open_fits, _safe_name_part,
-                       _string_column, _table_hdu, _wavelength_scale)
+from .fitstools import (as_text, catalog_hdu, column_lookup, open_fits, safe_name_part,
+                        string_column, table_hdu, wavelength_scale)
 from .spectrum import Spectrum, SpectrumFormatError
 
 __all__ = [
@@ -63,7 +62,7 @@ _SDSS_MISSING_BELOW = -999.0
 
 def marvels_plate_filename(plate: str) -> str:
     """``star1d_{plate}.fits`` with the plate name reduced to [A-Za-z0-9._+-]."""
-    return f"star1d_{_safe_name_part(plate, 'plate')}.fits"
+    return f"star1d_{safe_name_part(plate, 'plate')}.fits"
 
 
 # ---------------------------------------------------------------- plate writer
@@ -124,7 +123,7 @@ def write_marvels_plate(path: str | os.PathLike, plate: str, rows: list[dict],
 
     stacked = [np.stack([a[k] for a in arrays]) for k in range(4)]
     columns = [
-        _string_column("STARNAME", starnames),
+        string_column("STARNAME", starnames),
         fits.Column(name="BEAM", format="I", array=np.array(beams, np.int16)),
         fits.Column(name="WAVE", format=f"{npix}D", unit="Angstrom", array=stacked[0]),
         fits.Column(name="FLUX", format=f"{npix}E", array=stacked[1]),
@@ -200,13 +199,13 @@ def read_marvels_plate(path: str | os.PathLike) -> list[Spectrum]:
     any structural problem raises :class:`SpectrumFormatError` for the whole file.
     """
     path = Path(path)
-    with _open_fits(path) as hdul:
+    with open_fits(path) as hdul:
         head = _plate_header(hdul[0].header, path)
-        table = _table_hdu(hdul, path, 1)
+        table = table_hdu(hdul, path, 1)
         if table.name.upper() != _EXTNAME:
             raise SpectrumFormatError(path, f"HDU1 EXTNAME is {table.name!r}, expected "
                                             f"{_EXTNAME!r}")
-        lookup = _column_lookup(table, path)
+        lookup = column_lookup(table, path)
         missing = [c for c in _TABLE_COLUMNS if c not in lookup]
         if missing:
             raise SpectrumFormatError(path, f"missing column(s) {missing} in HDU1")
@@ -214,10 +213,10 @@ def read_marvels_plate(path: str | os.PathLike) -> list[Spectrum]:
         nrows = 0 if data is None else len(data)
         if nrows == 0:
             raise SpectrumFormatError(path, "empty table: HDU1 has no rows")
-        wave_scale = _wavelength_scale(table.columns[lookup["WAVE"]].unit, path, "WAVE")
+        wave_scale = wavelength_scale(table.columns[lookup["WAVE"]].unit, path, "WAVE")
         vrad_scale = _vrad_scale(table.columns[lookup["VRAD"]].unit, path)
         arrays = {c: np.asarray(data[lookup[c]], dtype=np.float64) for c in _ARRAY_COLUMNS}
-        starnames = _as_text(data[lookup["STARNAME"]])
+        starnames = as_text(data[lookup["STARNAME"]])
         beams = np.asarray(data[lookup["BEAM"]])
         snr = np.asarray(data[lookup["SNR"]], dtype=np.float64)
         vrad = np.asarray(data[lookup["VRAD"]], dtype=np.float64) * vrad_scale
@@ -290,7 +289,7 @@ def write_marvels_star_catalog(path: str | os.PathLike, table: pd.DataFrame) -> 
     ``table`` uses the column names of :data:`MARVELS_CATALOG_COLUMNS`; STARNAME, TEFF, LOG_G
     and FEH are required, unknown columns are refused. NaN labels are written as NaN.
     """
-    hdu = _catalog_hdu(table, MARVELS_CATALOG_COLUMNS, _CATALOG_REQUIRED, "MARVELSSTAR",
+    hdu = catalog_hdu(table, MARVELS_CATALOG_COLUMNS, _CATALOG_REQUIRED, "MARVELSSTAR",
                        "marvelsStar catalog")
     with atomic_path(path) as tmp:
         fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp, checksum=True)
@@ -314,7 +313,7 @@ def _catalog_text(data, column: fits.Column) -> np.ndarray:
     raw = np.asarray(data[column.name])
     if np.issubdtype(raw.dtype, np.integer):
         return np.array([str(int(v)) for v in raw], dtype=object)
-    return _as_text(raw)
+    return as_text(raw)
 
 
 def _rpm_classes(values: np.ndarray, path: Path) -> np.ndarray:
@@ -336,9 +335,9 @@ def read_marvels_star_catalog(path: str | os.PathLike) -> pd.DataFrame:
     are required; other missing columns become NaN ('' for text) with a warning.
     """
     path = Path(path)
-    with _open_fits(path) as hdul:
-        hdu = _table_hdu(hdul, path, 1)
-        lookup = _column_lookup(hdu, path)
+    with open_fits(path) as hdul:
+        hdu = table_hdu(hdul, path, 1)
+        lookup = column_lookup(hdu, path)
         missing = [c for c in _CATALOG_REQUIRED if c not in lookup]
         if missing:
             raise SpectrumFormatError(path, f"missing required column(s) {missing} (columns: "

@@ -25,7 +25,7 @@ import numpy as np
 from astropy.io import fits
 
 from ..artifacts import atomic_path
-from .gaia_eso import _open_fits  # shared FITS opening: size check + error wrapping
+from .fitstools import open_fits
 from .spectrum import Spectrum, SpectrumFormatError
 
 __all__ = [
@@ -208,7 +208,7 @@ def read_phoenix_wave(path: str | os.PathLike) -> np.ndarray:
     :class:`SpectrumFormatError`, as are non-finite or non-increasing values.
     """
     path = Path(path)
-    with _open_fits(path) as hdul:
+    with open_fits(path) as hdul:
         unit = _unit_keyword(hdul[0].header)
         wavelength = _primary_vector(hdul, path)
     if unit is None:
@@ -251,7 +251,7 @@ def read_phoenix_spectrum(path: str | os.PathLike, wavelength_vacuum) -> Spectru
     wavelength = np.asarray(wavelength_vacuum, dtype=np.float64)
     if wavelength.ndim != 1:
         raise ValueError(f"wavelength_vacuum must be 1-D, got shape {wavelength.shape}")
-    with _open_fits(path) as hdul:
+    with open_fits(path) as hdul:
         header = hdul[0].header
         unit = _unit_keyword(header)
         flux = _primary_vector(hdul, path)

@@ -1,35 +1,31 @@
-"""Network architectures for label regression, chosen by name from the config's ``method``.
+"""Network architectures for label regression, chosen by the config's ``method``.
 
-``build_model`` is the one place that maps a method name to a network, so a saved model folder
-(method + architecture in ``model.json``) can always be rebuilt for prediction.
+``build_model`` builds the network a method's record (:mod:`starlabels.methods`) names, with the
+architecture settings completed from the schema, so a saved model folder (method + architecture
+in ``model.json``) can always be rebuilt for prediction.
 """
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
+from .. import config, methods
 from .gaia_eso_cnn import GaiaEsoCNN, conv_output_length
 from .remap_resnet import RemapResNet
 
-__all__ = ["GaiaEsoCNN", "RemapResNet", "MODELS", "build_model", "conv_l2_penalty", "conv_output_length"]
-
-# method name → constructor taking (n_pixels, n_labels, **architecture)
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "cnn_regression": GaiaEsoCNN,
-    "deep_remap": RemapResNet,
-}
+__all__ = ["GaiaEsoCNN", "RemapResNet", "build_model", "conv_l2_penalty", "conv_output_length"]
 
 
 def build_model(method: str, n_pixels: int, n_labels: int,
                 architecture: Mapping[str, Any] | None = None) -> nn.Module:
-    """A freshly initialised network for ``method`` with the given architecture settings."""
-    if method not in MODELS:
-        raise ValueError(f"unknown method {method!r}; allowed methods are {sorted(MODELS)}")
-    constructor = MODELS[method]
-    architecture = dict(architecture or {})
+    """A freshly initialised network for ``method`` with the given architecture settings (keys
+    left out take the schema's defaults for the method's architecture section)."""
+    record = methods.get(method)
+    constructor = record.network.resolve()
+    architecture = config.section(record.architecture, architecture)
     accepted = set(inspect.signature(constructor).parameters) - {"self", "n_pixels", "n_labels"}
     unknown = sorted(set(architecture) - accepted)
     if unknown:

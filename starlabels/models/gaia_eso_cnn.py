@@ -42,13 +42,9 @@ class GaiaEsoCNN(nn.Module):
     in the min–max scaled units the trainer uses.
     """
 
-    def __init__(self, n_pixels: int, n_labels: int,
-                 conv_channels: Sequence[int] = (8, 6, 4),
-                 kernel_sizes: Sequence[int] = (10, 15, 10),
-                 pool_sizes: Sequence[int] = (2, 2),
-                 dense_units: Sequence[int] = (64, 128, 32),
-                 dropout: float = 0.2,
-                 negative_slope: float = 0.01) -> None:
+    def __init__(self, n_pixels: int, n_labels: int, *, conv_channels: Sequence[int],
+                 kernel_sizes: Sequence[int], pool_sizes: Sequence[int],
+                 dense_units: Sequence[int], dropout: float, negative_slope: float) -> None:
         super().__init__()
         if len(conv_channels) != len(kernel_sizes):
             raise ValueError(f"conv_channels {list(conv_channels)} and kernel_sizes "
@@ -61,7 +57,7 @@ class GaiaEsoCNN(nn.Module):
         self.n_pixels = int(n_pixels)
         self.n_labels = int(n_labels)
         # Everything needed to rebuild this network besides n_pixels/n_labels, as plain values,
-        # so a model folder records the architecture actually used, defaults included.
+        # so a model folder records the architecture actually used.
         self.architecture = {
             "conv_channels": [int(c) for c in conv_channels],
             "kernel_sizes": [int(k) for k in kernel_sizes],

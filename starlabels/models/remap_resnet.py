@@ -40,11 +40,10 @@ class ResidualBlock(nn.Module):
 class RemapResNet(nn.Module):
     """Input (batch, n_pixels) continuum-normalised flux → (list of per-label logits, embedding)."""
 
-    def __init__(self, n_pixels: int, n_labels: int, n_bins: Sequence[int] = (),
-                 stem_channels: int = 16, stem_kernel: int = 7,
-                 stage_channels: Sequence[int] = (16, 32, 64),
-                 blocks_per_stage: Sequence[int] = (1, 1, 1), kernel_size: int = 5,
-                 head_channels: int = 8, embedding_dim: int = 32, dropout: float = 0.1) -> None:
+    def __init__(self, n_pixels: int, n_labels: int, *, n_bins: Sequence[int],
+                 stem_channels: int, stem_kernel: int, stage_channels: Sequence[int],
+                 blocks_per_stage: Sequence[int], kernel_size: int, head_channels: int,
+                 embedding_dim: int, dropout: float) -> None:
         super().__init__()
         if len(n_bins) != n_labels:
             raise ValueError(f"n_bins {list(n_bins)} must give one bin count per label "

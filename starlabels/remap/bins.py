@@ -92,3 +92,8 @@ def gaussian_targets(values: torch.Tensor, centres: torch.Tensor, sigma: float) 
     z = (centres[None, :] - values[:, None]) / sigma
     weights = torch.exp(-0.5 * z * z)
     return weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-30)
+
+
+def bins_from_meta(meta: Mapping[str, Any]) -> list[LabelBins]:
+    """The bins a deep-REMAP member was trained with (its ``model.json``'s ``bins``)."""
+    return [LabelBins(b["name"], b["low"], b["high"], b["width"]) for b in meta["bins"]]

@@ -21,10 +21,9 @@ import pandas as pd
 import torch
 
 from .. import artifacts
-from ..train import load_member
-from .bins import LabelBins, summarize
+from ..members import load_member
+from .bins import LabelBins, bins_from_meta, summarize
 from .calibration import expected_calibration_error, interval_coverage, pit, reliability_curve
-from .predict import _bins
 from .train import predict_logits
 
 
@@ -38,7 +37,7 @@ def member_logits(flux: np.ndarray, model_dirs: Sequence[str | os.PathLike]
         model, meta = load_member(d, "cpu")
         members.append((predict_logits(model, x)[0], meta))
     meta = members[0][1]
-    return members, _bins(meta), list(meta["labels"])
+    return members, bins_from_meta(meta), list(meta["labels"])
 
 
 def average_probabilities(members: Sequence[tuple[list[np.ndarray], dict[str, Any]]],

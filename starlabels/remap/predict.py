@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -21,14 +21,11 @@ import torch
 import torch.nn.functional as F
 
 from .. import artifacts
-from ..predict import open_shard_inputs
-from ..train import load_member, say
-from .bins import LabelBins, summarize
-from .train import load_reference
-
-
-def _bins(meta: dict[str, Any]) -> list[LabelBins]:
-    return [LabelBins(b["name"], b["low"], b["high"], b["width"]) for b in meta["bins"]]
+from ..batch import say
+from ..members import load_member, open_shard_inputs, write_shard
+from .bins import bins_from_meta, summarize
+from .ensemble import ensemble_temperatures
+from .member import load_reference
 
 
 def predict_remap_shard(flux_path: str | os.PathLike, table_path: str | os.PathLike,
@@ -53,7 +50,7 @@ def predict_remap_shard(flux_path: str | os.PathLike, table_path: str | os.PathL
         if meta["grid_hash"] != table_grid:
             raise ValueError(f"model {d} was trained on grid {meta['grid_hash']} but "
                              f"{table_path} is on grid {table_grid}")
-    bins = _bins(first)
+    bins = bins_from_meta(first)
     labels = list(first["labels"])
     temperatures = [torch.tensor(m["temperatures"] if temperatures is None else temperatures,
                                  dtype=torch.float32, device=device) for _, m in members]
@@ -117,3 +114,33 @@ def predict_remap_shard(flux_path: str | os.PathLike, table_path: str | os.PathL
                      "n_shards": int(n_shards), "members": [str(d) for d in model_dirs],
                      "bins": first["bins"]})
     return df
+
+
+
+def predict_job(*, flux: str | os.PathLike, table: str | os.PathLike,
+                members: Sequence[str | os.PathLike], shard: int, n_shards: int,
+                batch_size: int, device: str, out: str | os.PathLike,
+                metadata: Mapping[str, Any], log: Callable[[str], Any], threads: int | None,
+                ensemble_calibration: str | None, knn: int) -> int:
+    """One shard of the workflow's predict rule; returns the rows written. With an ensemble
+    calibration file its temperatures replace the members' own."""
+    temperatures = ensemble_temperatures(ensemble_calibration, members)
+    df = predict_remap_shard(flux, table, members, shard, n_shards, batch_size=batch_size,
+                             device=device, knn=knn, log=log, threads=threads,
+                             temperatures=temperatures)
+    write_shard(df, out, metadata)
+    return len(df)
+
+def point_estimate(model: torch.nn.Module, meta: Mapping[str, Any], device: torch.device
+                   ) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+    """(flux → (batch, n_labels) probability-weighted means of the calibrated heads, already in
+    label units, so the span is one)."""
+    centres = [torch.as_tensor(b["low"] + b["width"] * (np.arange(b["n_bins"]) + 0.5),
+                               dtype=torch.float32, device=device) for b in meta["bins"]]
+    temperatures = [float(t) for t in meta["temperatures"]]
+
+    def expected(x: torch.Tensor) -> torch.Tensor:
+        logits, _ = model(x)
+        return torch.stack([torch.softmax(lg / t, dim=1) @ c
+                            for lg, t, c in zip(logits, temperatures, centres)], dim=1)
+    return expected, torch.ones(len(meta["labels"]), dtype=torch.float64, device=device)

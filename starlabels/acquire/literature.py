@@ -16,12 +16,15 @@ table (``verified``); values are never made up to fill a gap. Lines starting wit
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 
-REPO = Path(__file__).resolve().parent.parent
+from .. import config, surveys
+from ..batch import Log
+
+REPO = Path(__file__).resolve().parents[2]
 BENCHMARK_STARS = REPO / "resources" / "benchmark_stars.csv"
 MARVELS_CALIBRATION_STARS = REPO / "resources" / "marvels_calibration_stars.csv"
 
@@ -32,8 +35,6 @@ MARVELS_CALIBRATION_COLUMNS = ("star_id", *LABEL_COLUMNS, "reference", "verified
 #: what the normalize stage's calibration table holds (the simulated path writes the same)
 CALIBRATION_COLUMNS = ("star_id", *LABEL_COLUMNS, "reference")
 _PLAUSIBLE = {"teff": (2500.0, 10000.0), "logg": (-0.5, 5.5), "fe_h": (-5.0, 1.0)}
-
-Log = Callable[[str], None]
 
 
 class LiteratureTableError(ValueError):
@@ -123,24 +124,25 @@ def calibration_table(survey: str, cfg: Mapping[str, Any], log: Log = print) -> 
 
     ``cfg`` is the experiment's ``reference_stars`` section: ``table`` (a resource CSV or null),
     ``required`` (refuse an empty table), ``use_unverified`` (keep rows not yet checked against
-    the paper). Only rows with a survey star_id can be matched to observed spectra.
+    the paper); keys it leaves out take the schema's defaults. The survey's record says which
+    layout the table has. Only rows with a survey star_id can be matched to observed spectra.
     """
-    if not cfg.get("table"):
-        if cfg.get("required"):
+    cfg = config.section("reference_stars", cfg)
+    if not cfg["table"]:
+        if cfg["required"]:
             raise LiteratureTableError("reference_stars.required is true but reference_stars.table is "
                                        "null: name the literature table to compare with")
         return empty_calibration()
-    loader = load_marvels_calibration_stars if survey == "sdss_marvels" else load_benchmark_stars
-    table = loader(cfg["table"])
+    table = surveys.get(survey).reference_stars(cfg["table"])
     path = resolve_resource(cfg["table"])
-    if table.empty and cfg.get("required"):
+    if table.empty and cfg["required"]:
         raise LiteratureTableError(
             f"{path} has no rows, so the calibration comparison cannot run. The MARVELS "
             f"calibration stars' literature labels (Ghezzi et al. 2014, AJ 148, 105) must be "
             f"copied into it from the paper, one row per star with its reference; until then "
             f"set reference_stars.required: false to run without the comparison.")
     unverified = ~table["verified"]
-    if unverified.any() and not cfg.get("use_unverified", False):
+    if unverified.any() and not cfg["use_unverified"]:
         log(f"calibration: {int(unverified.sum())} of {len(table)} rows of {path} are not "
             f"verified against their paper and are left out (reference_stars.use_unverified: true "
             f"keeps them)")
@@ -149,7 +151,7 @@ def calibration_table(survey: str, cfg: Mapping[str, Any], log: Log = print) -> 
     if len(matched) < len(table):
         log(f"calibration: {len(table) - len(matched)} rows of {path} have no survey star_id "
             f"yet and cannot be matched to spectra")
-    if matched.empty and cfg.get("required"):
+    if matched.empty and cfg["required"]:
         raise LiteratureTableError(f"{path}: no usable rows (verified, with a survey star_id) "
                                    f"and reference_stars.required is true")
     out = matched[list(CALIBRATION_COLUMNS)].reset_index(drop=True)

@@ -1,4 +1,4 @@
-"""Train one ensemble member: a network mapping normalised flux to min–max scaled stellar labels.
+"""Train one regression-CNN member: a network mapping normalised flux to min–max scaled labels.
 
 One call of :func:`train_member` is one Snakemake job. It
 - picks the training and validation spectra (split column, t-SNE ``keep`` flags, finite labels),
@@ -14,16 +14,14 @@ in host memory and each batch is gathered into pinned memory and copied with
 ``non_blocking=True``. ``compile: true`` wraps the network in ``torch.compile`` for the training
 steps on CUDA (skipped, with a log line, on CPU); saved weights always come from the original
 module, so their key names never change.
+
+``cfg`` is the experiment's ``train`` section plus its ``method``; the optional keys it leaves out
+(placement, compile, schedule, checkpoints) take the configuration schema's defaults.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import hashlib
-import json
 import os
-import random
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -34,75 +32,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import artifacts
-from .labels import check_labels
-from .models import build_model, conv_l2_penalty
+from .. import artifacts, config
+from ..batch import say
+from ..labels import check_labels
+from ..members import (CHECKPOINT_NAME, RESIDENT_CHOICES, keep_resident, load_checkpoint, plain,
+                       save_checkpoint, start_member, to_device_rows, training_inputs,
+                       training_precision, training_set_hash, write_model_folder)
+from ..models import build_model, conv_l2_penalty
 
 REQUIRED_CONFIG = ("seed", "device", "epochs", "batch_size", "learning_rate", "patience",
                    "conv_l2", "architecture", "method", "min_delta")
-RESIDENT_CHOICES = ("auto", "always", "never")
-#: resident='auto' keeps the spectra on the GPU when they take at most this share of the free
-#: device memory; the rest stays free for weights, optimiser state, activations (evaluation
-#: batches of >= 1024 spectra) and the caching allocator's slack
-RESIDENT_MEMORY_FRACTION = 0.5
-MODEL_FILE = "model.pt"
-META_FILE = "model.json"
-HISTORY_FILE = "history.csv"
 
 
-# ---------------------------------------------------------------- small helpers
-
-def say(log: Callable[[str], Any], message: str) -> None:
-    """Log one line and flush, so progress shows up in Snakemake log files while a job runs."""
-    log(message)
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' → CUDA when present, else CPU. Asking for CUDA without one is an error, never CPU."""
-    name = str(name)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda" or name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise RuntimeError(
-                f"device {name!r}: this job asked for CUDA but torch.cuda.is_available() is False "
-                f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}); refusing to "
-                f"fall back to CPU — use device 'auto' or 'cpu', or run on a GPU node")
-        return torch.device(name)
-    raise ValueError(f"unknown device {name!r}; use 'auto', 'cpu' or 'cuda'")
-
-
-def training_precision(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast for the training forward pass on CUDA (fp32 everywhere else).
-
-    The loss is computed outside this context, in fp32, from the upcast prediction.
-    """
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed python, numpy and torch from one integer; return the generator used for shuffling.
-
-    ``torch.manual_seed`` fixes the weight initialisation and dropout masks (CPU and CUDA); the
-    returned CPU generator drives the per-epoch shuffle so it does not depend on how many random
-    numbers dropout consumed. Python's and numpy's global generators are seeded only so that any
-    library code drawing from them is reproducible too; training itself draws nothing from them.
-    """
-    seed = int(seed)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    generator = torch.Generator(device="cpu")
-    generator.manual_seed(seed)
-    return generator
-
+# ---------------------------------------------------------------- which spectra
 
 def load_keep(keep_path_or_array: str | os.PathLike | np.ndarray | Sequence[bool],
               n_rows: int) -> np.ndarray:
@@ -150,66 +92,26 @@ def select_rows(table: pd.DataFrame, keep: np.ndarray, labels: Sequence[str]
     return train, valid
 
 
-def training_set_hash(flux_train: np.ndarray, labels_train: np.ndarray,
-                      label_names: Sequence[str]) -> str:
-    """sha256 (16 hex) identifying the exact training spectra, their labels and label order."""
-    parts = [artifacts.array_hash(flux_train), artifacts.array_hash(labels_train),
-             ",".join(label_names)]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
-
-
-def _check_config(cfg: Mapping[str, Any]) -> None:
+def _checked_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The training config with the optional keys (placement, compile, schedule, checkpoints)
+    completed from the schema's ``train`` section; the keys of :data:`REQUIRED_CONFIG` must be
+    given, and every value must be usable."""
     missing = [key for key in REQUIRED_CONFIG if key not in cfg]
     if missing:
         raise ValueError(f"training config lacks key(s) {missing}; required: {list(REQUIRED_CONFIG)}")
+    cfg = config.section("train", cfg)
     for key in ("epochs", "batch_size"):
         if int(cfg[key]) < 1:
             raise ValueError(f"training config: {key} must be >= 1, got {cfg[key]}")
     if int(cfg["patience"]) < 1:
         raise ValueError(f"training config: patience must be >= 1, got {cfg['patience']}")
-    if cfg.get("resident", "auto") not in RESIDENT_CHOICES:
-        raise ValueError(f"training config: resident {cfg.get('resident')!r}: choose one of "
+    if cfg["resident"] not in RESIDENT_CHOICES:
+        raise ValueError(f"training config: resident {cfg['resident']!r}: choose one of "
                          f"{list(RESIDENT_CHOICES)}")
-    if not isinstance(cfg.get("compile", False), bool):
+    if not isinstance(cfg["compile"], bool):
         raise ValueError(f"training config: compile must be true or false, got "
-                         f"{cfg.get('compile')!r}")
-
-
-# ---------------------------------------------------------------- data placement
-
-def keep_resident(resident: str, device: torch.device, n_bytes: int,
-                  free_bytes: int | None = None) -> bool:
-    """Whether the training + validation spectra (``n_bytes``) live on ``device`` all run long.
-
-    'always' / 'never' force the choice; 'auto' keeps them on a CUDA device when they take at
-    most :data:`RESIDENT_MEMORY_FRACTION` of its free memory (``free_bytes``, by default from
-    ``torch.cuda.mem_get_info``). On CPU 'auto' and 'always' mean resident (there is nothing to
-    move); 'never' runs the host-batch path there too, which gives identical results.
-    """
-    if resident not in RESIDENT_CHOICES:
-        raise ValueError(f"resident {resident!r}: choose one of {list(RESIDENT_CHOICES)}")
-    if resident != "auto":
-        return resident == "always"
-    if device.type != "cuda":
-        return True
-    if free_bytes is None:
-        free_bytes, _ = torch.cuda.mem_get_info(device)
-    return n_bytes <= RESIDENT_MEMORY_FRACTION * free_bytes
-
-
-def _to_device_rows(flux: torch.Tensor, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``flux[rows]`` (host tensor, host row indices) as a tensor on ``device``.
-
-    The rows are gathered into a staging buffer that is pinned whenever CUDA is available (torch's
-    caching host allocator does not hand a pinned block out again before the copy reading it has
-    finished), then copied with ``non_blocking=True``: on CUDA the copy overlaps the previous
-    step's kernels. Pinning the whole host set would not help: a shuffled gather from pinned
-    memory lands in ordinary memory. On a CPU device the final ``.to`` is a no-op.
-    """
-    pin = torch.cuda.is_available()
-    staging = torch.empty((rows.numel(), *flux.shape[1:]), dtype=flux.dtype, pin_memory=pin)
-    torch.index_select(flux, 0, rows, out=staging)
-    return staging.to(device, non_blocking=pin)
+                         f"{cfg['compile']!r}")
+    return cfg
 
 
 # ---------------------------------------------------------------- evaluation
@@ -252,7 +154,7 @@ def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, flux: torch.Te
     When the spectra sit on the device as one tensor, a batch is an index gather — no
     DataLoader, no per-spectrum Python work. With ``resident=False`` ``flux`` stays in host
     memory and each batch is gathered there and copied to the labels' device
-    (:func:`_to_device_rows`); the batches, their order and the arithmetic are the same.
+    (:func:`to_device_rows`); the batches, their order and the arithmetic are the same.
     ``forward`` (default ``model``) runs the network, e.g. a ``torch.compile`` wrapper of it.
     The returned MSE excludes the L2 penalty.
     """
@@ -266,7 +168,7 @@ def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, flux: torch.Te
     for start in range(0, n_train, batch_size):
         batch = order_device[start:start + batch_size]
         x = flux[batch] if resident else \
-            _to_device_rows(flux, order[start:start + batch_size], device)
+            to_device_rows(flux, order[start:start + batch_size], device)
         with training_precision(device):
             predicted = forward(x)
         mse = F.mse_loss(predicted.float(), scaled_labels[batch])
@@ -278,10 +180,7 @@ def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, flux: torch.Te
     return float(loss_sum) / n_train  # float() waits for the GPU once per epoch
 
 
-CHECKPOINT_NAME = "checkpoint.pt"
-
-
-def _checkpoint_identity(train_hash: str, cfg: Mapping[str, Any], member: int) -> str:
+def checkpoint_identity(train_hash: str, cfg: Mapping[str, Any], member: int) -> str:
     """What a checkpoint must match to be resumed: same training set, settings and member."""
     # where the spectra live does not change the arithmetic, and configs written before the
     # compile option existed must keep resuming: neither is part of the identity
@@ -289,24 +188,6 @@ def _checkpoint_identity(train_hash: str, cfg: Mapping[str, Any], member: int) -
                 if k not in ("checkpoint_every", "threads", "resident")
                 and not (k == "compile" and not v)}
     return f"{train_hash}:{artifacts.config_hash(settings)}:{int(member)}"
-
-
-def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
-    """Everything needed to continue bit-for-bit: weights, optimiser, schedule, best state,
-    history and every random-number generator the loop draws from. Written atomically."""
-    with artifacts.atomic_path(path) as tmp:
-        torch.save(dict(state), tmp)
-
-
-def load_checkpoint(path: Path, identity: str, log: Callable[[str], Any]) -> dict | None:
-    if not path.exists():
-        return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("identity") != identity:
-        say(log, f"{path}: checkpoint from another training set or configuration; starting "
-                 f"afresh")
-        return None
-    return state
 
 
 def train_member(flux_path: str | os.PathLike, table_path: str | os.PathLike,
@@ -317,24 +198,12 @@ def train_member(flux_path: str | os.PathLike, table_path: str | os.PathLike,
 
     Returns the metadata written to ``model.json``.
     """
-    _check_config(cfg)
+    cfg = _checked_config(cfg)
     labels = check_labels(list(labels))
-    if threads is not None:
-        torch.set_num_threads(int(threads))
-    device = resolve_device(cfg["device"])
-    seed = int(cfg["seed"]) + int(member)
-    shuffle_generator = seed_everything(seed)
+    device, seed, shuffle_generator = start_member(cfg, member, threads)
 
     # ---- which spectra
-    table = artifacts.load_table(table_path)
-    grid_hash = artifacts.table_metadata(table_path).get("grid_hash")
-    if not grid_hash:
-        raise ValueError(f"{table_path}: table metadata has no 'grid_hash'; cannot tie the model "
-                         f"to a wavelength grid")
-    flux = artifacts.load_matrix(flux_path)
-    if flux.ndim != 2 or flux.shape[0] != len(table):
-        raise ValueError(f"{flux_path}: flux matrix shape {flux.shape} does not match the table's "
-                         f"{len(table)} rows")
+    table, grid_hash, flux = training_inputs(flux_path, table_path)
     n_pixels = int(flux.shape[1])
     keep = load_keep(keep_path_or_array, len(table))
     train_rows, valid_rows = select_rows(table, keep, labels)
@@ -358,7 +227,7 @@ def train_member(flux_path: str | os.PathLike, table_path: str | os.PathLike,
         raise ValueError(f"label(s) {flat} are constant over the training spectra; "
                          f"min–max scaling (and learning them) is impossible")
     data_bytes = flux_train.nbytes + flux_valid.nbytes
-    resident = keep_resident(str(cfg.get("resident", "auto")), device, data_bytes)
+    resident = keep_resident(str(cfg["resident"]), device, data_bytes)
     if resident:
         x_train = torch.from_numpy(flux_train).to(device)
         x_valid = torch.from_numpy(flux_valid).to(device)
@@ -378,7 +247,7 @@ def train_member(flux_path: str | os.PathLike, table_path: str | os.PathLike,
     optimizer = torch.optim.Adam(model.parameters(), lr=float(cfg["learning_rate"]))
     # 'cosine' anneals the rate to ~0 over `epochs` (one half cosine): large early steps, fine
     # late ones, so a fixed epoch budget converges further than a constant rate
-    schedule = cfg.get("lr_schedule", "constant")
+    schedule = cfg["lr_schedule"]
     if schedule not in ("constant", "cosine"):
         raise ValueError(f"lr_schedule {schedule!r}: choose 'constant' or 'cosine'")
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(cfg["epochs"]))
@@ -400,9 +269,9 @@ def train_member(flux_path: str | os.PathLike, table_path: str | os.PathLike,
                  "kept in host memory, each batch gathered and copied over"
                  + (" from pinned memory (non_blocking)" if device.type == "cuda" else ""))
     say(log, f"member {member}: training + validation spectra {data_bytes / 2**30:.2f} GiB, "
-              f"{placement} (resident: {cfg.get('resident', 'auto')})")
+              f"{placement} (resident: {cfg['resident']})")
     forward: Callable[[torch.Tensor], torch.Tensor] = model
-    if cfg.get("compile", False):
+    if cfg["compile"]:
         if device.type == "cuda":
             # the compiled wrapper shares the module's parameters; weights are always saved from
             # `model` itself, so state_dict keys carry no '_orig_mod.' prefix
@@ -420,8 +289,8 @@ def train_member(flux_path: str | os.PathLike, table_path: str | os.PathLike,
     first_epoch = 1
     out_path = Path(out_dir)
     checkpoint_path = out_path / CHECKPOINT_NAME
-    checkpoint_every = int(cfg.get("checkpoint_every", 0) or 0)
-    identity = _checkpoint_identity(train_hash, cfg, member)
+    checkpoint_every = int(cfg["checkpoint_every"])
+    identity = checkpoint_identity(train_hash, cfg, member)
     resumed = load_checkpoint(checkpoint_path, identity, log) if checkpoint_every else None
     if resumed is not None:
         model.load_state_dict(resumed["model"])
@@ -507,9 +376,9 @@ def train_member(flux_path: str | os.PathLike, table_path: str | os.PathLike,
         "device": str(device),
         "threads": int(torch.get_num_threads()),
         "train_seconds": float(time.perf_counter() - start_time),
-        "config": _plain(cfg),
+        "config": plain(cfg),
     }
-    meta.update(_plain(artifacts.provenance(cfg)))
+    meta.update(plain(artifacts.provenance(cfg)))
     write_model_folder(out_dir, model, meta, pd.DataFrame(history))
     # the finished folder supersedes the checkpoint; a rerun must not resume from it
     checkpoint_path.unlink(missing_ok=True)
@@ -518,42 +387,13 @@ def train_member(flux_path: str | os.PathLike, table_path: str | os.PathLike,
     return meta
 
 
-def _plain(value: Any) -> Any:
-    """Plain python values (dict/list/str/float/int/bool/None) that ``weights_only`` loads."""
-    def default(obj: Any) -> Any:
-        if isinstance(obj, (np.generic, np.ndarray)):
-            return obj.tolist()
-        if isinstance(obj, os.PathLike):
-            return os.fspath(obj)
-        raise TypeError(f"cannot store {type(obj).__name__} in model metadata")
-    return json.loads(json.dumps(value, default=default))
-
-
-def write_model_folder(out_dir: str | os.PathLike, model: nn.Module, meta: Mapping[str, Any],
-                       history: pd.DataFrame) -> None:
-    """Write model.pt, history.csv, then model.json (last: its presence marks a complete folder)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model = getattr(model, "_orig_mod", model)   # a torch.compile wrapper: save the module itself
-    state = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
-    with artifacts.atomic_path(out_dir / MODEL_FILE) as tmp:
-        torch.save({"state_dict": state, "meta": _plain(meta)}, tmp)
-    with artifacts.atomic_path(out_dir / HISTORY_FILE) as tmp:
-        history.to_csv(tmp, index=False)
-    artifacts.save_json(out_dir / META_FILE, meta)
-
-
-def load_member(model_dir: str | os.PathLike, device: str | torch.device = "cpu"
-                ) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a trained member from its folder, in eval mode on ``device``; return (model, meta)."""
-    model_dir = Path(model_dir)
-    meta = artifacts.load_json(model_dir / META_FILE)
-    checkpoint = torch.load(model_dir / MODEL_FILE, map_location="cpu", weights_only=True)
-    saved_hash = checkpoint.get("meta", {}).get("training_set_hash")
-    if saved_hash != meta.get("training_set_hash"):
-        raise ValueError(f"{model_dir}: {MODEL_FILE} (training set {saved_hash}) and {META_FILE} "
-                         f"(training set {meta.get('training_set_hash')}) come from different runs")
-    model = build_model(meta["method"], meta["n_pixels"], len(meta["labels"]), meta["architecture"])
-    model.load_state_dict(checkpoint["state_dict"])
-    device = device if isinstance(device, torch.device) else resolve_device(device)
-    return model.to(device).eval(), meta
+def train_job(*, flux: str | os.PathLike, table: str | os.PathLike, labels: list[str],
+              member: int, cfg: Mapping[str, Any], model_dir: str | os.PathLike,
+              method_cfg: Mapping[str, Any] | None, variant: str,
+              log: Callable[[str], Any], threads: int | None) -> dict[str, Any]:
+    """One member of the workflow's train rule: every row of the training set is eligible (the
+    trainset stage already applied the clean stage's keep flags). The regression CNN has no
+    settings section of its own and no ablation variants."""
+    n = len(artifacts.load_table(table, columns=["spectrum_id"]))
+    return train_member(flux, table, np.ones(n, dtype=bool), list(labels), int(member), cfg,
+                        model_dir, log=log, threads=threads)

@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import datetime as _dt
-import email.utils
 import hashlib
 import math
 import os
-import random
 import re
 import shutil
 import threading
@@ -34,13 +32,16 @@ import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import pandas as pd
 import requests
 import urllib3.exceptions
 
-from .artifacts import save_table
+from ..artifacts import save_table
+from .http import (ArchiveUnreachable, DownloadError, Permanent, Retryable, backoff_delay,
+                   describe_error, host_of, redact_url, request_error, retry_after_seconds,
+                   unreachable_message)
 
 CHUNK_BYTES = 1 << 16
 MANIFEST_COLUMNS = ["url", "relpath", "path", "bytes", "sha256", "fetched_at", "status",
@@ -61,34 +62,6 @@ class RemoteFile:
     size: int | None = None  # expected bytes if the archive says
     sha256: str | None = None
     md5: str | None = None   # some archives publish md5 only
-
-
-class DownloadError(RuntimeError):
-    """A file (or, raised at the end of a run, several files) failed for good."""
-
-
-class ArchiveUnreachable(DownloadError):
-    """No connection to the archive host could be made at all (refused, DNS, offline)."""
-
-    def __init__(self, message: str, host: str | None = None):
-        super().__init__(message)
-        self.host = host
-
-
-def unreachable_message(host: str, attempted: str, reason: str) -> str:
-    """The one wording used for an unreachable archive, by the download engine and the TAP client.
-
-    It names the host and what was being done, and gives the two ways forward, because the
-    reader is usually someone whose machine simply has no route to the archive.
-    """
-    return (
-        f"cannot reach {host} while {attempted}: {reason}.\n"
-        f"This machine may be offline, or {host} may be down or blocked by a firewall. To proceed:\n"
-        f"  - set `mirror:` in the experiment config to a local or institutional copy with the same "
-        f"path layout (e.g. mirror: /data/mirror, or mirror: http://mirror.example.org/base), or\n"
-        f"  - run the offline demo experiments (`snakemake --cores 2`, experiments demo_ges/demo_marvels), "
-        f"which simulate the surveys and need no network."
-    )
 
 
 # ---------------------------------------------------------------- names and URLs
@@ -144,23 +117,6 @@ def with_mirror(url: str, mirror: str | None, *, strip_prefix: str = "") -> str:
     return folder.as_uri().rstrip("/") + path
 
 
-def redact_url(url: str) -> str:
-    """The URL without any 'user:password@' part, for logs, errors and the manifest."""
-    parts = urlsplit(url)
-    if parts.scheme and "@" in parts.netloc:
-        return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
-    return url
-
-
-def host_of(url: str) -> str:
-    """'host[:port]' of an HTTP URL, 'local files' for file:// URLs and plain paths."""
-    parts = urlsplit(url)
-    if parts.scheme in ("http", "https"):
-        host = parts.hostname or ""
-        return f"{host}:{parts.port}" if parts.port else host
-    return "local files"
-
-
 def _is_http(url: str) -> bool:
     return urlsplit(url).scheme in ("http", "https")
 
@@ -177,27 +133,6 @@ def _local_path(url: str) -> Path:
 
 
 # ---------------------------------------------------------------- credentials
-
-def credentials_env_names(archive: str) -> tuple[str, str]:
-    """Our naming convention: STARLABELS_<ARCHIVE>_USER / STARLABELS_<ARCHIVE>_PASSWORD."""
-    key = re.sub(r"[^A-Z0-9]+", "_", archive.upper()).strip("_")
-    return f"STARLABELS_{key}_USER", f"STARLABELS_{key}_PASSWORD"
-
-
-def credentials_from_env(user_var: str, password_var: str) -> tuple[str, str] | None:
-    """(user, password) from the environment, or None when neither variable is set.
-
-    Half a pair is a configuration mistake, reported by variable name (never by value).
-    """
-    user = os.environ.get(user_var) or ""
-    password = os.environ.get(password_var) or ""
-    if not user and not password:
-        return None
-    if not user or not password:
-        missing = user_var if not user else password_var
-        raise ValueError(f"{missing} is not set, but its partner is: set both "
-                         f"{user_var} and {password_var}, or neither")
-    return user, password
 
 
 class _Redactor:
@@ -223,105 +158,9 @@ def _secrets_of(credentials: tuple[str, str] | None, files: Sequence[RemoteFile]
 
 # ---------------------------------------------------------------- internal signals
 
-class _Retryable(Exception):
-    """This attempt failed in a way worth retrying."""
-
-    def __init__(self, reason: str, *, retry_after: float | None = None,
-                 connect_failure: bool = False, restart: bool = False):
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_after = retry_after
-        self.connect_failure = connect_failure  # no connection to the host could be made
-        self.restart = restart                  # the part file is wrong: start from zero
-
-
-class _Permanent(Exception):
-    """This file will not succeed by retrying (404, 403, a missing mirror file, disk error)."""
-
 
 class _Stopped(Exception):
     """The run is being abandoned (archive unreachable, or interrupted)."""
-
-
-def _connect_failure(exc: BaseException) -> bool:
-    """True when no TCP connection was made at all: refused, DNS failure, unreachable, timeout."""
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return True
-    seen = set()
-    pending = [exc]
-    while pending:
-        current = pending.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, urllib3.exceptions.NewConnectionError):
-            return True
-        if isinstance(current, urllib3.exceptions.MaxRetryError):
-            pending.append(current.reason)
-        pending.extend([current.__cause__, current.__context__])
-        pending.extend(arg for arg in getattr(current, "args", ()) if isinstance(arg, BaseException))
-    return False
-
-
-def _describe(exc: BaseException) -> str:
-    """A short reason for a network exception, without URLs (those are named separately)."""
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return "connection timed out"
-    if isinstance(exc, requests.exceptions.ReadTimeout):
-        return "no response within the timeout"
-    text = str(exc)
-    for needle, label in (("Connection refused", "connection refused"),
-                          ("Name or service not known", "host name could not be resolved"),
-                          ("Temporary failure in name resolution", "host name could not be resolved"),
-                          ("Failed to resolve", "host name could not be resolved"),
-                          ("Network is unreachable", "network is unreachable"),
-                          ("No route to host", "no route to host"),
-                          ("Connection reset", "connection reset by the server"),
-                          ("timed out", "timed out"),
-                          ("IncompleteRead", "connection closed before the body was complete"),
-                          ("RemoteDisconnected", "server closed the connection without a response")):
-        if needle in text:
-            return label
-    return f"{type(exc).__name__}: {text[:200]}"
-
-
-def _request_error(exc: requests.exceptions.RequestException) -> Exception:
-    """Map an exception raised before any response arrived to a retry decision."""
-    if isinstance(exc, requests.exceptions.SSLError):
-        return _Permanent(f"TLS error: {str(exc)[:200]}")
-    if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
-                        requests.exceptions.InvalidSchema)):
-        return _Permanent(f"invalid URL: {exc}")
-    return _Retryable(_describe(exc), connect_failure=_connect_failure(exc))
-
-
-def _retry_after_seconds(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date), None if absent/garbled."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=_dt.timezone.utc)
-    return max(0.0, (when - _dt.datetime.now(_dt.timezone.utc)).total_seconds())
-
-
-def backoff_delay(failures: int, base_s: float, max_s: float,
-                  retry_after: float | None = None) -> float:
-    """Seconds to wait before the next attempt: exponential with jitter, or the server's wish.
-
-    Jitter (a factor 0.5–1) spreads the retries of concurrent workers so they do not hit a
-    struggling server in lock-step. A Retry-After from the server wins, capped at ``max_s``.
-    """
-    if retry_after is not None:
-        return min(max_s, retry_after)
-    exponential = base_s * (2.0 ** max(failures - 1, 0))
-    return min(max_s, exponential) * random.uniform(0.5, 1.0)
 
 
 _CONTENT_RANGE = re.compile(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)")
@@ -549,10 +388,10 @@ class _Engine:
                 outcome.status, outcome.bytes, outcome.sha256 = "fetched", final.stat().st_size, digest
                 outcome.fetched_at = _utc_now()
                 return outcome
-            except _Permanent as exc:
+            except Permanent as exc:
                 outcome.error = self.redact(f"{shown}: {exc}")
                 return outcome
-            except _Retryable as exc:
+            except Retryable as exc:
                 only_connect_failures &= exc.connect_failure
                 if exc.restart:
                     _unlink(part)
@@ -614,13 +453,13 @@ class _Engine:
         try:
             source = _local_path(item.url)
         except ValueError as exc:
-            raise _Permanent(str(exc)) from None
+            raise Permanent(str(exc)) from None
         if not source.is_file():
-            raise _Permanent(f"not found: {source} does not exist (mirror incomplete?)")
+            raise Permanent(f"not found: {source} does not exist (mirror incomplete?)")
         try:
             shutil.copyfile(source, part)
         except OSError as exc:
-            raise _Permanent(f"cannot copy {source}: {exc}") from None
+            raise Permanent(f"cannot copy {source}: {exc}") from None
         self.progress.add_bytes(_part_size(part))
 
     def _transfer_http(self, item: RemoteFile, part: Path) -> None:
@@ -639,7 +478,7 @@ class _Engine:
             response = self.session().get(item.url, headers=headers, stream=True,
                                           timeout=(self.timeout_s, self.timeout_s))
         except requests.exceptions.RequestException as exc:
-            raise _request_error(exc) from None
+            raise request_error(exc) from None
         self.mark_connected(host)
         with response:
             self._check_status(response, item, part, have)
@@ -659,12 +498,12 @@ class _Engine:
                 return
             if total is None and (item.size is not None or item.sha256 or item.md5):
                 return
-            raise _Retryable(f"{label} for bytes={have}-: restarting from zero", restart=True)
+            raise Retryable(f"{label} for bytes={have}-: restarting from zero", restart=True)
         if status == 429 or status >= 500:
-            raise _Retryable(label, retry_after=_retry_after_seconds(response.headers.get("Retry-After")))
+            raise Retryable(label, retry_after=retry_after_seconds(response.headers.get("Retry-After")))
         if status in (401, 403):
-            raise _Permanent(f"{label}: {self._credentials_hint()}")
-        raise _Permanent(f"{label} (not retried)")
+            raise Permanent(f"{label}: {self._credentials_hint()}")
+        raise Permanent(f"{label} (not retried)")
 
     def _credentials_hint(self) -> str:
         user_var, password_var = self.credentials_env or ("STARLABELS_<ARCHIVE>_USER",
@@ -677,14 +516,14 @@ class _Engine:
 
     def _receive(self, response: requests.Response, item: RemoteFile, part: Path,
                  have: int) -> None:
-        """Stream the body into the part file; raise _Retryable if it ends early."""
+        """Stream the body into the part file; raise Retryable if it ends early."""
         encoded = response.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
         length = response.headers.get("Content-Length")
         length = int(length) if length and length.isdigit() and not encoded else None
         if response.status_code == 206 and not encoded:
             first, total = _content_range(response.headers.get("Content-Range"))
             if first != have:
-                raise _Retryable(f"server resumed at byte {first} instead of {have}", restart=True)
+                raise Retryable(f"server resumed at byte {first} instead of {have}", restart=True)
             mode, start = "ab", have
             expected = total if total is not None else (have + length if length is not None else None)
         else:  # a full body: the server ignored the Range (or there was none); restart from zero
@@ -693,14 +532,14 @@ class _Engine:
                          f"at byte {have}; restarting from zero")
             mode, start, expected = "wb", 0, length
         if item.size is not None and expected is not None and expected != item.size:
-            raise _Retryable(f"size mismatch: expected {item.size} bytes, server announces "
+            raise Retryable(f"size mismatch: expected {item.size} bytes, server announces "
                              f"{expected}", restart=True)
         written = self._stream_body(response, part, mode)
         got = start + written
         if expected is not None and got < expected:
-            raise _Retryable(f"truncated body: got {got} of {expected} bytes")
+            raise Retryable(f"truncated body: got {got} of {expected} bytes")
         if expected is not None and got > expected:
-            raise _Retryable(f"body longer than announced ({got} > {expected} bytes)", restart=True)
+            raise Retryable(f"body longer than announced ({got} > {expected} bytes)", restart=True)
 
     def _stream_body(self, response: requests.Response, part: Path, mode: str) -> int:
         """Append the body to the part file chunk by chunk; every byte received is kept.
@@ -719,31 +558,31 @@ class _Engine:
                     return written
                 except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError,
                         OSError) as exc:
-                    raise _Retryable(f"connection lost after {written} bytes of the body: "
-                                     f"{_describe(exc)}") from None
+                    raise Retryable(f"connection lost after {written} bytes of the body: "
+                                     f"{describe_error(exc)}") from None
                 try:
                     fh.write(chunk)
                     fh.flush()
                 except OSError as exc:
-                    raise _Permanent(f"cannot write {part}: {exc}") from None
+                    raise Permanent(f"cannot write {part}: {exc}") from None
                 written += len(chunk)
                 self.progress.add_bytes(len(chunk))
                 if self.stop.is_set():
                     raise _Stopped()
 
     def _verify(self, item: RemoteFile, part: Path) -> str:
-        """sha256 of the complete part file, or _Retryable when it is not what was promised."""
+        """sha256 of the complete part file, or Retryable when it is not what was promised."""
         size = _part_size(part)
         if item.size is not None and size < item.size:
-            raise _Retryable(f"truncated: {size} of {item.size} bytes")
+            raise Retryable(f"truncated: {size} of {item.size} bytes")
         if item.size is not None and size > item.size:
-            raise _Retryable(f"size mismatch: expected {item.size} bytes got {size}", restart=True)
+            raise Retryable(f"size mismatch: expected {item.size} bytes got {size}", restart=True)
         sha, md5 = _hash_file(part, want_md5=bool(item.md5))
         if item.sha256 and sha != item.sha256.lower():
-            raise _Retryable(f"checksum mismatch: expected sha256 {item.sha256.lower()} got {sha}",
+            raise Retryable(f"checksum mismatch: expected sha256 {item.sha256.lower()} got {sha}",
                              restart=True)
         if item.md5 and md5 != item.md5.lower():
-            raise _Retryable(f"checksum mismatch: expected md5 {item.md5.lower()} got {md5}",
+            raise Retryable(f"checksum mismatch: expected md5 {item.md5.lower()} got {md5}",
                              restart=True)
         return sha
 
@@ -812,7 +651,7 @@ def fetch_files(files: Sequence[RemoteFile], dest_dir: str | os.PathLike, *,
     """Fetch ``files`` into ``dest_dir``, verified, resumable and idempotent; return the manifest rows.
 
     ``credentials_env`` names the environment variables that hold ``credentials`` (see
-    :func:`credentials_env_names`), so a 401/403 message can say which ones to set.
+    :func:`starlabels.acquire.http.credentials_env_names`), so a 401/403 message can say which ones to set.
     Raises ArchiveUnreachable early when a host never answered, DownloadError at the end when
     any file failed; in both cases the manifest (if any) is written first, so a rerun knows
     what is done. The exception carries this run's rows as ``.manifest``.

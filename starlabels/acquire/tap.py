@@ -19,9 +19,8 @@ from urllib.parse import urljoin
 import pandas as pd
 import requests
 
-from .download import (ArchiveUnreachable, _Permanent, _Retryable, _request_error,
-                       backoff_delay, _retry_after_seconds, host_of, redact_url,
-                       unreachable_message)
+from .http import (ArchiveUnreachable, Permanent, Retryable, backoff_delay, host_of,
+                   redact_url, request_error, retry_after_seconds, unreachable_message)
 
 FINAL_PHASES = {"COMPLETED", "ERROR", "ABORTED", "ARCHIVED"}
 
@@ -58,9 +57,9 @@ class _TapClient:
             try:
                 response = self._once(method, url, ok, **kwargs)
                 return response
-            except _Permanent as exc:
+            except Permanent as exc:
                 raise TapError(f"{method} {redact_url(url)}: {exc}") from None
-            except _Retryable as exc:
+            except Retryable as exc:
                 only_connect_failures &= exc.connect_failure
                 failures += 1
                 if failures > self.retries:
@@ -79,15 +78,15 @@ class _TapClient:
         try:
             response = self.session.request(method, url, **kwargs)
         except requests.exceptions.RequestException as exc:
-            raise _request_error(exc) from None
+            raise request_error(exc) from None
         self.connected = True
         status = response.status_code
         if status in ok:
             return response
         label = f"HTTP {status} {response.reason or ''}".strip()
         if status == 429 or status >= 500:
-            raise _Retryable(label, retry_after=_retry_after_seconds(response.headers.get("Retry-After")))
-        raise _Permanent(f"{label}: {response.text[:300].strip()}")
+            raise Retryable(label, retry_after=retry_after_seconds(response.headers.get("Retry-After")))
+        raise Permanent(f"{label}: {response.text[:300].strip()}")
 
 
 # ---------------------------------------------------------------- job life cycle
