@@ -43,3 +43,33 @@ def test_wavelength_grid_segments_and_hash():
     assert grid.hash() != grid_hash(grid.wavelength_air + 1e-3)
     edges = pixel_edges(np.array([1.0, 2.0, 4.0]))
     np.testing.assert_allclose(edges, [0.5, 1.5, 3.0, 5.0])
+
+
+def test_every_rule_runs_the_stage_function_named_as_the_rule():
+    """rules/*.smk: each rule's script is workflow_scripts/<rule>.py, which starts the job
+    (runtime.job) and calls stages.<rule> with keywords that function takes."""
+    import ast
+    import inspect
+    import re
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    rules = {}
+    for smk in (repo / "rules").glob("*.smk"):
+        for name, body in re.findall(r"^rule (\w+):\n((?:[ \t]+.*\n|\n)*)", smk.read_text(), re.M):
+            rules[name] = re.search(r'script:\s*\n\s*"\.\./workflow_scripts/(\w+)\.py"', body)
+    assert rules and all(rules.values()), rules
+    for rule, script in rules.items():
+        assert script.group(1) == rule
+        tree = ast.parse((repo / "workflow_scripts" / f"{rule}.py").read_text())
+        calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+                 and isinstance(n.func, ast.Attribute)]
+        assert any(c.func.attr == "job" and getattr(c.func.value, "id", "") == "runtime"
+                   for c in calls), rule
+        (call,) = [c for c in calls if getattr(c.func.value, "id", "") == "stages"]
+        assert call.func.attr == rule
+        params = inspect.signature(getattr(stages, rule)).parameters
+        given = {k.arg for k in call.keywords}
+        assert given <= set(params), (rule, given - set(params))
+        required = {n for n, p in params.items() if p.default is inspect.Parameter.empty}
+        assert required <= given, (rule, required - given)
