@@ -165,12 +165,14 @@ def stage(cfg, knn=5):
     assert any("or 5" in v for v in found)
 
 
-@pytest.mark.parametrize("path", sorted(SECTIONS))
-def test_a_section_completed_from_the_schema_is_what_validation_fills(path):
-    if not path:
-        return
-    experiment = config.validate_config({"experiments": {"e": {}}, "run": []})["experiments"]["e"]
-    node = experiment
+@pytest.fixture(scope="module")
+def validated_experiment():
+    return config.validate_config({"experiments": {"e": {}}, "run": []})["experiments"]["e"]
+
+
+@pytest.mark.parametrize("path", sorted(p for p in SECTIONS if p))
+def test_a_section_completed_from_the_schema_is_what_validation_fills(path, validated_experiment):
+    node = validated_experiment
     for part in path.split("."):
         if not isinstance(node, dict) or part not in node:
             pytest.skip(f"{path}: no default reaches it")
