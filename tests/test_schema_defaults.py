@@ -122,10 +122,10 @@ def _violations(path: Path, text: str | None = None) -> list[str]:
             valued = {k.value for k, v in zip(node.value.keys, node.value.values)
                       if isinstance(k, ast.Constant) and (isinstance(v, ast.Constant)
                                                           or isinstance(v, ast.Dict) and _literal(v))}
-            for section, section_keys in SECTIONS.items():
-                if len(valued & section_keys) >= 2 and not _allowed(path, name, "*"):
-                    out.append(f"{rel}:{node.lineno} {name}: values for {section} keys")
-                    break
+            section = max(SECTIONS, key=lambda s: len(valued & SECTIONS[s]))
+            if len(valued & SECTIONS[section]) >= 2 and not _allowed(path, name, "*"):
+                out.append(f"{rel}:{node.lineno} {name}: values for the keys "
+                           f"{sorted(valued & SECTIONS[section])} of a section such as {section}")
     # parameter defaults where a section enters the library
     for fn in functions:
         args = fn.args
