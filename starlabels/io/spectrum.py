@@ -23,7 +23,9 @@ class SpectrumFormatError(ValueError):
 class Spectrum:
     """One observed (or synthetic) 1-D spectrum as read from an archive file.
 
-    wavelength : Å, increasing, in the frame given by ``medium`` ("air" or "vacuum")
+    wavelength : Å, increasing, in the medium given by ``medium`` ("air" or "vacuum"), seen
+                 from the solar-system barycentre: the star's own radial velocity is the only
+                 shift left in it (readers remove an observatory's motion, see SPECSYS)
     flux       : any linear unit (normalise later); NaN where undefined
     ivar       : inverse variance of ``flux`` (0 = no information)
     mask       : True where the archive flags the pixel bad
