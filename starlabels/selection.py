@@ -108,18 +108,19 @@ def marvels_stars(catalog_path: str, calibration_path: str, labels: Sequence[str
                   ) -> pd.DataFrame:
     """Stars table from the MARVELS star catalogue and the calibration stars' literature table.
 
-    Catalogue dwarfs with labels are the fine-tuning sample (train/valid/test by hash);
-    calibration stars take their literature labels; RPM giants are targets. The catalogue gives
-    no abundances, so ``solar`` is not used.
+    Catalogue dwarfs with labels (RPM_LOG_g Mainseq in DR12, 'dwarf' in the simulated
+    catalogue) are the fine-tuning sample (train/valid/test by hash); calibration stars take
+    their literature labels; RPM giants and known planet hosts (DR12 Refstar, no luminosity
+    class) are targets. The catalogue gives no abundances, so ``solar`` is not used.
     """
     from .artifacts import load_table
-    from .io.marvels import read_marvels_star_catalog
+    from .io.marvels import RPM_DWARF, read_marvels_star_catalog
 
     selection = config.section("selection", selection)
     stars = read_marvels_star_catalog(catalog_path).drop_duplicates("star_id")
     stars = stars.reset_index(drop=True)
     literature = load_table(calibration_path)
-    good = training_quality(stars, labels, selection) & stars["rpm_class"].eq("dwarf").to_numpy()
+    good = training_quality(stars, labels, selection) & stars["rpm_class"].eq(RPM_DWARF).to_numpy()
     split = np.where(good, assign_split(stars["star_id"].tolist(), selection["valid_fraction"],
                                         selection["test_fraction"], selection["seed"]),
                      "target").astype(object)
