@@ -19,6 +19,12 @@ class SpectrumFormatError(ValueError):
         self.problem = problem
 
 
+class ConventionWarning(UserWarning):
+    """A reader used a product's published convention for something the file does not state
+    (a unit keyword, say). The message names the file, what was missing and what was assumed,
+    so the job's log records every such file."""
+
+
 @dataclass
 class Spectrum:
     """One observed (or synthetic) 1-D spectrum as read from an archive file.
