@@ -95,13 +95,14 @@ def phoenix_manifest(*, phoenix_cfg: Mapping[str, Any], mirror: str | None,
 
 def download_shard(*, remote: str, shard: int, dest_dir: str, journal_dir: str, out: str,
                    dataset: str, download_cfg: Mapping[str, Any],
-                   credentials_env: Sequence[str | None] = (None, None),
+                   login: Mapping[str, Any] | None = None,
                    log: Log = log_to_stdout) -> pd.DataFrame:
     """Fetch one shard of a remote-file table (files already complete are kept; the journal
     in ``journal_dir`` says which are, for archives that publish no size or checksum).
 
-    ``credentials_env`` names the environment variables holding a user and password for
-    proprietary data (ESO). A file the archive does not have (HTTP 404: a PHOENIX grid hole, a
+    ``login`` is the archive's login block for proprietary data (ESO: ``token_url`` and the
+    names of the environment variables with the user and password; see
+    :mod:`starlabels.acquire.auth`), None for public data. A file the archive does not have (HTTP 404: a PHOENIX grid hole, a
     withdrawn spectrum) is recorded as missing instead of failing the job for ever; the
     assemble step passes it on so it appears in the normalize rejects or the PHOENIX manifest.
     """
@@ -111,7 +112,7 @@ def download_shard(*, remote: str, shard: int, dest_dir: str, journal_dir: str, 
     meta = artifacts.provenance(None, stage="download_shard", dataset=dataset)
     return shards.download_shard(remote=remote, shard=int(shard), dest_dir=dest_dir, out=out,
                                  journal_dir=journal_dir, download=download_cfg,
-                                 credentials_env=tuple(credentials_env), allow_missing=True,
+                                 login=login, allow_missing=True,
                                  what=what, log=log, metadata=meta)
 
 
