@@ -84,8 +84,11 @@ def gaia_eso_stars(catalog_path: str, labels: Sequence[str], selection: Mapping[
                    solar: Mapping[str, float], calibration_path: str | None = None
                    ) -> pd.DataFrame:
     """Stars table from a Gaia-ESO parameter catalogue (MG1/AL1 → [Mg/Fe]/[Al/Fe] with the
-    ``solar_abundances``). Its reference labels are the catalogue's own: ``calibration_path``
-    is not read."""
+    ``solar_abundances``). Its reference labels are the catalogue's own. Stars of the
+    calibration table (``calibration_path``: the Gaia FGK benchmark stars and their literature
+    labels) are the ``calibration`` split: predicted, compared with the literature by
+    validate, never trained on."""
+    from .artifacts import load_table
     from .io.gaia_eso import read_ges_catalog
 
     selection = config.section("selection", selection)
@@ -100,6 +103,9 @@ def gaia_eso_stars(catalog_path: str, labels: Sequence[str], selection: Mapping[
     split = assign_split(stars["star_id"].tolist(), selection["valid_fraction"],
                          selection["test_fraction"], selection["seed"])
     stars["split"] = np.where(good, split, "target").astype(object)
+    if calibration_path is not None:
+        literature = load_table(calibration_path)
+        stars.loc[stars["star_id"].isin(literature["star_id"]), "split"] = "calibration"
     return stars
 
 

@@ -314,17 +314,18 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
              plots: Mapping[str, str], experiment: str, linelist: str | None = None,
              simulate_cfg: Mapping[str, Any] | None = None, log: Log = log_to_stdout,
              config_hash: str = "none", method: str | None = None,
-             method_report: str | None = None) -> dict:
+             method_report: str | None = None, calibration: str | None = None) -> dict:
     """metrics.json and the validation plots (:func:`starlabels.validate.validate`);
     ``method_report`` is the method's report (e.g. deep-REMAP's), merged into the metrics under
-    the ``method``'s name."""
+    the ``method``'s name; ``calibration`` the stars with literature labels (reported beside
+    them)."""
     from .validate import validate as run
 
     return run(catalog=catalog, table=table, flux=flux, clean_table=clean_table,
                rejects=rejects, truth=truth, model_dirs=model_dirs, labels=labels, survey=survey,
                grid_cfg=grid_cfg, cfg=cfg, metrics=metrics, plots=plots, experiment=experiment,
                linelist=linelist, simulate_cfg=simulate_cfg, log=log, config_hash=config_hash,
-               method=method, method_report=method_report)
+               method=method, method_report=method_report, calibration=calibration)
 
 
 def remap_report(*, flux: str, table: str, catalog: str, truth: str | None,

@@ -499,13 +499,18 @@ def test_marvels_manifest_lists_one_star1d_file_per_plate(fault_server, tmp_path
 
 # ------------------------------------------------------------------ literature tables
 
-def test_benchmark_table_loads_and_names_its_references():
+def test_benchmark_table_names_a_source_for_every_number():
     table = load_benchmark_stars()
-    assert len(table) == 15 and table["reference"].str.contains("Heiter et al. 2015").all()
-    arcturus = table.set_index("name").loc["Arcturus"]
+    assert len(table) == 15 and (table["reference"].str.len() > 20).all()
+    labels = ["teff", "e_teff", "logg", "e_logg", "fe_h", "e_fe_h"]
+    # no number without a source: a row nobody could read values for carries none
+    assert table.loc[~table["verified"], labels].isna().all().all()
+    verified = table[table["verified"]]
+    assert len(verified) == 12 and verified[["teff", "logg", "fe_h"]].notna().all().all()
+    assert verified["reference"].str.contains("Soubiran et al. 2024|IAU 2015").all()
+    arcturus = table.set_index("name").loc["Arcturus (HD 124897)"]
     assert 4000 < arcturus["teff"] < 4500 and arcturus["logg"] < 2
-    # nothing here was checked against the papers in this repository: it must say so
-    assert not table["verified"].any() and (table["check"].str.len() > 0).all()
+    assert (table["check"].str.len() > 0).all()
 
 
 def test_unverified_rows_are_left_out_unless_asked_for(tmp_path):
