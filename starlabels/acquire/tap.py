@@ -67,8 +67,10 @@ class _TimedSession(requests.Session):
 
     def request(self, method, url, **kwargs):
         given = kwargs.get("timeout")
-        kwargs["timeout"] = self.request_timeout_s if given is None else min(
-            float(given), self.request_timeout_s)
+        if given is None:
+            kwargs["timeout"] = self.request_timeout_s
+        elif not isinstance(given, tuple):     # (connect, read) pairs are taken as given
+            kwargs["timeout"] = min(float(given), self.request_timeout_s)
         return super().request(method, url, **kwargs)
 
 
