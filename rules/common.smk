@@ -95,15 +95,15 @@ def required_reference_stars(wildcards):
     return ref if ref["required"] else None
 
 
-def credentials_env_names(wildcards):
-    """Names (never values) of the environment variables with archive credentials, from the
-    archive block the survey's record names (the ESO user/password for Gaia-ESO spectra); none
-    for public data (SDSS, PHOENIX)."""
+def archive_login(wildcards):
+    """The login block of the archive the survey's record names (ESO for Gaia-ESO spectra: its
+    token endpoint and the names, never the values, of the environment variables with the user
+    and password); None for public data (SDSS, PHOENIX)."""
     block = survey(wildcards.exp).credentials if wildcards.dataset == "observed" else None
     if block is None:
-        return [None, None]
-    names = EXPERIMENTS[wildcards.exp]["archive"][block]
-    return [names["user_env"], names["password_env"]]
+        return None
+    archive = EXPERIMENTS[wildcards.exp]["archive"][block]
+    return {k: archive[k] for k in ("token_url", "user_env", "password_env")}
 
 
 def truth_input(wildcards):

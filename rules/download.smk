@@ -63,7 +63,7 @@ rule download_shard:
         f"{R}/{{exp}}/raw/{{dataset}}/download/shard_{{shard}}.parquet",
     params:
         download=section("download"),
-        credentials_env=credentials_env_names,
+        login=archive_login,
         dest_dir=lambda w: f"{R}/{w.exp}/raw/{w.dataset}/download/files",
         journal_dir=lambda w: f"{R}/{w.exp}/raw/{w.dataset}/download/journal",
     resources:

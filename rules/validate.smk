@@ -10,6 +10,7 @@ rule validate:
         flux=f"{R}/{{exp}}/normalized/flux.npy",
         clean=f"{R}/{{exp}}/clean/clean.parquet",
         rejects=f"{R}/{{exp}}/normalized/rejects.parquet",
+        calibration=f"{R}/{{exp}}/raw/observed/calibration_stars.parquet",
         models=model_files,
     output:
         metrics=f"{R}/{{exp}}/metrics.json",

@@ -84,8 +84,11 @@ def gaia_eso_stars(catalog_path: str, labels: Sequence[str], selection: Mapping[
                    solar: Mapping[str, float], calibration_path: str | None = None
                    ) -> pd.DataFrame:
     """Stars table from a Gaia-ESO parameter catalogue (MG1/AL1 → [Mg/Fe]/[Al/Fe] with the
-    ``solar_abundances``). Its reference labels are the catalogue's own: ``calibration_path``
-    is not read."""
+    ``solar_abundances``). Its reference labels are the catalogue's own. Stars of the
+    calibration table (``calibration_path``: the Gaia FGK benchmark stars and their literature
+    labels) are the ``calibration`` split: predicted, compared with the literature by
+    validate, never trained on."""
+    from .artifacts import load_table
     from .io.gaia_eso import read_ges_catalog
 
     selection = config.section("selection", selection)
@@ -100,6 +103,9 @@ def gaia_eso_stars(catalog_path: str, labels: Sequence[str], selection: Mapping[
     split = assign_split(stars["star_id"].tolist(), selection["valid_fraction"],
                          selection["test_fraction"], selection["seed"])
     stars["split"] = np.where(good, split, "target").astype(object)
+    if calibration_path is not None:
+        literature = load_table(calibration_path)
+        stars.loc[stars["star_id"].isin(literature["star_id"]), "split"] = "calibration"
     return stars
 
 
@@ -108,18 +114,19 @@ def marvels_stars(catalog_path: str, calibration_path: str, labels: Sequence[str
                   ) -> pd.DataFrame:
     """Stars table from the MARVELS star catalogue and the calibration stars' literature table.
 
-    Catalogue dwarfs with labels are the fine-tuning sample (train/valid/test by hash);
-    calibration stars take their literature labels; RPM giants are targets. The catalogue gives
-    no abundances, so ``solar`` is not used.
+    Catalogue dwarfs with labels (RPM_LOG_g Mainseq in DR12, 'dwarf' in the simulated
+    catalogue) are the fine-tuning sample (train/valid/test by hash); calibration stars take
+    their literature labels; RPM giants and known planet hosts (DR12 Refstar, no luminosity
+    class) are targets. The catalogue gives no abundances, so ``solar`` is not used.
     """
     from .artifacts import load_table
-    from .io.marvels import read_marvels_star_catalog
+    from .io.marvels import RPM_DWARF, read_marvels_star_catalog
 
     selection = config.section("selection", selection)
     stars = read_marvels_star_catalog(catalog_path).drop_duplicates("star_id")
     stars = stars.reset_index(drop=True)
     literature = load_table(calibration_path)
-    good = training_quality(stars, labels, selection) & stars["rpm_class"].eq("dwarf").to_numpy()
+    good = training_quality(stars, labels, selection) & stars["rpm_class"].eq(RPM_DWARF).to_numpy()
     split = np.where(good, assign_split(stars["star_id"].tolist(), selection["valid_fraction"],
                                         selection["test_fraction"], selection["seed"]),
                      "target").astype(object)

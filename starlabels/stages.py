@@ -95,13 +95,14 @@ def phoenix_manifest(*, phoenix_cfg: Mapping[str, Any], mirror: str | None,
 
 def download_shard(*, remote: str, shard: int, dest_dir: str, journal_dir: str, out: str,
                    dataset: str, download_cfg: Mapping[str, Any],
-                   credentials_env: Sequence[str | None] = (None, None),
+                   login: Mapping[str, Any] | None = None,
                    log: Log = log_to_stdout) -> pd.DataFrame:
     """Fetch one shard of a remote-file table (files already complete are kept; the journal
     in ``journal_dir`` says which are, for archives that publish no size or checksum).
 
-    ``credentials_env`` names the environment variables holding a user and password for
-    proprietary data (ESO). A file the archive does not have (HTTP 404: a PHOENIX grid hole, a
+    ``login`` is the archive's login block for proprietary data (ESO: ``token_url`` and the
+    names of the environment variables with the user and password; see
+    :mod:`starlabels.acquire.auth`), None for public data. A file the archive does not have (HTTP 404: a PHOENIX grid hole, a
     withdrawn spectrum) is recorded as missing instead of failing the job for ever; the
     assemble step passes it on so it appears in the normalize rejects or the PHOENIX manifest.
     """
@@ -111,7 +112,7 @@ def download_shard(*, remote: str, shard: int, dest_dir: str, journal_dir: str, 
     meta = artifacts.provenance(None, stage="download_shard", dataset=dataset)
     return shards.download_shard(remote=remote, shard=int(shard), dest_dir=dest_dir, out=out,
                                  journal_dir=journal_dir, download=download_cfg,
-                                 credentials_env=tuple(credentials_env), allow_missing=True,
+                                 login=login, allow_missing=True,
                                  what=what, log=log, metadata=meta)
 
 
@@ -313,17 +314,18 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
              plots: Mapping[str, str], experiment: str, linelist: str | None = None,
              simulate_cfg: Mapping[str, Any] | None = None, log: Log = log_to_stdout,
              config_hash: str = "none", method: str | None = None,
-             method_report: str | None = None) -> dict:
+             method_report: str | None = None, calibration: str | None = None) -> dict:
     """metrics.json and the validation plots (:func:`starlabels.validate.validate`);
     ``method_report`` is the method's report (e.g. deep-REMAP's), merged into the metrics under
-    the ``method``'s name."""
+    the ``method``'s name; ``calibration`` the stars with literature labels (reported beside
+    them)."""
     from .validate import validate as run
 
     return run(catalog=catalog, table=table, flux=flux, clean_table=clean_table,
                rejects=rejects, truth=truth, model_dirs=model_dirs, labels=labels, survey=survey,
                grid_cfg=grid_cfg, cfg=cfg, metrics=metrics, plots=plots, experiment=experiment,
                linelist=linelist, simulate_cfg=simulate_cfg, log=log, config_hash=config_hash,
-               method=method, method_report=method_report)
+               method=method, method_report=method_report, calibration=calibration)
 
 
 def remap_report(*, flux: str, table: str, catalog: str, truth: str | None,

@@ -40,7 +40,8 @@ class Survey:
     manifest: Hook
     #: ``download`` keys the manifest job uses (None: all of them, it fetches files itself)
     manifest_download: tuple[str, ...] | None
-    #: ``archive`` block naming the environment variables with credentials (None: public data)
+    #: ``archive`` block with the login (token endpoint, names of the environment variables
+    #: with the user and password; see acquire.auth); None: public data
     credentials: str | None
     reference_stars: Hook
     #: the split whose stars validate judges, and what their reference labels are called

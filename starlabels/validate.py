@@ -17,7 +17,10 @@ Metrics (written to ``metrics.json``):
   (predicted − true), the median Cramér–Rao bound of the simulator's own forward model
   (``starlabels.limits``), their ratio, and the ensemble's z-spread and 68 % coverage;
 * **targets** — the experiment's acceptance targets (``validate.targets.sigma_vs_true``) beside
-  the measured σ against true labels, and whether each is met.
+  the measured σ against true labels, and whether each is met;
+* **reference stars** — the stars with literature labels (Gaia FGK benchmark stars, MARVELS
+  calibration stars): each one's predicted labels beside the literature's, and bias / σ of the
+  differences (also a small table in the log).
 
 What differs between surveys (evaluation split, what their reference labels are, giant classes)
 comes from their records in :mod:`starlabels.surveys`.
@@ -244,6 +247,58 @@ def reference_precision_by_snr(cat: pd.DataFrame, labels: Sequence[str], rows: n
     return pd.DataFrame(out)
 
 
+def reference_stars_block(cat: pd.DataFrame, calibration: pd.DataFrame,
+                          labels: Sequence[str]) -> dict[str, Any]:
+    """The predicted labels of the stars with literature labels (the calibration table: Gaia
+    FGK benchmark stars for Gaia-ESO, the calibration stars for MARVELS) beside those labels.
+
+    Per star: name (where the table has one), split, S/N and, per label, the literature value
+    and error, the prediction and its ensemble σ; per label, bias / σ / robust σ / N of
+    (predicted − literature). Stars of the table without a prediction are listed by star_id.
+    """
+    compared = [label for label in labels if label in calibration.columns]
+    lit = calibration.drop_duplicates("star_id").set_index("star_id")
+    pred = cat.drop_duplicates("star_id").set_index("star_id")
+    found = [sid for sid in lit.index if sid in pred.index]
+    stars = []
+    for sid in found:
+        entry: dict[str, Any] = {"star_id": sid,
+                                 "name": str(lit.at[sid, "name"]) if "name" in lit else sid,
+                                 "split": str(pred.at[sid, "split"]) if "split" in pred else "",
+                                 "snr": float(pred.at[sid, "snr"]) if "snr" in pred else None}
+        for label in compared:
+            entry[label] = {
+                "literature": float(lit.at[sid, label]),
+                "e_literature": float(lit.at[sid, f"e_{label}"]) if f"e_{label}" in lit
+                else float("nan"),
+                "predicted": float(pred.at[sid, label]),
+                "predicted_std": float(pred.at[sid, f"{label}_std"])
+                if f"{label}_std" in pred else float("nan")}
+        stars.append(entry)
+    return {"n": len(stars), "labels": compared, "stars": stars,
+            "vs_literature": {label: label_stats([s[label]["predicted"] for s in stars],
+                                                 [s[label]["literature"] for s in stars])
+                              for label in compared},
+            "not_predicted": [sid for sid in lit.index if sid not in pred.index]}
+
+
+def reference_stars_lines(block: Mapping[str, Any]) -> list[str]:
+    """The block as a small table for the log: one line per star, predicted and literature
+    value of each label."""
+    labels = block["labels"]
+    head = f"  {'star':26s} {'split':11s}" + "".join(f" {label + ' pred/lit':>21s}"
+                                                     for label in labels)
+    lines = [f"validate: {block['n']} reference stars, predicted vs literature labels:", head]
+    for star in block["stars"]:
+        cells = "".join(f" {star[label]['predicted']:10.4g}/{star[label]['literature']:<10.4g}"
+                        for label in labels)
+        lines.append(f"  {star['name'][:26]:26s} {star['split'][:11]:11s}{cells}")
+    stats = block["vs_literature"]
+    lines.append("  bias / σ: " + ", ".join(f"{label} {stats[label]['bias']:+.3g} / "
+                                            f"{stats[label]['sigma']:.3g}" for label in labels))
+    return lines
+
+
 def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: str,
              truth: str | None,
              model_dirs: Sequence[str], labels: Sequence[str], survey: str,
@@ -251,8 +306,12 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
              plots: Mapping[str, str], experiment: str, linelist: str | None = None,
              simulate_cfg: Mapping[str, Any] | None = None, log=print,
              config_hash: str = "none", method: str | None = None,
-             method_report: str | None = None) -> dict[str, Any]:
+             method_report: str | None = None, calibration: str | None = None
+             ) -> dict[str, Any]:
     """Compute metrics.json and draw the validation plots (paths in ``plots``).
+
+    ``calibration`` is the survey's table of stars with literature labels; their predictions
+    are reported beside those labels under ``reference_stars`` (and as a table in the log).
 
     ``truth`` is None for real data: metrics are then against the catalogue / literature labels
     only, the one-to-one-with-truth plot is empty, and precision vs S/N is against the
@@ -299,6 +358,13 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
         result["clean"] = clean_summary(cleaned, rej)
         log(f"validate: no truth (real data); {eval_split} σ vs reference: " + ", ".join(
             f"{k}={v['sigma']:.3g}" for k, v in result["precision"]["vs_reference"].items()))
+
+    if calibration is not None:
+        block = reference_stars_block(cat, artifacts.load_table(calibration), labels)
+        result["reference_stars"] = block
+        if block["n"]:
+            for line in reference_stars_lines(block):
+                log(line)
 
     if record.classes and truth is None and "rpm_class" in stars:
         # real MARVELS: the giant candidates are the catalogue's reduced-proper-motion giants

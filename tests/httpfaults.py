@@ -1,10 +1,12 @@
-"""A loopback HTTP server that misbehaves on request, plus a minimal fake TAP/UWS service.
+"""A loopback HTTP server that misbehaves on request, a fake IVOA TAP service that follows the
+standards (TAP 1.1 over UWS 1.1, VOTable results), and a fake ESO login (OIDC token) endpoint.
 
 The archives (ESO, SDSS SAS, PHOENIX) are unreachable from our machines, so the download code
 is proven against this server instead. It serves the files of a folder with Range support and
 Content-Length, and a test injects faults per path: dropped connections, 5xx/429 answers,
-truncated or wrong bodies, slow answers, basic auth. It records every request (path, Range
-header, bytes sent, time) and the largest number of requests in flight at once.
+other bodies (an HTML page), truncated or wrong bodies, slow answers, a required bearer token.
+It records every request (path, Range header, bytes sent, time) and the largest number of
+requests in flight at once.
 
 Use from a test module::
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import base64
 import io
 import itertools
+import json
 import socket
 import struct
 import threading
@@ -39,7 +42,8 @@ import pytest
 class Fault:
     """One injected misbehaviour for one path; ``times`` = matching requests it spoils (None: all).
 
-    kinds: 'status' (answer ``status`` with ``headers`` instead of the file), 'drop' (reset the
+    kinds: 'status' (answer ``status`` with ``headers`` and ``body`` of ``content_type``, by
+    default a short text, instead of the file or service), 'drop' (reset the
     connection after ``after_bytes`` of the body), 'truncate' (announce the full length, send
     ``after_bytes``, close cleanly), 'corrupt' (same length, different bytes), 'slow' (sleep
     ``delay_s`` before the headers, or halfway through the body when ``during``), 'ignore_range'
@@ -53,11 +57,15 @@ class Fault:
     after_bytes: int = 0
     delay_s: float = 0.0
     during: bool = False
+    body: bytes | None = None
+    content_type: str = "text/plain"
     used: int = 0
 
     @classmethod
-    def http_status(cls, status: int, times: int | None = 1, headers: dict | None = None) -> "Fault":
-        return cls("status", times=times, status=status, headers=dict(headers or {}))
+    def http_status(cls, status: int, times: int | None = 1, headers: dict | None = None,
+                    body: bytes | None = None, content_type: str = "text/plain") -> "Fault":
+        return cls("status", times=times, status=status, headers=dict(headers or {}),
+                   body=body, content_type=content_type)
 
     @classmethod
     def drop(cls, after_bytes: int, times: int | None = 1) -> "Fault":
@@ -110,7 +118,7 @@ class FaultServer:
         self.records: list[RequestRecord] = []
         self.active = 0
         self.max_active = 0
-        self.auth: tuple[str, str, str] | None = None  # (user, password, path prefix)
+        self.tokens: list[tuple[str, str]] = []  # (bearer token, path prefix it opens)
         self.mounts: dict[str, "FakeTap"] = {}
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
@@ -157,8 +165,10 @@ class FaultServer:
         with self._lock:
             self.faults.clear()
 
-    def require_auth(self, user: str, password: str, prefix: str = "/") -> None:
-        self.auth = (user, password, prefix)
+    def require_token(self, token: str, prefix: str = "/") -> None:
+        """Paths under ``prefix`` answer 401 unless the request has 'Authorization: Bearer
+        <token>' (ESO's archive after its OIDC login)."""
+        self.tokens.append((token, prefix))
 
     def mount(self, prefix: str, service: "FakeTap") -> "FakeTap":
         """Answer every path under ``prefix`` with ``service`` (after faults and auth)."""
@@ -241,11 +251,13 @@ class _Handler(BaseHTTPRequestHandler):
             body = self._read_body()
             if not self._authorised(path):
                 self.reply(401, b"authentication required\n",
-                           {"WWW-Authenticate": 'Basic realm="archive"'})
+                           {"WWW-Authenticate": 'Bearer realm="archive"'})
                 return
             fault = self.owner._next_fault(path)
             if fault is not None and fault.kind == "status":
-                self.reply(fault.status, f"injected {fault.status}\n".encode(), fault.headers)
+                body = fault.body if fault.body is not None else \
+                    f"injected {fault.status}\n".encode()
+                self.reply(fault.status, body, fault.headers, content_type=fault.content_type)
                 return
             if fault is not None and fault.kind == "slow" and not fault.during:
                 time.sleep(fault.delay_s)
@@ -265,13 +277,8 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else b""
 
     def _authorised(self, path: str) -> bool:
-        if self.owner.auth is None:
-            return True
-        user, password, prefix = self.owner.auth
-        if not path.startswith(prefix):
-            return True
-        expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-        return self.headers.get("Authorization") == expected
+        needed = [token for token, prefix in self.owner.tokens if path.startswith(prefix)]
+        return not needed or self.headers.get("Authorization") in {f"Bearer {t}" for t in needed}
 
     def reply(self, status: int, body: bytes, headers: dict | None = None,
               content_type: str = "text/plain") -> None:
@@ -285,6 +292,17 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
             self.record.bytes_sent += len(body)
+
+    def reply_cut(self, status: int, body: bytes, sent: int, content_type: str) -> None:
+        """Announce all of ``body`` but send only its first ``sent`` bytes, then close: a
+        transfer that breaks off."""
+        self.record.status = status
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self._write(body[:sent])
+        self.close_connection = True
 
     def _serve_file(self, path: str, fault: Fault | None, head: bool) -> None:
         target = (self.owner.root / path.lstrip("/")).resolve()
@@ -351,22 +369,33 @@ def _parse_range(header: str, size: int) -> tuple[int, int]:
 
 # ---------------------------------------------------------------- fake TAP (UWS) service
 
+_UWS = "http://www.ivoa.net/xml/UWS/v1.0"
+
+
 @dataclass
 class _Job:
     adql: str
     fmt: str
+    job_id: str
     phase: str = "PENDING"
     steps: list[str] = field(default_factory=list)
     deleted: bool = False
     polls: int = 0
+    waits: int = 0           # polls that asked for UWS's WAIT (blocking until a phase change)
 
 
 class FakeTap:
-    """A minimal IVOA TAP service: /async jobs (UWS) and a /sync endpoint with a row cap.
+    """An IVOA TAP service as the standards describe it: asynchronous queries are UWS 1.1 jobs
+    under /async, a /sync endpoint answers at once (with a row cap), results are VOTables with
+    an INFO QUERY_STATUS.
 
     ``respond(adql)`` returns a DataFrame (the result) or a string (the job fails with that
-    message). After PHASE=RUN each poll of {job}/phase moves one step along ``phases``; the
-    last step is COMPLETED, or ERROR when ``respond`` returned a string.
+    message, given as the UWS errorSummary and at {job}/error). POST /async creates a PENDING
+    job (303 to it); PHASE=RUN queues it; every later read of its phase (the UWS job document,
+    or {job}/phase) moves one step along ``phases``, the last step being COMPLETED, or ERROR
+    when ``respond`` returned a string. PHASE=ABORT aborts it, DELETE removes it. A job
+    document asked for with UWS 1.1's WAIT is counted and answered at once, as by services
+    without WAIT support (whose jobs pyvo's own wait() polls without an overall limit).
     """
 
     def __init__(self, respond: Callable[[str], pd.DataFrame | str],
@@ -382,20 +411,24 @@ class FakeTap:
     def handle(self, handler: _Handler, method: str, subpath: str, body: bytes,
                base: str) -> None:
         form = {k: v[0] for k, v in parse_qs(body.decode()).items()}
+        query = {k: v[0] for k, v in parse_qs(urlsplit(handler.path).query).items()}
         parts = [p for p in subpath.split("/") if p]
+        job_url = lambda job_id: f"{handler.owner.base_url}{base}/async/{job_id}"  # noqa: E731
         if parts == ["sync"]:
-            return self._sync(handler, form)
+            return self._sync(handler, {**query, **form})
         if parts == ["async"] and method == "POST":
-            return self._create(handler, form, base)
+            return self._create(handler, form, job_url)
+        if parts == ["async"] and method == "GET":
+            return handler.reply(200, self._job_list(job_url), content_type="text/xml")
         if len(parts) >= 2 and parts[0] == "async" and parts[1] in self.jobs:
             job = self.jobs[parts[1]]
             rest = parts[2:]
             if job.deleted:
                 return handler.reply(404, b"no such job\n")
             if not rest:
-                return self._job_root(handler, method, form, job, base)
+                return self._job_root(handler, method, form, query, job, job_url)
             if rest == ["phase"]:
-                return self._phase(handler, method, form, job, f"{base}/async/{parts[1]}")
+                return self._phase(handler, method, form, job, job_url)
             if rest == ["results", "result"] and job.phase == "COMPLETED":
                 return self._send_table(handler, self.respond(job.adql), cap=None)
             if rest == ["error"] and job.phase == "ERROR":
@@ -403,34 +436,89 @@ class FakeTap:
                                      content_type="application/x-votable+xml")
         handler.reply(404, b"no such resource\n")
 
-    def _create(self, handler: _Handler, form: dict, base: str) -> None:
+    def _create(self, handler: _Handler, form: dict, job_url) -> None:
         if form.get("REQUEST") != "doQuery" or form.get("LANG") != "ADQL" or "QUERY" not in form:
             return handler.reply(400, b"need REQUEST=doQuery, LANG=ADQL, QUERY\n")
         job_id = str(next(self._ids))
-        self.jobs[job_id] = _Job(adql=form["QUERY"], fmt=form.get("FORMAT", "votable"))
-        handler.reply(303, b"", {"Location": f"{base}/async/{job_id}"})
+        job = self.jobs[job_id] = _Job(adql=form["QUERY"], job_id=job_id,
+                                       fmt=form.get("RESPONSEFORMAT", form.get("FORMAT",
+                                                                               "votable")))
+        if form.get("PHASE") == "RUN":
+            self._run(job)
+        handler.reply(303, b"", {"Location": job_url(job_id)})
 
-    def _job_root(self, handler: _Handler, method: str, form: dict, job: _Job, base: str) -> None:
-        if method == "DELETE" or (method == "POST" and form.get("ACTION") == "DELETE"):
-            job.deleted = True
-            return handler.reply(303, b"", {"Location": f"{base}/async"})
-        document = (f'<uws:job xmlns:uws="http://www.ivoa.net/xml/UWS/v1.0">'
-                    f"<uws:phase>{job.phase}</uws:phase></uws:job>").encode()
-        handler.reply(200, document, content_type="text/xml")
+    def _run(self, job: _Job) -> None:
+        if job.phase == "PENDING":
+            final = "ERROR" if isinstance(self.respond(job.adql), str) else "COMPLETED"
+            job.steps = list(self.phases) + [final]
+            job.phase = "QUEUED"
 
-    def _phase(self, handler: _Handler, method: str, form: dict, job: _Job, job_url: str) -> None:
-        if method == "POST":
-            if form.get("PHASE") == "RUN" and job.phase == "PENDING":
-                final = "ERROR" if isinstance(self.respond(job.adql), str) else "COMPLETED"
-                job.steps = list(self.phases) + [final]
-                job.phase = "QUEUED"
-            elif form.get("PHASE") == "ABORT":
-                job.phase, job.steps = "ABORTED", []
-            return handler.reply(303, b"", {"Location": job_url})
+    def _advance(self, job: _Job) -> None:
         job.polls += 1
         if job.steps:
             job.phase = job.steps.pop(0)
+
+    def _job_root(self, handler: _Handler, method: str, form: dict, query: dict, job: _Job,
+                  job_url) -> None:
+        if method == "DELETE" or (method == "POST" and form.get("ACTION") == "DELETE"):
+            job.deleted = True
+            return handler.reply(303, b"", {"Location": job_url("").rstrip("/")})
+        if "WAIT" in query:
+            job.waits += 1
+        if job.phase not in ("PENDING", "COMPLETED", "ERROR", "ABORTED"):
+            self._advance(job)
+        handler.reply(200, self._job_document(job, job_url(job.job_id)), content_type="text/xml")
+
+    def _phase(self, handler: _Handler, method: str, form: dict, job: _Job, job_url) -> None:
+        if method == "POST":
+            if form.get("PHASE") == "RUN":
+                self._run(job)
+            elif form.get("PHASE") == "ABORT":
+                job.phase, job.steps = "ABORTED", []
+            else:
+                return handler.reply(400, b"PHASE must be RUN or ABORT\n")
+            return handler.reply(303, b"", {"Location": job_url(job.job_id)})
+        if job.phase not in ("PENDING", "COMPLETED", "ERROR", "ABORTED"):
+            self._advance(job)
         handler.reply(200, job.phase.encode())
+
+    def _job_document(self, job: _Job, url: str) -> bytes:
+        """The UWS 1.1 job document (uws:job) of ``job``."""
+        from xml.sax.saxutils import escape, quoteattr
+
+        nil = ' xsi:nil="true"/>'
+        parts = [f'<?xml version="1.0" encoding="UTF-8"?>\n'
+                 f'<uws:job xmlns:uws="{_UWS}" xmlns:xlink="http://www.w3.org/1999/xlink" '
+                 f'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" version="1.1">',
+                 f"<uws:jobId>{job.job_id}</uws:jobId>", "<uws:ownerId" + nil,
+                 f"<uws:phase>{job.phase}</uws:phase>", "<uws:quote" + nil,
+                 "<uws:creationTime>2024-01-01T00:00:00Z</uws:creationTime>",
+                 "<uws:startTime" + nil, "<uws:endTime" + nil,
+                 "<uws:executionDuration>3600</uws:executionDuration>",
+                 "<uws:destruction>2024-12-31T00:00:00Z</uws:destruction>",
+                 "<uws:parameters>",
+                 '<uws:parameter id="REQUEST">doQuery</uws:parameter>',
+                 '<uws:parameter id="LANG">ADQL</uws:parameter>',
+                 f'<uws:parameter id="QUERY">{escape(job.adql)}</uws:parameter>',
+                 "</uws:parameters>", "<uws:results>"]
+        if job.phase == "COMPLETED":
+            parts.append(f'<uws:result id="result" xlink:type="simple" '
+                         f'xlink:href={quoteattr(url + "/results/result")}/>')
+        parts.append("</uws:results>")
+        if job.phase == "ERROR":
+            parts.append(f'<uws:errorSummary type="fatal" hasDetail="true"><uws:message>'
+                         f"{escape(str(self.respond(job.adql)))}</uws:message>"
+                         f"</uws:errorSummary>")
+        parts.append("</uws:job>")
+        return "\n".join(parts).encode()
+
+    def _job_list(self, job_url) -> bytes:
+        refs = "".join(f'<uws:jobref id="{j.job_id}" xlink:href="{job_url(j.job_id)}">'
+                       f"<uws:phase>{j.phase}</uws:phase></uws:jobref>"
+                       for j in self.jobs.values() if not j.deleted)
+        return (f'<?xml version="1.0" encoding="UTF-8"?><uws:jobs xmlns:uws="{_UWS}" '
+                f'xmlns:xlink="http://www.w3.org/1999/xlink" version="1.1">{refs}'
+                f"</uws:jobs>").encode()
 
     def _sync(self, handler: _Handler, form: dict) -> None:
         self._send_table(handler, self.respond(form.get("QUERY", "")), cap=self.sync_cap)
@@ -439,6 +527,46 @@ class FakeTap:
         if isinstance(result, str):
             return handler.reply(200, _error_votable(result), content_type="application/x-votable+xml")
         handler.reply(200, votable_bytes(result, cap=cap), content_type="application/x-votable+xml")
+
+
+# ---------------------------------------------------------------- fake ESO login (OIDC token)
+
+def fake_jwt(expires_at: float) -> str:
+    """A token shaped like a JWT (header.payload.signature, base64url) expiring at
+    ``expires_at`` (Unix time), as ESO's id_token is."""
+    def part(obj) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'RS256', 'typ': 'JWT'})}.{part({'exp': int(expires_at)})}.c2lnbmF0dXJl"
+
+
+class FakeOidc:
+    """ESO's token endpoint as astroquery.eso uses it: GET with the OAuth 2 password grant's
+    parameters in the query string; 200 with a JSON document whose ``id_token`` is the bearer
+    token, or 401 for wrong credentials. ``requests`` records each (user, password) asked."""
+
+    def __init__(self, user: str, password: str, token: str | None = None,
+                 lifetime_s: float = 28800.0):
+        self.user, self.password = user, password
+        self.token = token or fake_jwt(time.time() + lifetime_s)
+        self.lifetime_s = lifetime_s
+        self.requests: list[dict] = []
+
+    def handle(self, handler: _Handler, method: str, subpath: str, body: bytes,
+               base: str) -> None:
+        params = {k: v[0] for k, v in parse_qs(urlsplit(handler.path).query).items()}
+        self.requests.append(params)
+        if method != "GET" or params.get("grant_type") != "password" \
+                or params.get("client_id") != "clientid":
+            return handler.reply(400, b'{"error": "invalid_request"}',
+                                 content_type="application/json")
+        if (params.get("username"), params.get("password")) != (self.user, self.password):
+            return handler.reply(401, b'{"error": "invalid_grant"}',
+                                 content_type="application/json")
+        document = {"access_token": "not-the-id-token", "id_token": self.token,
+                    "token_type": "bearer", "expires_in": int(self.lifetime_s),
+                    "scope": "openid"}
+        handler.reply(200, json.dumps(document).encode(), content_type="application/json")
 
 
 def votable_bytes(frame: pd.DataFrame, cap: int | None = None) -> bytes:

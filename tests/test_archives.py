@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from httpfaults import FakeTap, Fault, closed_port, fault_server  # noqa: F401  (fixture)
+from httpfaults import FakeOidc, FakeTap, Fault, closed_port, fault_server  # noqa: F401  (fixture)
 from starlabels import runtime, surveys
 from starlabels.acquire import manifests
 from starlabels.acquire.assemble import assemble_observed, assemble_synthetic
@@ -365,21 +365,48 @@ def test_missing_archive_file_reaches_the_normalize_rejects_not_oblivion(fault_s
     assert lost["dp_id"].tolist() == [gone] and not Path(lost["path"].iloc[0]).exists()
 
 
-def test_credentials_come_from_the_environment_and_never_reach_the_tables(fault_server, tmp_path,
-                                                                          monkeypatch):
+def test_login_comes_from_the_environment_and_never_reaches_the_tables(fault_server, tmp_path,
+                                                                      monkeypatch):
+    """Proprietary ESO data: the shard logs in at the token endpoint with the user and
+    password of the environment variables the config names and sends the token as a bearer;
+    neither the password nor the token is written anywhere."""
     remote, _ = served_eso_files(fault_server, tmp_path)
-    fault_server.require_auth("astro", "s3cret-pw", prefix="/dataPortal")
+    oidc = fault_server.mount("/sso/oidc/token", FakeOidc("astro", "s3cret-pw"))
+    fault_server.require_token(oidc.token, prefix="/dataPortal")
+    login = {"token_url": fault_server.url("sso/oidc/token"), "user_env": "MY_ESO_USER",
+             "password_env": "MY_ESO_PASSWORD"}
+    monkeypatch.delenv("MY_ESO_USER", raising=False)
+    monkeypatch.delenv("MY_ESO_PASSWORD", raising=False)
     with pytest.raises(DownloadError, match="MY_ESO_USER"):
-        run_shards(tmp_path, tmp_path / "remote.parquet", 3,
-                   credentials_env=("MY_ESO_USER", "MY_ESO_PASSWORD"))
+        run_shards(tmp_path, tmp_path / "remote.parquet", 3, login=login)
     monkeypatch.setenv("MY_ESO_USER", "astro")
     monkeypatch.setenv("MY_ESO_PASSWORD", "s3cret-pw")
-    outs = run_shards(tmp_path, tmp_path / "remote.parquet", 3,
-                      credentials_env=("MY_ESO_USER", "MY_ESO_PASSWORD"))
+    outs = run_shards(tmp_path, tmp_path / "remote.parquet", 3, login=login)
+    assert len(oidc.requests) == 3                               # one login per shard job
     for path in [*outs, *(tmp_path / "journal").glob("*.parquet")]:
         assert b"s3cret-pw" not in Path(path).read_bytes()
+        assert oidc.token.encode() not in Path(path).read_bytes()
     assert all(r.authorization for r in fault_server.records if r.path.startswith("/dataPortal")
                and r.status == 200)
+
+
+def test_eso_manifest_queries_carry_the_login_token(fault_server, tmp_path, monkeypatch):
+    """TAP queries of proprietary data go with the same bearer token as downloads."""
+    FakeEso(fault_server)
+    oidc = fault_server.mount("/sso/oidc/token", FakeOidc("astro", "s3cret-pw"))
+    fault_server.require_token(oidc.token, prefix="/tap_")
+    eso = eso_cfg(fault_server, token_url=fault_server.url("sso/oidc/token"),
+                  user_env="MY_ESO_USER", password_env="MY_ESO_PASSWORD")
+    monkeypatch.delenv("MY_ESO_USER", raising=False)
+    monkeypatch.delenv("MY_ESO_PASSWORD", raising=False)
+    with pytest.raises(Exception, match="HTTP 401"):
+        eso_manifest(fault_server, tmp_path, eso=eso)
+    monkeypatch.setenv("MY_ESO_USER", "astro")
+    monkeypatch.setenv("MY_ESO_PASSWORD", "s3cret-pw")
+    counts, _, _ = eso_manifest(fault_server, tmp_path, eso=eso)
+    assert counts["n_files"] == 5
+    tap_requests = [r for r in fault_server.records if r.path.startswith("/tap_")]
+    assert all(r.authorization for r in tap_requests if r.status == 200)
 
 
 # ------------------------------------------------------------------ PHOENIX
@@ -472,13 +499,18 @@ def test_marvels_manifest_lists_one_star1d_file_per_plate(fault_server, tmp_path
 
 # ------------------------------------------------------------------ literature tables
 
-def test_benchmark_table_loads_and_names_its_references():
+def test_benchmark_table_names_a_source_for_every_number():
     table = load_benchmark_stars()
-    assert len(table) == 15 and table["reference"].str.contains("Heiter et al. 2015").all()
-    arcturus = table.set_index("name").loc["Arcturus"]
+    assert len(table) == 15 and (table["reference"].str.len() > 20).all()
+    labels = ["teff", "e_teff", "logg", "e_logg", "fe_h", "e_fe_h"]
+    # no number without a source: a row nobody could read values for carries none
+    assert table.loc[~table["verified"], labels].isna().all().all()
+    verified = table[table["verified"]]
+    assert len(verified) == 12 and verified[["teff", "logg", "fe_h"]].notna().all().all()
+    assert verified["reference"].str.contains("Soubiran et al. 2024|IAU 2015").all()
+    arcturus = table.set_index("name").loc["Arcturus (HD 124897)"]
     assert 4000 < arcturus["teff"] < 4500 and arcturus["logg"] < 2
-    # nothing here was checked against the papers in this repository: it must say so
-    assert not table["verified"].any() and (table["check"].str.len() > 0).all()
+    assert (table["check"].str.len() > 0).all()
 
 
 def test_unverified_rows_are_left_out_unless_asked_for(tmp_path):

@@ -10,12 +10,14 @@ import logging
 import random
 import time
 from pathlib import Path
+from urllib.parse import quote_plus
 
 import pandas as pd
 import pytest
 
-from httpfaults import Fault, closed_port
+from httpfaults import FakeOidc, Fault, closed_port
 
+from starlabels.acquire.auth import LoginError, login_headers
 from starlabels.acquire.fetch import RemoteFile, fetch_files, safe_relpath, with_mirror
 from starlabels.acquire.http import (ArchiveUnreachable, DownloadError, credentials_env_names,
                                      credentials_from_env)
@@ -384,42 +386,86 @@ def test_refused_connection_raises_archive_unreachable_early(tmp_path):
     assert len(attempted) <= 4 and (attempted["status"] == "failed").all()  # not all 200
 
 
-def test_credentials_are_used_and_never_shown(fault_server, tmp_path, caplog, monkeypatch):
-    password = "pw-Zq8!secret"
-    wrong = "wrong-Pass-77"
-    fault_server.require_auth("survey-user", password)
+def test_login_token_is_used_and_never_shown(fault_server, tmp_path, caplog, monkeypatch):
+    """ESO's way: the user and password (from the environment variables the config names) are
+    exchanged at the OIDC token endpoint for a token, sent as 'Authorization: Bearer' with each
+    download. No password, user-name value or token shows up in logs, errors or manifests."""
+    password, wrong = "pw-Zq8!secret", "wrong-Pass-77"
+    oidc = fault_server.mount("/sso/oidc/token", FakeOidc("survey-user", password))
+    fault_server.require_token(oidc.token, prefix="/private")
     data = payload(1_000)
     item = served(fault_server, "private/v.fits", data)
     user_var, password_var = credentials_env_names("ESO")
     assert (user_var, password_var) == ("STARLABELS_ESO_USER", "STARLABELS_ESO_PASSWORD")
+    login = {"token_url": fault_server.url("sso/oidc/token"), "user_env": user_var,
+             "password_env": password_var}
+    names = (user_var, password_var)
     logger = logging.getLogger("test_download")
     caplog.set_level(logging.DEBUG)
     manifest = tmp_path / "m.parquet"
     options = fast(log=logger.info, retries=1)
 
+    # neither variable set: anonymous, and the archive's 401 says which variables to set
+    monkeypatch.delenv(user_var, raising=False)
+    monkeypatch.delenv(password_var, raising=False)
+    assert login_headers(login, log=logger.info) == {}
     with pytest.raises(DownloadError) as without:
-        fetch_files([item], tmp_path / "a", manifest_path=manifest, credentials_env=(user_var, password_var), **options)
+        fetch_files([item], tmp_path / "a", manifest_path=manifest, credentials_env=names,
+                    **options)
     assert "HTTP 401" in str(without.value) and "STARLABELS_ESO_PASSWORD" in str(without.value)
     assert fault_server.count("/private/v.fits") == 1
 
-    with pytest.raises(DownloadError) as rejected:
-        fetch_files([item], tmp_path / "a", manifest_path=manifest, credentials=("survey-user", wrong),
-                    credentials_env=(user_var, password_var), **options)
-    assert "rejected the credentials" in str(rejected.value)
-
+    # a wrong password: the login itself is refused, naming the variables, not their values
     monkeypatch.setenv(user_var, "survey-user")
+    monkeypatch.setenv(password_var, wrong)
+    with pytest.raises(LoginError) as refused:
+        login_headers(login, log=logger.info)
+    assert user_var in str(refused.value) and "HTTP 401" in str(refused.value)
+
+    # the right one: the password grant as astroquery.eso sends it, the id_token as bearer
     monkeypatch.setenv(password_var, password)
-    credentials = credentials_from_env(user_var, password_var)
-    fetch_files([item], tmp_path / "a", manifest_path=manifest, credentials=credentials, **options)
+    headers = login_headers(login, log=logger.info)
+    assert headers == {"Authorization": f"Bearer {oidc.token}"}
+    asked = oidc.requests[-1]
+    assert (asked["grant_type"], asked["client_id"], asked["username"]) == \
+        ("password", "clientid", "survey-user")
+    assert "valid until" in caplog.text
+    fetch_files([item], tmp_path / "a", manifest_path=manifest, auth_headers=headers,
+                credentials_env=names, **options)
     assert (tmp_path / "a/private/v.fits").read_bytes() == data
 
-    in_url = RemoteFile(item.url.replace("http://", f"http://survey-user:{password}@"), "w.fits")
-    frame = fetch_files([in_url], tmp_path / "b", manifest_path=manifest, **options)
-    assert frame.loc[0, "url"] == item.url
+    # a token the archive no longer takes
+    with pytest.raises(DownloadError) as rejected:
+        fetch_files([served(fault_server, "private/w.fits", data)], tmp_path / "c",
+                    manifest_path=manifest, auth_headers={"Authorization": "Bearer stale-tok-99"},
+                    credentials_env=names, **options)
+    assert "rejected the login token" in str(rejected.value)
 
-    everything = caplog.text + str(without.value) + str(rejected.value) + manifest.read_bytes().decode("latin-1")
-    assert "survey-user" in caplog.text or "private/v.fits" in caplog.text  # the log did record
-    assert password not in everything and wrong not in everything
+    # a password written into a (mirror's) URL is kept out of the manifest too
+    public = served(fault_server, "public/v.fits", data)
+    in_url = RemoteFile(public.url.replace("http://", f"http://survey-user:{password}@"), "w.fits")
+    frame = fetch_files([in_url], tmp_path / "b", manifest_path=manifest, **options)
+    assert frame.loc[0, "url"] == public.url
+
+    everything = (caplog.text + str(without.value) + str(refused.value) + str(rejected.value)
+                  + manifest.read_bytes().decode("latin-1"))
+    assert "private/v.fits" in caplog.text                       # the log did record
+    for secret in (password, quote_plus(password), wrong, quote_plus(wrong), oidc.token,
+                   "stale-tok-99"):
+        assert secret not in everything
+
+
+def test_unreachable_login_endpoint_names_host_not_password(monkeypatch):
+    port = closed_port()
+    monkeypatch.setenv("X_USER", "someone")
+    monkeypatch.setenv("X_PASSWORD", "pw-never-shown")
+    login = {"token_url": f"http://127.0.0.1:{port}/sso/oidc/token", "user_env": "X_USER",
+             "password_env": "X_PASSWORD"}
+    with pytest.raises(ArchiveUnreachable) as caught:
+        login_headers(login, log=lambda _: None, timeout_s=5)
+    text = str(caught.value)
+    assert f"127.0.0.1:{port}" in text and "login token" in text and "X_USER" in text
+    assert "pw-never-shown" not in text and "someone" not in text
 
 
 def test_credentials_from_env_names_missing_variable_not_values(monkeypatch):

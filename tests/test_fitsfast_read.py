@@ -58,7 +58,7 @@ def _fast_path_taken(path: Path) -> bool:
         table = read_simple_table(path)
     except NotSimpleFITS:
         return False
-    return not table.long_primary & gaia_eso._PRIMARY_KEYWORDS_READ
+    return gaia_eso.fast_reader_declines(table) is None
 
 
 def assert_same_as_astropy(path: Path, monkeypatch, *, fast: bool, **kwargs) -> tuple:
@@ -91,13 +91,15 @@ def _inputs(rng: np.random.Generator, n: int):
 
 
 def _write_table(path: Path, columns, primary_cards=None, table_cards=None, **writeto) -> Path:
-    """A spectrum file written by plain astropy (its own header layout)."""
+    """A spectrum file written by plain astropy (its own header layout), with the two keywords
+    the SDP standard requires for the frame and medium (SPECSYS, TUCD of the wavelength)."""
     primary = fits.PrimaryHDU()
     for key, value in (primary_cards if primary_cards is not None else
-                       {"OBJECT": "12345678-1234567", "SETUP": "HR10", "SNR": 50.0}).items():
+                       {"OBJECT": "12345678-1234567", "SETUP": "HR10", "SNR": 50.0,
+                        "SPECSYS": "BARYCENT"}).items():
         primary.header[key] = value
     table = fits.BinTableHDU.from_columns(columns)
-    for key, value in (table_cards or {}).items():
+    for key, value in {"TUCD1": "em.wl;obs.atmos", **(table_cards or {})}.items():
         table.header[key] = value
     fits.HDUList([primary, table]).writeto(path, **writeto)
     return path
@@ -135,7 +137,8 @@ def _with_primary_cards(src: Path, dst: Path, cards: list[str]) -> Path:
 _BASE_PRIMARY = ["SIMPLE  =                    T / conforms to FITS standard",
                  "BITPIX  =                    8",
                  "NAXIS   =                    0",
-                 "EXTEND  =                    T"]
+                 "EXTEND  =                    T",
+                 "SPECSYS = 'BARYCENT'"]
 
 
 @pytest.fixture
@@ -198,6 +201,23 @@ def test_vacuum_tucd_and_real_bench_layout(tmp_path, monkeypatch, base_file):
                                  medium="header")
     assert got[1].medium == "vacuum"
     assert_same_as_astropy(tmp_path / "vacuum.fits", monkeypatch, fast=True, medium="air")
+
+
+def test_topocentric_file_goes_to_astropy_for_its_barycentric_correction(tmp_path, monkeypatch,
+                                                                          base_file):
+    """The fast reader passes over HIERARCH ESO cards, where a TOPOCENT spectrum's barycentric
+    correction lives: such files are read by astropy, and barycentric ones stay fast."""
+    path = tmp_path / "topo.fits"
+    rng = np.random.default_rng(4)
+    wavelength, flux, err = _inputs(rng, 40)
+    write_ges_spectrum(path, wavelength, flux, err, cname="X", setup="HR10", snr=50,
+                       resolution=19800, vrad_kms=3.0,
+                       extra_header={"SPECSYS": "TOPOCENT", "ESO QC BERV": 17.25})
+    got = assert_same_as_astropy(path, monkeypatch, fast=False)
+    assert got[1].meta["barycentric_correction_kms"] == 17.25
+    assert not np.allclose(got[1].wavelength, wavelength, rtol=1e-6, atol=0)
+    assert assert_same_as_astropy(base_file, monkeypatch, fast=True)[1].meta["specsys"] == \
+        "BARYCENT"
 
 
 @pytest.mark.parametrize("variant", ["angstrom", "reduced", "reduced_and_plain", "ivar_only",
@@ -336,7 +356,8 @@ def test_long_string_of_a_keyword_read_goes_to_astropy(tmp_path, monkeypatch, ba
 
 def test_continue_long_string_is_left_to_astropy(tmp_path, monkeypatch):
     path = _write_table(tmp_path / "long.fits", _spectrum_columns(),
-                        primary_cards={"OBJECT": "X" * 100, "SETUP": "HR10"})
+                        primary_cards={"OBJECT": "X" * 100, "SETUP": "HR10",
+                                      "SPECSYS": "BARYCENT"})
     assert b"CONTINUE" in path.read_bytes()
     got = assert_same_as_astropy(path, monkeypatch, fast=False)
     assert got[1].star_id == "X" * 100

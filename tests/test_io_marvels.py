@@ -250,6 +250,55 @@ def test_catalog_archive_spelling_and_missing_optional(tmp_path):
     assert out["e_teff"].isna().all() and (out["plate"] == "").all()
 
 
+#: marvelsStar columns as the SDSS DR12 schema (MarvelsTables_DR12.sql) spells them, in order
+DR12_MARVELS_STAR = [
+    ("STARNAME", "25A"), ("TWOMASS_NAME", "20A"), ("Plate", "12A"), ("GSC_Name", "12A"),
+    ("TYC_Name", "14A"), ("HIP_Name", "10A"), ("RA_Final", "D"), ("DEC_Final", "D"),
+    ("GSC_B", "E"), ("GSC_V", "E"), ("TWOMASS_J", "E"), ("TWOMASS_H", "E"), ("TWOMASS_K", "E"),
+    ("SP1", "8A"), ("SP2", "8A"), ("RPM_LOG_g", "32A"), ("Teff", "E"), ("log_g", "E"),
+    ("FeH", "E"), ("GSC_B_E", "E"), ("GSC_V_E", "E"), ("TWOMASS_J_E", "E"),
+    ("TWOMASS_H_E", "E"), ("TWOMASS_K_E", "E"), ("Teff_E", "E"), ("log_g_E", "E"),
+    ("FeH_E", "E"), ("Epoch_0", "D"), ("RA_0", "D"), ("DEC_0", "D"), ("RA_TWOMASS", "D"),
+    ("DEC_TWOMASS", "D"), ("GSC_PM_RA", "E"), ("GSC_PM_DEC", "E"), ("GSC_PM_RA_E", "E"),
+    ("GSC_PM_DEC_E", "E"), ("TYC_B", "E"), ("TYC_B_E", "E"), ("TYC_V", "E"), ("TYC_V_E", "E"),
+    ("HIP_PLX", "E"), ("HIP_PLX_E", "E"), ("HIP_SPTYPE", "12A"),
+]
+
+
+def dr12_marvels_star(path, rows: dict[str, list]) -> str:
+    """A marvelsStar FITS table with every DR12 column; ``rows`` gives some columns' values,
+    the rest are blank / -9999 as SDSS writes missing values."""
+    n = len(next(iter(rows.values())))
+    cols = []
+    for name, fmt in DR12_MARVELS_STAR:
+        default = [""] * n if fmt.endswith("A") else [-9999.0] * n
+        cols.append(fits.Column(name=name, format=fmt, array=np.array(rows.get(name, default))))
+    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(cols)]).writeto(path)
+    return str(path)
+
+
+DR12_ROWS = {"STARNAME": ["TYC 3010-01494-1", "TYC 3011-00003-1", "HIP 14810", "TYC 0001-1-1",
+                          "TYC 0002-2-1", "TYC 0003-3-1"],
+             "Plate": ["R101D22v1"] * 6,
+             "RPM_LOG_g": ["Mainseq", "Giant", "Refstar", "MAINSEQ", "giant", ""],
+             "Teff": [5650.0, 4710.0, 5580.0, 6020.0, 4800.0, -9999.0],
+             "log_g": [4.40, 2.60, 4.30, 4.25, 2.70, -9999.0],
+             "FeH": [-0.12, -0.45, 0.20, -0.30, -0.10, -9999.0],
+             "Teff_E": [80.0, 95.0, 70.0, 90.0, 85.0, -9999.0],
+             "log_g_E": [0.15, 0.20, 0.10, 0.15, 0.20, -9999.0],
+             "FeH_E": [0.08, 0.09, 0.07, 0.08, 0.09, -9999.0]}
+
+
+def test_dr12_marvels_star_schema_and_vocabulary(tmp_path):
+    """The DR12 table reads as is: its column spellings, SDSS -9999 for missing values, and
+    RPM_LOG_g's Mainseq / Giant / Refstar (Refstar = a known planet host) in any case."""
+    cat = read_marvels_star_catalog(dr12_marvels_star(tmp_path / "marvelsStar.fits", DR12_ROWS))
+    assert cat["rpm_class"].tolist() == ["dwarf", "giant", "planet_host", "dwarf", "giant", ""]
+    assert cat["plate"].tolist() == ["R101D22v1"] * 6
+    assert cat["teff"][0] == pytest.approx(5650.0) and cat["e_fe_h"][2] == pytest.approx(0.07)
+    assert cat.loc[5, ["teff", "logg", "fe_h", "e_teff"]].isna().all()
+
+
 @pytest.mark.parametrize("column", ["STARNAME", "TEFF", "LOG_G", "FEH"])
 def test_catalog_missing_required(tmp_path, column):
     path = tmp_path / "cat.fits"

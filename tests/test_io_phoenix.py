@@ -9,7 +9,7 @@ from astropy.io import fits
 from starlabels.io.phoenix import (SYNTHETIC_IVAR, WAVE_FILENAME, parse_phoenix_filename,
                                    phoenix_relpath, read_phoenix_spectrum, read_phoenix_wave,
                                    write_phoenix_spectrum, write_phoenix_wave)
-from starlabels.io.spectrum import SpectrumFormatError
+from starlabels.io.spectrum import ConventionWarning, SpectrumFormatError
 
 N = 2000
 
@@ -87,7 +87,6 @@ def test_wave_units_converted(tmp_path, unit, scale):
 
 @pytest.mark.parametrize("unit, data, match", [
     ("furlong", np.linspace(1, 2, 50), "unknown wavelength unit 'furlong'"),
-    (None, np.linspace(1, 2, 50), "no BUNIT"),
     ("Angstrom", np.linspace(2, 1, 50), "not strictly increasing"),
     ("Angstrom", np.ones((3, 4)), "expected a 1-D array"),
 ])
@@ -100,6 +99,18 @@ def test_bad_wave_files(tmp_path, unit, data, match):
     with pytest.raises(SpectrumFormatError, match=match) as info:
         read_phoenix_wave(path)
     assert "wave.fits" in str(info.value)
+
+
+def test_wave_file_without_unit_uses_the_published_convention(tmp_path):
+    """The grid's documented keywords include no unit: a WAVE file without BUNIT/UNIT is read
+    as Angstrom (vacuum), the product's published convention, and the file is named in the
+    warning the job's log records."""
+    path = tmp_path / WAVE_FILENAME
+    fits.PrimaryHDU(_wavelength()).writeto(path)
+    with pytest.warns(ConventionWarning, match=r"no BUNIT/UNIT.*Angstrom, vacuum") as caught:
+        wavelength = read_phoenix_wave(path)
+    np.testing.assert_array_equal(wavelength, _wavelength())
+    assert str(path) in str(caught[0].message)
 
 
 # ---------------------------------------------------------------- spectrum file
@@ -159,6 +170,34 @@ def test_missing_keyword(grid, tmp_path, key):
     with pytest.raises(SpectrumFormatError, match=f"{key}|unknown flux unit") as info:
         read_phoenix_spectrum(tmp_path / "edited.fits", _wavelength())
     assert "edited.fits" in str(info.value)
+
+
+def _without_bunit(spec_path, out, **cards):
+    with fits.open(spec_path) as hdul:
+        del hdul[0].header["BUNIT"]
+        for key, value in cards.items():
+            hdul[0].header[key] = value
+        hdul.writeto(out)
+    return out
+
+
+def test_interpolated_model_without_bunit_uses_the_published_unit(grid, tmp_path):
+    wave_path, spec_path, flux_per_cm = grid
+    path = _without_bunit(spec_path, tmp_path / "interp.fits", INTERPOL=True)
+    with pytest.warns(ConventionWarning, match=r"INTERPOL = T.*erg/s/cm\^2/cm") as caught:
+        spec = read_phoenix_spectrum(path, read_phoenix_wave(wave_path))
+    good = np.isfinite(flux_per_cm)
+    np.testing.assert_allclose(spec.flux[good], flux_per_cm[good].astype(np.float64) * 1e-8,
+                               rtol=1e-12)
+    assert "interp.fits" in str(caught[0].message)
+
+
+@pytest.mark.parametrize("cards", [{}, {"INTERPOL": False}])
+def test_model_without_bunit_that_is_not_interpolated_is_refused(grid, tmp_path, cards):
+    _, spec_path, _ = grid
+    path = _without_bunit(spec_path, tmp_path / "plain.fits", **cards)
+    with pytest.raises(SpectrumFormatError, match="no BUNIT.*INTERPOL"):
+        read_phoenix_spectrum(path, _wavelength())
 
 
 def test_unknown_flux_unit(grid, tmp_path):

@@ -48,3 +48,22 @@ def test_marvels_calibration_split_is_not_truncated(tmp_path):
     assert stars.set_index("star_id").loc["TYC 3-3-1", "teff"] == 5850.0     # literature value
     assert stars.set_index("star_id").loc["TYC 2-2-1", "split"] == "target"
     assert stars.set_index("star_id").loc["TYC 1-1-1", "split"] == "train"
+
+
+def test_marvels_dr12_vocabulary_selects_the_main_sequence(tmp_path):
+    """DR12 Mainseq stars are the fine-tuning sample; Giant and Refstar (known planet hosts,
+    no luminosity class) are predicted but never trained on."""
+    from test_io_marvels import DR12_ROWS, dr12_marvels_star
+
+    from starlabels.artifacts import save_table
+    from starlabels.selection import marvels_stars
+
+    catalog = dr12_marvels_star(tmp_path / "marvelsStar.fits", DR12_ROWS)
+    save_table(tmp_path / "lit.parquet", pd.DataFrame({"star_id": pd.Series(dtype=str),
+                                                       "reference": pd.Series(dtype=str)}))
+    stars = marvels_stars(catalog, str(tmp_path / "lit.parquet"), ["teff", "logg", "fe_h"],
+                          {"teff_range": [4000, 7000], "snr_min": 0, "valid_fraction": 0.0,
+                           "test_fraction": 0.0, "seed": 1}).set_index("star_id")
+    assert stars.loc[["TYC 3010-01494-1", "TYC 0001-1-1"], "split"].tolist() == ["train"] * 2
+    assert stars.loc[["TYC 3011-00003-1", "HIP 14810", "TYC 0002-2-1", "TYC 0003-3-1"],
+                     "split"].tolist() == ["target"] * 4

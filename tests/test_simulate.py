@@ -116,7 +116,8 @@ def test_gaia_eso_survey_is_reproducible_across_worker_counts(tmp_path):
     pd.testing.assert_frame_equal(ta, tb)
     assert (ta["defect"] != "").sum() >= 2
     ma = load_table(tmp_path / "a" / "manifest.parquet")
-    assert len(ma) == 24 and set(ma["setup"]) == {"HR10", "HR21"}
+    assert (ta["population"] != "benchmark").sum() == 12      # + the benchmark stars
+    assert len(ma) == 2 * len(ta) and set(ma["setup"]) == {"HR10", "HR21"}
     for pa in ma["path"][:4]:
         sa = read_ges_spectrum(pa)
         sb = read_ges_spectrum(pa.replace(str(tmp_path / "a"), str(tmp_path / "b")))
@@ -144,3 +145,46 @@ def test_phoenix_grid_files_and_holes(tmp_path):
     assert spec.medium == "vacuum" and spec.meta["teff"] in (5000.0, 5500.0, 6000.0)
     # blackbody continuum in per-Å units: hotter models are brighter at 5300 Å
     assert np.nanmax(spec.flux) > 0
+
+
+def test_benchmark_stars_are_observed_with_their_table_labels(tmp_path):
+    """Every verified row of the benchmark table becomes a star whose truth is the table's
+    labels, at the configured S/N, catalogued as a benchmark (GE_SD_BM), listed in the
+    calibration table; the field stars are the same with or without them."""
+    from starlabels.acquire.literature import load_benchmark_stars
+    from starlabels.io.gaia_eso import read_ges_catalog
+    from starlabels.selection import gaia_eso_stars
+
+    table = load_benchmark_stars()
+    usable = table[table["verified"] & table[["teff", "logg", "fe_h"]].notna().all(axis=1)]
+    cfg = _tiny_ges_cfg(6)
+    cfg["benchmark_stars"] = {"table": "resources/benchmark_stars.csv", "snr": 180.0}
+    simulate_gaia_eso(cfg, tmp_path / "a", tmp_path / "a.parquet", log=lambda m: None)
+    truth = load_table(tmp_path / "a.parquet")
+    bench = truth[truth["population"] == "benchmark"].reset_index(drop=True)
+    assert len(bench) == len(usable) >= 10
+    for label in ("teff", "logg", "fe_h"):
+        np.testing.assert_array_equal(bench[label], usable[label])
+    assert bench["name"].tolist() == usable["name"].tolist()
+    assert (bench["snr"] == 180.0).all() and (bench["defect"] == "").all()
+    catalog = read_ges_catalog(tmp_path / "a" / "catalog.fits")
+    assert set(catalog.loc[catalog["ges_type"] == "GE_SD_BM", "star_id"]) == set(bench["star_id"])
+    calibration = load_table(tmp_path / "a" / "calibration_stars.parquet")
+    assert calibration["star_id"].tolist() == bench["star_id"].tolist()
+    np.testing.assert_array_equal(calibration["e_teff"], usable["e_teff"])
+    assert calibration["reference"].str.len().min() > 20
+    manifest = load_table(tmp_path / "a" / "manifest.parquet")
+    assert set(bench["star_id"]) <= set(manifest["star_id"])
+
+    stars = gaia_eso_stars(str(tmp_path / "a" / "catalog.fits"), ["teff", "logg", "fe_h"],
+                           {"snr_min": 0}, {"mg": 7.53, "al": 6.37},
+                           calibration_path=str(tmp_path / "a" / "calibration_stars.parquet"))
+    split = stars.set_index("star_id")["split"]
+    assert (split[bench["star_id"]] == "calibration").all()
+    assert (split.drop(bench["star_id"]) != "calibration").all()
+
+    cfg["benchmark_stars"] = {"table": None, "snr": 180.0}
+    simulate_gaia_eso(cfg, tmp_path / "b", tmp_path / "b.parquet", log=lambda m: None)
+    field = truth[truth["population"] != "benchmark"].drop(columns="name")
+    pd.testing.assert_frame_equal(field, load_table(tmp_path / "b.parquet"), check_dtype=False)
+    assert load_table(tmp_path / "b" / "calibration_stars.parquet").empty

@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 
 from starlabels.validate import (clean_metrics, ensemble_calibration, giant_fractions,
-                                 gradient_line_ratios, label_stats)
+                                 gradient_line_ratios, label_stats, reference_stars_block,
+                                 reference_stars_lines)
 
 
 def test_label_stats_bias_sigma_robust():
@@ -62,3 +63,31 @@ def test_clean_metrics_counts_defects_in_cleaned_splits_only():
     assert m["normalize_rejected"]["n"] == 1
     assert m["normalize_rejected"]["per_broken_file"] == {"truncated_file": 1}
     assert m["normalize_rejected"]["per_reason"] == {"unreadable": 1}
+
+
+def test_reference_stars_are_reported_beside_their_literature_labels():
+    calibration = pd.DataFrame({"star_id": ["s1", "s2", "gone"], "name": ["Arcturus", "Sun", "X"],
+                                "teff": [4277.0, 5772.0, 5000.0], "e_teff": [23.0, np.nan, 50.0],
+                                "logg": [1.58, 4.438, 4.0], "e_logg": [0.07, np.nan, 0.1],
+                                "fe_h": [-0.55, 0.0, 0.0], "e_fe_h": [np.nan] * 3,
+                                "reference": ["v3", "IAU", "x"]})
+    cat = pd.DataFrame({"star_id": ["s0", "s1", "s2"], "split": ["train", "calibration",
+                                                                 "calibration"],
+                        "snr": [50.0, 150.0, 150.0], "teff": [5000.0, 4300.0, 5750.0],
+                        "teff_std": [10.0, 20.0, 30.0], "logg": [4.0, 1.7, 4.4],
+                        "logg_std": [0.1] * 3, "fe_h": [0.0, -0.5, 0.05], "fe_h_std": [0.05] * 3,
+                        "mg_fe": [0.0] * 3, "mg_fe_std": [0.02] * 3})
+    block = reference_stars_block(cat, calibration, ["teff", "logg", "fe_h", "mg_fe"])
+    assert block["n"] == 2 and block["labels"] == ["teff", "logg", "fe_h"]
+    assert block["not_predicted"] == ["gone"]
+    arcturus = block["stars"][0]
+    assert (arcturus["name"], arcturus["split"], arcturus["snr"]) == ("Arcturus", "calibration",
+                                                                      150.0)
+    assert arcturus["teff"] == {"literature": 4277.0, "e_literature": 23.0, "predicted": 4300.0,
+                                "predicted_std": 20.0}
+    assert block["vs_literature"]["teff"]["bias"] == pytest.approx((23.0 - 22.0) / 2)
+    assert block["vs_literature"]["logg"]["n"] == 2
+    lines = reference_stars_lines(block)
+    assert "2 reference stars" in lines[0] and any(line.strip().startswith("Arcturus")
+                                                   for line in lines)
+    assert "4300/4277" in " ".join(lines).replace(" ", "")

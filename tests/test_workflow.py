@@ -92,6 +92,14 @@ def test_catalog_content_and_metrics(tiny_run):
     report = metrics["precision_report"]
     assert {r["label"] for r in report} == {"teff", "logg", "fe_h", "mg_fe", "al_fe"}
     assert all(r["crlb"] > 0 for r in report if r["n"] > 0 and r["crlb"] == r["crlb"])
+    # the Gaia FGK benchmark stars: observed, kept out of training, reported beside the table
+    benchmarks = truth.loc[truth["population"] == "benchmark", "star_id"]
+    bench = metrics["reference_stars"]
+    assert bench["n"] == len(benchmarks) > 0 and not bench["not_predicted"]
+    assert {s["split"] for s in bench["stars"]} == {"calibration"}
+    assert {"Sun", "Arcturus (HD 124897)"} <= {s["name"] for s in bench["stars"]}
+    assert "reference stars, predicted vs literature" in \
+        (results / "tiny_ges" / "logs" / "validate.log").read_text()
     mm = json.loads((results / "tiny_marvels" / "metrics.json").read_text())
     assert mm["evaluation_split"] == "calibration"
     assert mm["precision"]["n_stars"] == 10

@@ -7,4 +7,4 @@ i, o, p = snakemake.input, snakemake.output, snakemake.params
 stages.download_shard(remote=i.remote, shard=int(snakemake.wildcards.shard),
                       dest_dir=p.dest_dir, journal_dir=p.journal_dir, out=o[0],
                       dataset=snakemake.wildcards.dataset, download_cfg=p.download,
-                      credentials_env=p.credentials_env)
+                      login=p.login)

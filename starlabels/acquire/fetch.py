@@ -12,7 +12,8 @@ promises, in the order a user notices them:
   backoff with jitter on 429/5xx (``Retry-After`` honoured) and on dropped connections;
 - an unreachable archive stops the run early with a message that says how to proceed (a mirror
   or the offline demo experiments) instead of grinding through thousands of files;
-- credentials (HTTP basic auth) never reach logs, exceptions or the manifest.
+- login headers (the archive's bearer token, :mod:`starlabels.acquire.auth`) and any password
+  in a URL never reach logs, exceptions or the manifest.
 
 Mirrors (``file://`` URLs or plain folders with the archive's path layout) go through the same
 verification, so a local copy is trusted no more than the archive.
@@ -31,7 +32,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 from urllib.parse import urlsplit
 
 import pandas as pd
@@ -147,8 +148,12 @@ class _Redactor:
         return text
 
 
-def _secrets_of(credentials: tuple[str, str] | None, files: Sequence[RemoteFile]) -> list[str]:
-    secrets = [credentials[1]] if credentials else []
+def _secrets_of(auth_headers: Mapping[str, str] | None, files: Sequence[RemoteFile]) -> list[str]:
+    """What must never be shown: the login headers' values (and the token alone) and any
+    password written into a URL."""
+    secrets = []
+    for value in (auth_headers or {}).values():
+        secrets.extend([value, value.split(" ", 1)[-1]])
     for item in files:
         password = urlsplit(item.url).password if _is_http(item.url) else None
         if password:
@@ -308,12 +313,12 @@ class _Engine:
     """Everything the worker threads share for one fetch_files call."""
 
     def __init__(self, dest: Path, *, retries: int, backoff_s: float, max_backoff_s: float,
-                 timeout_s: float, rate_limit_per_host: float, credentials, credentials_env,
+                 timeout_s: float, rate_limit_per_host: float, auth_headers, credentials_env,
                  redact: _Redactor, log: Callable[[str], None], progress: _Progress):
         self.dest = dest
         self.retries, self.backoff_s, self.max_backoff_s = retries, backoff_s, max_backoff_s
         self.timeout_s = timeout_s
-        self.credentials = credentials
+        self.auth_headers = dict(auth_headers or {})
         self.credentials_env = credentials_env
         self.redact = redact
         self.log = lambda text: log(redact(text))
@@ -332,8 +337,7 @@ class _Engine:
         if session is None:
             session = requests.Session()
             session.headers["User-Agent"] = "starlabels-download/1 (+python-requests)"
-            if self.credentials:
-                session.auth = tuple(self.credentials)
+            session.headers.update(self.auth_headers)
             self._local.session = session
             with self._sessions_lock:
                 self._sessions.append(session)
@@ -508,11 +512,13 @@ class _Engine:
     def _credentials_hint(self) -> str:
         user_var, password_var = self.credentials_env or ("STARLABELS_<ARCHIVE>_USER",
                                                           "STARLABELS_<ARCHIVE>_PASSWORD")
-        if self.credentials:
-            return (f"the archive rejected the credentials given; check the environment "
-                    f"variables {user_var} and {password_var}")
-        return (f"the archive wants credentials; set the environment variables {user_var} and "
-                f"{password_var} (user name and password for HTTP basic auth)")
+        if self.auth_headers:
+            return (f"the archive rejected the login token obtained with the environment "
+                    f"variables {user_var} and {password_var} (not that user's data, or the "
+                    f"token expired: rerun to log in again)")
+        return (f"the archive wants a login; set the environment variables {user_var} and "
+                f"{password_var} (the archive's user name and password, exchanged for a "
+                f"login token)")
 
     def _receive(self, response: requests.Response, item: RemoteFile, part: Path,
                  have: int) -> None:
@@ -644,14 +650,15 @@ def fetch_files(files: Sequence[RemoteFile], dest_dir: str | os.PathLike, *,
                 concurrency: int = 4, rate_limit_per_host: float = 5.0,
                 retries: int = 5, backoff_s: float = 1.0, max_backoff_s: float = 60.0,
                 timeout_s: float = 60.0, manifest_path: str | os.PathLike | None = None,
-                credentials: tuple[str, str] | None = None,
+                auth_headers: Mapping[str, str] | None = None,
                 what: str = "files", log: Callable[[str], None] = print,
                 credentials_env: tuple[str, str] | None = None,
                 progress_every_s: float = 10.0) -> pd.DataFrame:
     """Fetch ``files`` into ``dest_dir``, verified, resumable and idempotent; return the manifest rows.
 
-    ``credentials_env`` names the environment variables that hold ``credentials`` (see
-    :func:`starlabels.acquire.http.credentials_env_names`), so a 401/403 message can say which ones to set.
+    ``auth_headers`` go on every request (the archive's ``Authorization``, see
+    :func:`starlabels.acquire.auth.login_headers`); ``credentials_env`` names the environment
+    variables the login came from (or would), so a 401/403 message can say which ones to set.
     Raises ArchiveUnreachable early when a host never answered, DownloadError at the end when
     any file failed; in both cases the manifest (if any) is written first, so a rerun knows
     what is done. The exception carries this run's rows as ``.manifest``.
@@ -659,14 +666,14 @@ def fetch_files(files: Sequence[RemoteFile], dest_dir: str | os.PathLike, *,
     items = _prepare(files)
     dest = Path(dest_dir)
     dest.mkdir(parents=True, exist_ok=True)
-    redact = _Redactor(_secrets_of(credentials, items))
+    redact = _Redactor(_secrets_of(auth_headers, items))
     say = lambda text: log(redact(text))  # noqa: E731
     previous = read_manifest(manifest_path)
     recorded = _recorded_rows(previous)
     progress = _Progress(len(items), what, say, every_s=progress_every_s)
     engine = _Engine(dest, retries=retries, backoff_s=backoff_s, max_backoff_s=max_backoff_s,
                      timeout_s=timeout_s, rate_limit_per_host=rate_limit_per_host,
-                     credentials=credentials, credentials_env=credentials_env, redact=redact,
+                     auth_headers=auth_headers, credentials_env=credentials_env, redact=redact,
                      log=log, progress=progress)
     hosts = sorted({host_of(item.url) for item in items})
     limit = (f"at most {rate_limit_per_host:g} requests/s per host" if rate_limit_per_host

@@ -3,8 +3,9 @@ normalize stage reads.
 
 Two resource tables live in ``resources/``:
 
-* ``benchmark_stars.csv`` — Gaia FGK benchmark stars (Teff, log g from Heiter et al. 2015;
-  [Fe/H] from Jofré et al. 2014), the reference scale Gaia-ESO is calibrated on;
+* ``benchmark_stars.csv`` — Gaia FGK benchmark stars (Teff, log g, [Fe/H] of their third
+  version, Soubiran et al. 2024; the Sun's nominal values), the reference scale Gaia-ESO is
+  calibrated on;
 * ``marvels_calibration_stars.csv`` — the 30 MARVELS calibration stars of the deep-REMAP
   comparison (Ghezzi et al. 2014, AJ 148, 105). Its rows are NOT in this repository: they must be
   filled from the paper, so the table ships with its header only and an experiment that

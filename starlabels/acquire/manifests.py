@@ -25,6 +25,7 @@ import pandas as pd
 from .. import artifacts
 from ..batch import Log
 from . import tap
+from .auth import login_headers
 from .fetch import RemoteFile, fetch_files, with_mirror
 from .http import ArchiveUnreachable
 from .remote import ArchiveConfigError, fetch_options, remote_table
@@ -256,7 +257,9 @@ def build_eso_manifest(*, eso: Mapping[str, Any], segments: Sequence[Mapping[str
                        tap_query: Callable | None = None,
                        tap_columns: Callable | None = None) -> dict:
     """Query ESO (async TAP) for the Gaia-ESO catalogue and GIRAFFE spectra; write the
-    catalogue FITS (the layout starlabels.io.gaia_eso reads) and the table of spectra to fetch."""
+    catalogue FITS (the layout starlabels.io.gaia_eso reads) and the table of spectra to fetch.
+    With the ``eso`` block's login variables set, the queries carry ESO's login token (so
+    proprietary spectra are listed too)."""
     try:
         return _build_eso_manifest(eso=eso, segments=segments, labels=labels, mirror=mirror,
                                    n_shards=n_shards, tap_timeout_s=tap_timeout_s,
@@ -273,7 +276,8 @@ def _build_eso_manifest(*, eso, segments, labels, mirror, n_shards, tap_timeout_
 
     setups = setup_ranges(segments)
     table = eso["catalog_table"]
-    described = tap_columns(eso["tap_cat"], table, log=log,
+    headers = login_headers(eso, log=log)
+    described = tap_columns(eso["tap_cat"], table, log=log, headers=headers,
                             what=f"listing the columns of the Gaia-ESO catalogue {table}")
     if described.empty:
         raise ValueError(f"catalogue {table} is not listed in TAP_SCHEMA.columns of "
@@ -282,7 +286,7 @@ def _build_eso_manifest(*, eso, segments, labels, mirror, n_shards, tap_timeout_
     columns = ges_catalog_columns(_text(names), labels, table)
     log(f"archive: catalogue {table} at {eso['tap_cat']}: asking for {columns}")
     rows = tap_query(eso["tap_cat"], ges_catalog_adql(table, columns, eso["catalog_where"]),
-                     timeout_s=tap_timeout_s, log=log,
+                     timeout_s=tap_timeout_s, log=log, headers=headers,
                      what=f"querying the Gaia-ESO parameter catalogue {table}")
     catalog = ges_catalog_table(rows, [s for s, _, _ in setups], log=log)
     if catalog.empty:
@@ -291,7 +295,8 @@ def _build_eso_manifest(*, eso, segments, labels, mirror, n_shards, tap_timeout_
     log(f"archive: wrote {len(catalog)} catalogue stars to {catalog_out}")
 
     obscore = tap_query(eso["tap_obs"], eso_obscore_adql(eso, setups), timeout_s=tap_timeout_s,
-                        log=log, what="listing the Gaia-ESO GIRAFFE spectra (ObsCore)")
+                        log=log, headers=headers,
+                        what="listing the Gaia-ESO GIRAFFE spectra (ObsCore)")
     known = set(catalog["OBJECT"]) if eso["require_catalog"] else None
     spectra = eso_spectra_rows(obscore, eso, setups, known, log=log)
     remote = remote_table(spectra, n_shards, mirror)

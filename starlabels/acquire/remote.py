@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 
 from .fetch import RemoteFile, safe_relpath, with_mirror
-from .http import credentials_from_env
 
 #: columns every remote-file table has (one row per file to fetch)
 REMOTE_COLUMNS = ("url", "archive_url", "relpath", "size", "sha256", "md5", "shard", "kind")
@@ -87,13 +86,3 @@ def fetch_options(download: Mapping[str, Any]) -> dict[str, Any]:
             "retries": int(download["retries"]), "backoff_s": float(download["backoff_s"]),
             "max_backoff_s": float(download["max_backoff_s"]),
             "timeout_s": float(download["timeout_s"])}
-
-
-def archive_credentials(user_env: str | None, password_env: str | None):
-    """(user, password) from the named environment variables, or None (anonymous).
-
-    Only variable *names* are ever in config or logs; the values stay in the environment.
-    """
-    if not user_env or not password_env:
-        return None
-    return credentials_from_env(user_env, password_env)

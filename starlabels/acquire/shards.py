@@ -10,16 +10,16 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
 from .. import artifacts
 from ..batch import Log
+from .auth import login_headers
 from .fetch import fetch_files, read_manifest
 from .http import ArchiveUnreachable, DownloadError
-from .remote import (FETCHED_STATUSES, MISSING_STATUSES, archive_credentials, fetch_options,
-                     remote_files)
+from .remote import FETCHED_STATUSES, MISSING_STATUSES, fetch_options, remote_files
 
 _NOT_THERE = re.compile(r"HTTP (?:404|410)\b|not found: ")
 
@@ -89,13 +89,15 @@ def _missing_not_fatal(error: Exception, what: str, log: Log) -> pd.DataFrame:
 
 def download_shard(*, remote: str, shard: int, dest_dir: str, out: str,
                    download: Mapping[str, Any], journal_dir: str | None = None,
-                   credentials_env: Sequence[str | None] = (None, None),
+                   login: Mapping[str, Any] | None = None,
                    allow_missing: bool = False, what: str = "files", log: Log = print,
                    metadata: Mapping | None = None) -> pd.DataFrame:
     """Fetch the files of one shard into ``dest_dir``; write what was fetched to ``out``.
 
-    Files already complete in ``dest_dir`` (verified against the archive's size/checksum or
-    the journal in ``journal_dir``) are not fetched again. ``allow_missing`` records an
+    ``login`` is the archive's login block (``token_url``, ``user_env``, ``password_env``; None
+    for public archives): with its environment variables set, the job logs in once and sends
+    the token with every request. Files already complete in ``dest_dir`` (verified against the
+    archive's size/checksum or the journal in ``journal_dir``) are not fetched again. ``allow_missing`` records an
     archive's 404 as status 'missing' instead of failing (PHOENIX grid holes); any other
     failure fails the job after the retries, so the next run tries again.
     """
@@ -109,11 +111,10 @@ def download_shard(*, remote: str, shard: int, dest_dir: str, out: str,
             log(f"download: shard {shard}: {added} files known complete from other shards' "
                 f"journals")
     log(f"download: shard {shard}: {len(rows)} {what}")
-    names = tuple(credentials_env)
+    names = (login or {}).get("user_env"), (login or {}).get("password_env")
     try:
         result = fetch_files(remote_files(rows), dest_dir, what=what, log=log,
-                             manifest_path=journal,
-                             credentials=archive_credentials(*names),
+                             manifest_path=journal, auth_headers=login_headers(login, log=log),
                              credentials_env=names if all(names) else None,
                              **fetch_options(download))
     except ArchiveUnreachable:

@@ -1,32 +1,46 @@
-"""IVOA TAP queries run as asynchronous (UWS) jobs, so no synchronous row cap truncates a catalog.
+"""IVOA TAP queries run as asynchronous (UWS) jobs through pyvo, under a deadline of our own.
 
-ESO's TAP services cap synchronous answers (about 2000 rows were seen) while the Gaia-ESO
-catalog has over 100 000 stars; an async job returns the whole result. The job life cycle:
-POST {service}/async (303 to the job) → POST {job}/phase PHASE=RUN → poll {job}/phase with
-growing intervals → GET {job}/results/result (or read {job}/error) → DELETE the job.
+ESO's TAP services cap synchronous answers while the Gaia-ESO catalogue has over 100 000 stars;
+an asynchronous job returns the whole result. pyvo runs the job's life cycle (create, PHASE=RUN,
+read the UWS job document, fetch ``results/result``, DELETE); what it does not give is an
+overall deadline: its ``wait``/``run_async`` timeout bounds each poll, and a service that
+ignores UWS's WAIT keeps a job EXECUTING for ever. So the job's phase is polled here, with
+growing intervals, and a job still running at ``timeout_s`` is aborted (PHASE=ABORT) and reported.
 
-Transient failures (5xx, 429, dropped connections) are retried like the download engine; a
-host that never answers raises :class:`~starlabels.acquire.http.ArchiveUnreachable`.
+Every request goes through one ``requests`` session: transient failures (429 with Retry-After,
+5xx, dropped connections) are retried by urllib3 with exponential backoff, every request has a
+socket timeout (pyvo sets none on some), and the archive's login header (see
+:mod:`starlabels.acquire.auth`) rides on it. Whatever goes wrong — an ERROR or ABORTED job, an
+HTML page, an empty or truncated answer, a result the service's row limit cut
+(QUERY_STATUS=OVERFLOW) — becomes a :class:`TapError` naming the service, the step and the
+query; a service no connection could be made to raises
+:class:`~starlabels.acquire.http.ArchiveUnreachable`.
 """
 from __future__ import annotations
 
-import io
 import time
-import xml.etree.ElementTree as ET
-from typing import Callable
-from urllib.parse import urljoin
+import warnings
+from typing import Callable, Mapping
+from xml.parsers.expat import ExpatError
 
 import pandas as pd
 import requests
+import urllib3.exceptions
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
-from .http import (ArchiveUnreachable, Permanent, Retryable, backoff_delay, host_of,
-                   redact_url, request_error, retry_after_seconds, unreachable_message)
+from .http import ArchiveUnreachable, connect_failure, describe_error, host_of, redact_url, \
+    unreachable_message
 
-FINAL_PHASES = {"COMPLETED", "ERROR", "ABORTED", "ARCHIVED"}
+FINAL_PHASES = frozenset({"COMPLETED", "ERROR", "ABORTED", "ARCHIVED"})
+#: every phase a UWS 1.1 job document may state
+UWS_PHASES = FINAL_PHASES | {"PENDING", "QUEUED", "EXECUTING", "HELD", "SUSPENDED", "UNKNOWN"}
+#: HTTP statuses worth another attempt: rate limiting and server-side trouble
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
 class TapError(RuntimeError):
-    """A TAP job failed, was aborted, timed out, or returned something unreadable."""
+    """A TAP job failed, was aborted, ran past its deadline, or answered something unreadable."""
 
 
 def _first_line(adql: str) -> str:
@@ -34,240 +48,163 @@ def _first_line(adql: str) -> str:
     return lines[0] if lines else ""
 
 
-class _TapClient:
-    """One query's HTTP conversation with retries; knows what it is doing for error messages."""
+class _CappedRetry(Retry):
+    """urllib3's retry, with the server's Retry-After capped at the longest backoff, so one
+    answer cannot park the job for an hour."""
 
-    def __init__(self, service_url: str, session: requests.Session, *, retries: int,
-                 backoff_s: float, max_backoff_s: float, request_timeout_s: float,
-                 log: Callable[[str], None], attempted: str):
-        self.service = service_url.rstrip("/")
-        self.session = session
-        self.retries, self.backoff_s, self.max_backoff_s = retries, backoff_s, max_backoff_s
-        self.request_timeout_s = request_timeout_s
-        self.log = log
-        self.attempted = attempted
-        self.connected = False
-
-    def request(self, method: str, url: str, *, ok: tuple[int, ...] = (200,),
-                **kwargs) -> requests.Response:
-        """One HTTP exchange, retried on 429/5xx and connection errors; other statuses raise."""
-        failures = 0
-        only_connect_failures = True
-        while True:
-            try:
-                response = self._once(method, url, ok, **kwargs)
-                return response
-            except Permanent as exc:
-                raise TapError(f"{method} {redact_url(url)}: {exc}") from None
-            except Retryable as exc:
-                only_connect_failures &= exc.connect_failure
-                failures += 1
-                if failures > self.retries:
-                    if only_connect_failures and not self.connected:
-                        host = host_of(url)
-                        raise ArchiveUnreachable(
-                            unreachable_message(host, self.attempted, exc.reason), host=host) from None
-                    raise TapError(f"{method} {redact_url(url)}: {exc.reason} "
-                                   f"(gave up after {failures} attempts)") from None
-                delay = backoff_delay(failures, self.backoff_s, self.max_backoff_s, exc.retry_after)
-                self.log(f"TAP: retrying {method} {redact_url(url)} in {delay:.2f} s: {exc.reason}")
-                time.sleep(delay)
-
-    def _once(self, method: str, url: str, ok: tuple[int, ...], **kwargs) -> requests.Response:
-        kwargs.setdefault("timeout", self.request_timeout_s)
-        try:
-            response = self.session.request(method, url, **kwargs)
-        except requests.exceptions.RequestException as exc:
-            raise request_error(exc) from None
-        self.connected = True
-        status = response.status_code
-        if status in ok:
-            return response
-        label = f"HTTP {status} {response.reason or ''}".strip()
-        if status == 429 or status >= 500:
-            raise Retryable(label, retry_after=retry_after_seconds(response.headers.get("Retry-After")))
-        raise Permanent(f"{label}: {response.text[:300].strip()}")
+    def get_retry_after(self, response):
+        seconds = super().get_retry_after(response)
+        return None if seconds is None else min(seconds, self.backoff_max)
 
 
-# ---------------------------------------------------------------- job life cycle
+class _TimedSession(requests.Session):
+    """A session whose every request has a socket timeout (pyvo passes none when it starts,
+    aborts or deletes a job, or fetches its result)."""
 
-def _create_job(client: _TapClient, adql: str, fmt: str, maxrec: int | None) -> str:
-    form = {"REQUEST": "doQuery", "LANG": "ADQL", "QUERY": adql, "FORMAT": fmt}
-    if maxrec is not None:
-        form["MAXREC"] = str(maxrec)
-    url = f"{client.service}/async"
-    response = client.request("POST", url, data=form, allow_redirects=False,
-                              ok=(200, 201, 302, 303))
-    location = response.headers.get("Location")
-    if location:
-        return urljoin(url, location).rstrip("/")
-    job_id = _xml_field(response.content, "jobId")
-    if not job_id:
-        raise TapError(f"TAP service {client.service} created no job (no Location header, no jobId)")
-    return f"{url}/{job_id.strip()}"
+    def __init__(self, request_timeout_s: float):
+        super().__init__()
+        self.request_timeout_s = float(request_timeout_s)
+
+    def request(self, method, url, **kwargs):
+        given = kwargs.get("timeout")
+        if given is None:
+            kwargs["timeout"] = self.request_timeout_s
+        elif not isinstance(given, tuple):     # (connect, read) pairs are taken as given
+            kwargs["timeout"] = min(float(given), self.request_timeout_s)
+        return super().request(method, url, **kwargs)
 
 
-def _xml_field(document: bytes, name: str) -> str | None:
-    """Text of the first element called ``name`` in any namespace (UWS job documents)."""
+def tap_session(*, headers: Mapping[str, str] | None = None, retries: int = 5,
+                backoff_s: float = 1.0, max_backoff_s: float = 60.0,
+                request_timeout_s: float = 120.0) -> requests.Session:
+    """The session TAP queries run on: retries with backoff, a timeout on every request, and
+    ``headers`` (the archive's ``Authorization``) on every request."""
+    session = _TimedSession(request_timeout_s)
+    session.headers["User-Agent"] = "starlabels-tap/2 (+pyvo)"
+    session.headers.update(dict(headers or {}))
+    retry = _CappedRetry(total=retries, connect=retries, read=retries, status=retries,
+                         backoff_factor=backoff_s, backoff_max=max_backoff_s,
+                         status_forcelist=sorted(RETRY_STATUSES), allowed_methods=None,
+                         respect_retry_after_header=True, raise_on_status=False)
+    adapter = HTTPAdapter(max_retries=retry)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, in one line, from pyvo's, requests' or the VOTable parser's exception."""
+    from pyvo.dal.exceptions import DALServiceError
+
+    cause = getattr(exc, "cause", None)
+    if isinstance(exc, DALServiceError) and exc.code:
+        text = " ".join(str(getattr(exc, "reason", "") or exc).split())
+        return f"HTTP {exc.code}: {text[:300]}"
+    if isinstance(cause, requests.RequestException):
+        return describe_error(cause)
+    if isinstance(exc, requests.RequestException):
+        return describe_error(exc)
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+def _is_connect_failure(exc: BaseException) -> bool:
+    cause = getattr(exc, "cause", None)
+    return any(isinstance(e, requests.RequestException) and connect_failure(e)
+               for e in (exc, cause) if e is not None)
+
+
+def _error_summary(job) -> str:
+    """The service's own explanation of a failed job (UWS errorSummary), if it gave one."""
     try:
-        root = ET.fromstring(document)
-    except ET.ParseError:
-        return None
-    for element in root.iter():
-        if element.tag.rsplit("}", 1)[-1] == name:
-            return (element.text or "").strip()
-    return None
+        summary = job.job.errorsummary
+        message = summary.message.content if summary is not None and summary.message else None
+    except Exception:  # noqa: BLE001 - the failure itself is what gets reported
+        message = None
+    return " ".join(str(message).split())[:2000] if message else "the service gave no reason"
 
 
-def _phase(client: _TapClient, job_url: str) -> str:
-    response = client.request("GET", f"{job_url}/phase", ok=(200, 404, 405))
-    if response.status_code == 200:
-        return response.text.strip().upper()
-    document = client.request("GET", job_url).content  # services without a /phase resource
-    return (_xml_field(document, "phase") or "UNKNOWN").upper()
-
-
-def _wait_for_end(client: _TapClient, job_url: str, *, poll_s: float, max_poll_s: float,
-                  timeout_s: float) -> str:
-    """Poll the phase with growing intervals (gentle on the service) until a final phase."""
-    started = time.monotonic()
-    interval = poll_s
-    last = None
-    while True:
-        phase = _phase(client, job_url)
-        if phase != last:
-            client.log(f"TAP job {job_url}: {phase}")
-            last = phase
-        if phase in FINAL_PHASES:
-            return phase
-        if time.monotonic() - started > timeout_s:
-            raise TimeoutError(f"TAP job {job_url} still {phase} after {timeout_s:g} s")
-        time.sleep(interval)
-        interval = min(max_poll_s, interval * 1.5)
-
-
-def _error_text(client: _TapClient, job_url: str) -> str:
-    """The service's own explanation of a failed job, from {job}/error or the job document."""
-    try:
-        document = client.request("GET", f"{job_url}/error").content
-        message = _votable_status_message(document) or _xml_field(document, "message")
-        if not message and not document.lstrip().startswith(b"<"):
-            message = document.decode("utf-8", "replace").strip()
-        if message:
-            return message[:2000]
-    except (TapError, ArchiveUnreachable):
-        pass
-    try:
-        document = client.request("GET", job_url).content
-        return _xml_field(document, "message") or "the service gave no reason"
-    except (TapError, ArchiveUnreachable):
-        return "the service gave no reason"
-
-
-def _delete_job(client: _TapClient, job_url: str) -> None:
-    """Best effort: a leftover job only costs the service storage until its destruction time."""
-    try:
-        response = client.session.delete(job_url, allow_redirects=False,
-                                         timeout=client.request_timeout_s)
-        if response.status_code in (405, 501):
-            client.session.post(job_url, data={"ACTION": "DELETE"}, allow_redirects=False,
-                                timeout=client.request_timeout_s)
-    except requests.exceptions.RequestException:
-        pass
-
-
-# ---------------------------------------------------------------- results
-
-def _query_statuses(votable) -> list[tuple[str, str]]:
-    """(value, message) of every QUERY_STATUS INFO, wherever DALI allows it to be."""
-    infos = list(votable.infos)
-    for resource in votable.resources:
-        infos.extend(resource.infos)
-        for table in resource.tables:
-            infos.extend(table.infos)
-    return [(str(info.value).upper(), (info.content or "").strip())
-            for info in infos if (info.name or "").upper() == "QUERY_STATUS"]
-
-
-def _votable_status_message(document: bytes) -> str | None:
-    from astropy.io.votable import parse
-
-    try:
-        votable = parse(io.BytesIO(document), verify="ignore")
-    except Exception:  # not a VOTable: the caller falls back to other readings
-        return None
-    for value, message in _query_statuses(votable):
-        if value == "ERROR":
-            return message or "QUERY_STATUS=ERROR"
-    return None
-
-
-def _parse_result(document: bytes, content_type: str, fmt: str, adql: str) -> pd.DataFrame:
-    """VOTable (astropy) or CSV to a DataFrame; an OVERFLOW status means rows are missing."""
-    text_start = document.lstrip()[:200].lower()
-    if "csv" in content_type.lower() or (fmt.lower().startswith(("csv", "text/csv"))
-                                         and not text_start.startswith(b"<")):
-        return pd.read_csv(io.BytesIO(document))
-    from astropy.io.votable import parse
-
-    votable = parse(io.BytesIO(document), verify="ignore")
-    statuses = _query_statuses(votable)
-    for value, message in statuses:
-        if value == "ERROR":
-            raise TapError(f"TAP result reports an error: {message}\n  ADQL: {_first_line(adql)}")
-        if value == "OVERFLOW":
-            raise TapError(f"TAP result was truncated (QUERY_STATUS=OVERFLOW): the service's row "
-                           f"limit cut the answer; pass a larger maxrec\n  ADQL: {_first_line(adql)}")
-    table = votable.get_first_table().to_table(use_names_over_ids=True)
-    return table.to_pandas()
-
-
-# ---------------------------------------------------------------- public API
-
-def tap_async_query(service_url: str, adql: str, *, fmt: str = "votable", poll_s: float = 2.0,
-                    max_poll_s: float = 30.0, timeout_s: float = 3600.0,
-                    log: Callable[[str], None] = print, session=None,
-                    retries: int = 5, backoff_s: float = 1.0, max_backoff_s: float = 60.0,
+def tap_async_query(service_url: str, adql: str, *, timeout_s: float = 3600.0,
+                    poll_s: float = 2.0, max_poll_s: float = 30.0,
+                    log: Callable[[str], None] = print,
+                    headers: Mapping[str, str] | None = None, retries: int = 5,
+                    backoff_s: float = 1.0, max_backoff_s: float = 60.0,
                     request_timeout_s: float = 120.0, maxrec: int | None = None,
                     what: str | None = None) -> pd.DataFrame:
-    """Run ``adql`` as an asynchronous TAP job at ``service_url`` and return all result rows.
+    """Run ``adql`` as an asynchronous TAP job at ``service_url`` and return every result row.
 
-    ``what`` names the purpose in an unreachable-archive message (default: "running an
-    asynchronous TAP query at <service>"). Raises TapError when the job ends in ERROR or
-    ABORTED (with the service's message and the query's first line) or exceeds ``timeout_s``.
+    ``timeout_s`` is the job's overall deadline (the job is aborted when it passes); each
+    request is further bounded by ``request_timeout_s``. ``headers`` go on every request (the
+    archive's login). ``what`` names the purpose in an unreachable-archive message. The job is
+    deleted afterwards whatever happened.
     """
-    own_session = session is None
-    session = session or requests.Session()
-    attempted = what or f"running an asynchronous TAP query at {redact_url(service_url)}"
-    client = _TapClient(service_url, session, retries=retries, backoff_s=backoff_s,
-                        max_backoff_s=max_backoff_s, request_timeout_s=request_timeout_s,
-                        log=log, attempted=attempted)
-    job_url = None
+    from pyvo.dal import TAPService
+    from pyvo.dal.exceptions import DALAccessError, DALOverflowWarning
+
+    service = redact_url(service_url.rstrip("/"))
+    query = _first_line(adql)
+    attempted = what or f"running an asynchronous TAP query at {service}"
+    session = tap_session(headers=headers, retries=retries, backoff_s=backoff_s,
+                          max_backoff_s=max_backoff_s, request_timeout_s=request_timeout_s)
+    deadline = time.monotonic() + float(timeout_s)
+    step, job, phase = "creating the job", None, None
     try:
-        job_url = _create_job(client, adql, fmt, maxrec)
-        log(f"TAP job created at {job_url}: {_first_line(adql)}")
-        client.request("POST", f"{job_url}/phase", data={"PHASE": "RUN"}, allow_redirects=False,
-                       ok=(200, 204, 302, 303))
-        try:
-            phase = _wait_for_end(client, job_url, poll_s=poll_s, max_poll_s=max_poll_s,
-                                  timeout_s=timeout_s)
-        except TimeoutError as exc:
-            client.request("POST", f"{job_url}/phase", data={"PHASE": "ABORT"},
-                           allow_redirects=False, ok=(200, 204, 302, 303, 400, 404, 409))
-            raise TapError(f"{exc}; aborted\n  ADQL: {_first_line(adql)}") from None
-        if phase != "COMPLETED":
-            reason = _error_text(client, job_url) if phase == "ERROR" else f"job {phase.lower()}"
-            raise TapError(f"TAP query at {redact_url(service_url)} ended in phase {phase}: "
-                           f"{reason}\n  ADQL: {_first_line(adql)}")
-        response = client.request("GET", f"{job_url}/results/result")
-        frame = _parse_result(response.content, response.headers.get("Content-Type", ""), fmt, adql)
-        log(f"TAP job {job_url}: {len(frame)} rows, {len(frame.columns)} columns")
+        with warnings.catch_warnings():
+            # a result cut by the service's row limit is an error here, not a warning
+            warnings.simplefilter("error", DALOverflowWarning)
+            created = TAPService(service_url, session=session).submit_job(adql, maxrec=maxrec)
+            if str(created.phase).upper() not in UWS_PHASES:
+                raise TapError(f"TAP query at {service} failed while {step}: the answer at "
+                               f"{redact_url(created.url)} is not a UWS job document (an HTML "
+                               f"page, a proxy?)\n  ADQL: {query}")
+            job = created
+            log(f"TAP job created at {redact_url(job.url)}: {query}")
+            step = "starting the job"
+            job.run()
+            step = "waiting for the job"
+            interval = float(poll_s)
+            while True:
+                phase = str(job.phase).upper()
+                if phase in FINAL_PHASES:
+                    log(f"TAP job {redact_url(job.url)}: {phase}")
+                    break
+                if time.monotonic() >= deadline:
+                    step = "aborting the job past its deadline"
+                    job.abort()
+                    raise TapError(f"TAP job {redact_url(job.url)} at {service} still {phase} "
+                                   f"after {timeout_s:g} s; aborted\n  ADQL: {query}")
+                log(f"TAP job {redact_url(job.url)}: {phase}")
+                time.sleep(max(0.0, min(interval, deadline - time.monotonic())))
+                interval = min(float(max_poll_s), interval * 1.5)
+            if phase != "COMPLETED":
+                raise TapError(f"TAP query at {service} ended in phase {phase}: "
+                               f"{_error_summary(job)}\n  ADQL: {query}")
+            step = "fetching the result"
+            table = job.fetch_result().to_table()
+        frame = table.to_pandas()
+        log(f"TAP job {redact_url(job.url)}: {len(frame)} rows, {len(frame.columns)} columns")
         return frame
+    except TapError:
+        raise
+    except DALOverflowWarning:
+        raise TapError(f"TAP result from {service} was truncated (QUERY_STATUS=OVERFLOW): the "
+                       f"service's row limit cut the answer; pass a larger maxrec\n"
+                       f"  ADQL: {query}") from None
+    except (DALAccessError, requests.RequestException, urllib3.exceptions.HTTPError, ExpatError,
+            ValueError, KeyError, IndexError) as exc:
+        if job is None and _is_connect_failure(exc):
+            host = host_of(service_url)
+            raise ArchiveUnreachable(unreachable_message(host, attempted, _reason(exc)),
+                                     host=host) from None
+        raise TapError(f"TAP query at {service} failed while {step}: {_reason(exc)}\n"
+                       f"  ADQL: {query}") from exc
     finally:
-        if job_url is not None:
-            _delete_job(client, job_url)
-        if own_session:
-            session.close()
+        if job is not None and job.url is not None:
+            try:
+                job.delete()
+            except (DALAccessError, requests.RequestException):
+                pass   # a leftover job only costs the service storage until its destruction
+        session.close()
 
 
 def tap_columns(service_url: str, table: str, **query_options) -> pd.DataFrame:
@@ -281,3 +218,6 @@ def tap_columns(service_url: str, table: str, **query_options) -> pd.DataFrame:
     adql = ("SELECT table_name, column_name, datatype, unit, ucd, description\n"
             f"FROM TAP_SCHEMA.columns WHERE table_name IN ({quoted})")
     return tap_async_query(service_url, adql, **query_options)
+
+
+__all__ = ["TapError", "tap_async_query", "tap_columns", "tap_session", "FINAL_PHASES"]

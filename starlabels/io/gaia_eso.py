@@ -3,20 +3,43 @@ DR5.1 parameter catalog (``safcat."GES_DR5_1_V1"``).
 
 Spectrum file (ESO Phase-3 "SCIENCE.SPECTRUM", one file per star and GIRAFFE setup)
 -----------------------------------------------------------------------------------
+The ESO Science Data Products standard (ESO-044286, section 8: 1-D spectra) says how such a file
+is read, and the reader follows it:
+
+* one binary-table extension with ONE row of equal-length array columns;
+* the main spectrum's columns are named by their utypes (``TUTYPn``, case-insensitive): the
+  IVOA Spectrum data model's ``Spectrum.Data.SpectralAxis.Value``,
+  ``Spectrum.Data.FluxAxis.Value`` and ``Spectrum.Data.FluxAxis.Accuracy.StatError`` in a
+  ``VOCLASS='SPECTRUM v1.0'`` file, the same with the ``spec:`` prefix in a ``SPECTRUM v2.0``
+  file; further flux/error arrays of a v2.0 file carry another prefix (``eso:``) and pair by
+  that prefix. The main flux and error also carry ``meta.main`` in their UCD (``TUCDn``);
+* the wavelength column's UCD says the medium: ``em.wl;obs.atmos`` = air, ``em.wl`` = vacuum;
+* ``SPECSYS`` (primary header) names the wavelengths' reference frame (FITS WCS paper III).
+
+Column names are used only where a file has neither utypes nor UCDs (``WAVE``; ``FLUX``, else
+``FLUX_REDUCED``; ``ERR<suffix>`` (sigma) or ``IVAR``; ``QUAL``). The reader returns wavelengths
+in the barycentric frame, so that removing the star's radial velocity gives its rest frame:
+``BARYCENT`` and ``HELIOCEN`` files are used as they are (the two frames differ by less than
+0.02 km/s), a ``TOPOCENT`` file is moved by the barycentric correction its header gives
+(``ESO QC BERV``, ``ESO DRS BERV`` or ``ESO QC VRAD BARYCOR``, km/s, added to a topocentric
+velocity) and refused without one; any other frame (or none) is refused with its reason.
+
+What the writer here produces (the simulated survey, and what the tests read besides files
+built from the standard's own keyword lists):
+
 Primary HDU, header only:
     ORIGIN='ESO', TELESCOP='ESO-VLT-U2', INSTRUME='GIRAFFE', OBJECT=<CNAME>,
     PRODCATG='SCIENCE.SPECTRUM', SPEC_RES (R), SNR, WAVELMIN / WAVELMAX (nm), CONTNORM=F,
     SETUP=<GIRAFFE setup, e.g. 'HR10'> and the same value in the Phase-3 keyword DISPELEM
     (the standard's "dispersive element"), VRAD (km/s, the star's radial velocity; the
-    wavelengths are NOT shifted to the rest frame), SPECSYS='TOPOCENT', FLUXCAL='UNCALIBRATED',
-    and a COMMENT that the wavelengths are in air.
-HDU1 'SPECTRUM', binary table with ONE row of array columns:
-    WAVE float64 (TUNIT 'nm', TUCD 'em.wl;obs.atmos' = air wavelengths in the ESO standard),
-    FLUX float32 (TUNIT 'adu'), ERR float32 (1-sigma, same unit), QUAL int32 (0 = good).
+    wavelengths are NOT shifted to the rest frame), SPECSYS='BARYCENT', FLUXCAL='UNCALIBRATED'.
+HDU1 'SPECTRUM', VOCLASS='SPECTRUM v2.0', binary table with ONE row of array columns, each with
+its ``spec:`` utype and UCD:
+    WAVE float64 (TUNIT 'nm', TUCD 'em.wl;obs.atmos': air), FLUX float32 (TUNIT 'adu'),
+    ERR float32 (1-sigma, same unit), QUAL int32 (0 = good).
 
-Reading tolerates what real archive files vary in: WAVE in nm or Angstrom (from TUNIT),
-``FLUX`` or ``FLUX_REDUCED``, ``ERR``/``ERR_REDUCED`` (sigma) or ``IVAR``, no QUAL column,
-setup in SETUP or DISPELEM, no VRAD keyword. Whatever cannot be read becomes a
+Reading also tolerates what real archive files vary in: WAVE in nm or Angstrom (from TUNIT),
+setup in SETUP or DISPELEM, no QUAL column, no VRAD keyword. Whatever cannot be read becomes a
 :class:`SpectrumFormatError` that names the file.
 
 Catalog file
@@ -40,6 +63,7 @@ import pandas as pd
 from astropy.io import fits
 
 from ..artifacts import atomic_path
+from ..spectral import doppler_shift
 from .fitsfast import NotSimpleFITS, read_simple_table, write_fits
 from .fitstools import (as_text, catalog_hdu, column_lookup, content_errors, name_lookup,
                         open_fits, safe_name_part, table_hdu, wavelength_scale)
@@ -51,9 +75,33 @@ __all__ = [
 ]
 
 
-# UCD the ESO Phase-3 standard gives to a wavelength column: air adds ';obs.atmos'.
-_UCD_AIR = "em.wl;obs.atmos"
-_UCD_VACUUM = "em.wl"
+# ---------------------------------------------------------------- the ESO SDP vocabulary
+
+#: utype namespaces of the main spectrum: the IVOA Spectrum data model's own ('Spectrum.' in a
+#: SPECTRUM v1.0 file, 'spec:' in v2.0); any other prefix ('eso:') marks a secondary array
+_MAIN_NAMESPACES = frozenset({"spectrum", "spec"})
+_MAIN = "main"
+#: utype (after its namespace, lower case) -> the role of the column. Real IDPs name the quality
+#: array Data.FluxAxis.Accuracy.QualityStatus; the Spectrum DM 1.1 spelling is Data.FluxAxis.Quality
+_UTYPE_ROLES = {"data.spectralaxis.value": "wave", "data.fluxaxis.value": "flux",
+                "data.fluxaxis.accuracy.staterror": "error",
+                "data.fluxaxis.accuracy.qualitystatus": "quality",
+                "data.fluxaxis.quality": "quality"}
+#: SPECSYS frames whose wavelengths are the star's Doppler-shifted ones as seen from the solar
+#: system's barycentre (the heliocentric frame differs by < 0.02 km/s)
+_BARYCENTRIC_FRAMES = frozenset({"BARYCENT", "HELIOCEN"})
+#: header keywords ESO pipelines record the barycentric correction in (km/s, added to a
+#: topocentric velocity): ESPRESSO-type DRS, HARPS DRS, UVES / X-shooter
+BARYCENTRIC_CORRECTION_KEYWORDS = ("ESO QC BERV", "ESO DRS BERV", "ESO QC VRAD BARYCOR")
+
+# the writer's column descriptions: (utype, UCD) of a SPECTRUM v2.0 file's main arrays
+_WRITER_COLUMNS = {
+    "WAVE": ("spec:Data.SpectralAxis.Value", "em.wl;obs.atmos"),
+    "FLUX": ("spec:Data.FluxAxis.Value", "phot.flux.density;em.wl;meta.main"),
+    "ERR": ("spec:Data.FluxAxis.Accuracy.StatError",
+            "stat.error;phot.flux.density;em.wl;meta.main"),
+    "QUAL": ("spec:Data.FluxAxis.Accuracy.QualityStatus", "meta.code.qual;meta.main"),
+}
 
 
 # ---------------------------------------------------------------- shared small helpers
@@ -111,10 +159,11 @@ def write_ges_spectrum(path: str | os.PathLike, wavelength_air, flux, err, *, cn
                        extra_header: dict | None = None) -> None:
     """Write one GIRAFFE spectrum as an ESO Phase-3 1-D spectrum file (atomically).
 
-    wavelength_air : Angstrom, air, strictly increasing (stored as nm, like the archive)
+    wavelength_air : Angstrom, air, barycentric frame, strictly increasing (stored as nm, like
+                     the archive)
     flux, err      : flux and its 1-sigma error (any linear unit; stored float32, TUNIT 'adu')
     qual           : int pixel flags, 0 = good (default all good)
-    vrad_kms       : the star's radial velocity; the spectrum stays in the observed frame
+    vrad_kms       : the star's radial velocity; the spectrum stays Doppler-shifted by it
     extra_header   : keywords added to the primary header last (None as a value deletes one)
     """
     wavelength_air = np.asarray(wavelength_air, dtype=np.float64)
@@ -142,7 +191,7 @@ def write_ges_spectrum(path: str | os.PathLike, wavelength_air, flux, err, *, cn
     h["PRODCATG"] = ("SCIENCE.SPECTRUM", "Data product category")
     h["SETUP"] = (str(setup), "GIRAFFE setup (starlabels reads this first)")
     h["DISPELEM"] = (str(setup), "Dispersive element (GIRAFFE setup)")
-    h["SPECSYS"] = ("TOPOCENT", "Wavelengths not corrected for VRAD")
+    h["SPECSYS"] = ("BARYCENT", "Barycentric wavelengths, VRAD not removed")
     h["FLUXCAL"] = ("UNCALIBRATED", "Flux calibration")
     h["CONTNORM"] = (False, "Spectrum is not continuum-normalised")
     _finite_header_value(h, "SPEC_RES", resolution, "Resolving power lambda/dlambda")
@@ -150,7 +199,7 @@ def write_ges_spectrum(path: str | os.PathLike, wavelength_air, flux, err, *, cn
     h["WAVELMIN"] = (float(wave_nm[0]), "[nm] Minimum wavelength")
     h["WAVELMAX"] = (float(wave_nm[-1]), "[nm] Maximum wavelength")
     _finite_header_value(h, "VRAD", vrad_kms, "[km/s] Radial velocity of the star")
-    h.add_comment("Wavelengths (WAVE) are in AIR, in the observed (topocentric) frame.")
+    h.add_comment("Wavelengths (WAVE) are in AIR, barycentric frame, VRAD not removed.")
     _set_header(h, extra_header)
 
     columns = [
@@ -161,68 +210,204 @@ def write_ges_spectrum(path: str | os.PathLike, wavelength_air, flux, err, *, cn
     ]
     table = fits.BinTableHDU.from_columns(columns, name="SPECTRUM")
     th = table.header
-    th["TUCD1"] = (_UCD_AIR, "Air wavelength (ESO Phase-3 UCD)")
+    for i, column in enumerate(columns, 1):
+        utype, ucd = _WRITER_COLUMNS[column.name]
+        th[f"TUTYP{i}"] = utype
+        th[f"TUCD{i}"] = ucd
     th["TDMIN1"] = float(wave_nm[0])
     th["TDMAX1"] = float(wave_nm[-1])
     th["NELEM"] = (n, "Number of pixels in each array")
-    th["VOCLASS"] = ("SPECTRUM V2.0", "VO data model")
+    th["VOCLASS"] = ("SPECTRUM v2.0", "VO data model")
     # astropy byte-swaps array columns element by element (~40 ms a spectrum); write_fits
     # writes the same header and records directly (see fitsfast)
     write_fits(path, primary, table)
 
 
+# ---------------------------------------------------------------- which column is what
+
+class _Described(NamedTuple):
+    """One table column as the SDP standard describes it."""
+    name: str               # as stored
+    role: str | None        # wave / flux / error / quality from its utype, None without one
+    namespace: str | None   # 'main' for the Spectrum DM's own namespaces, else the prefix
+    ucd: frozenset          # the words of its TUCD, lower case
+
+
+def _describe(names: list[str], header: Any) -> list[_Described]:
+    out = []
+    for i, name in enumerate(names, 1):
+        utype = str(header.get(f"TUTYP{i}") or "").strip().lower()
+        namespace, role = None, None
+        if ":" in utype:
+            namespace, rest = utype.split(":", 1)
+        elif utype.startswith("spectrum."):
+            namespace, rest = "spectrum", utype[len("spectrum."):]
+        if namespace is not None:
+            role = _UTYPE_ROLES.get(rest)
+            namespace = _MAIN if namespace in _MAIN_NAMESPACES else namespace
+        ucd = frozenset(w.strip() for w in str(header.get(f"TUCD{i}") or "").lower().split(";")
+                        if w.strip())
+        out.append(_Described(name, role, namespace if role else None, ucd))
+    return out
+
+
+def _ucd_role(column: _Described) -> str | None:
+    """The role a column's UCD alone gives it (for files without utypes)."""
+    if "stat.error" in column.ucd:
+        return "error"
+    if "meta.code.qual" in column.ucd:
+        return "quality"
+    if "phot.flux.density" in column.ucd:
+        return "flux"
+    if "em.wl" in column.ucd:
+        return "wave"
+    return None
+
+
+def _main_column(columns: list[_Described], role: str, path: Path) -> _Described | None:
+    """The main column of a role: by utype namespace, then by ``meta.main`` in its UCD; None
+    when neither identifies one (the caller then looks at names)."""
+    by_utype = [c for c in columns if c.role == role and c.namespace == _MAIN]
+    if len(by_utype) > 1:
+        marked = [c for c in by_utype if "meta.main" in c.ucd]
+        if len(marked) != 1:
+            raise SpectrumFormatError(path, f"several main {role} columns by utype: "
+                                            f"{[c.name for c in by_utype]}")
+        by_utype = marked
+    if by_utype:
+        return by_utype[0]
+    by_ucd = [c for c in columns if c.role is None and _ucd_role(c) == role]
+    marked = [c for c in by_ucd if "meta.main" in c.ucd]
+    if len(marked) > 1:
+        raise SpectrumFormatError(path, f"several {role} columns carry meta.main in their UCD: "
+                                        f"{[c.name for c in marked]}")
+    if marked:
+        return marked[0]
+    # a spectral axis is unique in most files even without meta.main
+    if role == "wave" and len(by_ucd) == 1:
+        return by_ucd[0]
+    return None
+
+
+def _partner(columns: list[_Described], flux: _Described, role: str, lookup: dict[str, str],
+             path: Path) -> str | None:
+    """The ``role`` column (error / quality) belonging to ``flux``: same utype namespace (the
+    standard's pairing), then meta.main for a main flux described by UCDs only, then names
+    (FLUX<suffix> -> ERR<suffix> / QUAL<suffix>). None when nothing matches."""
+    prefix = {"error": "ERR", "quality": "QUAL"}[role]
+    upper = flux.name.strip().upper()
+    by_name = prefix + upper[len("FLUX"):] if upper.startswith("FLUX") else None
+    if flux.namespace is not None:
+        same = [c for c in columns if c.role == role and c.namespace == flux.namespace]
+        if len(same) > 1:   # several secondary sets share 'eso:': their names pair them
+            same = [c for c in same if c.name.strip().upper() == by_name]
+        if len(same) == 1:
+            return same[0].name
+    if flux.role is None and "meta.main" in flux.ucd:
+        main = [c for c in columns if c.role is None and _ucd_role(c) == role
+                and "meta.main" in c.ucd]
+        if len(main) == 1:
+            return main[0].name
+    if by_name and by_name in lookup:
+        named = next(c for c in columns if c.name == lookup[by_name])
+        # a name never pairs across utype namespaces (QUAL of the main spectrum is not the
+        # quality of an eso: flux)
+        if named.namespace in (None, flux.namespace):
+            return named.name
+    return None
+
+
+class _Layout(NamedTuple):
+    """Which stored column plays each part of the spectrum."""
+    wave: str
+    flux: str
+    sigma: str | None       # 1-sigma error column, or
+    ivar: str | None        # an inverse-variance column
+    quality: str | None
+
+
+def spectrum_layout(names: list[str], header: Any, flux_column: str, path: Path) -> _Layout:
+    """Identify the wavelength, flux, error and quality columns of an SDP 1-D spectrum table
+    (its column names and its header with TUTYPn / TUCDn): by utype, then UCD, then name."""
+    lookup = name_lookup(names, path)
+    columns = _describe(names, header)
+    by_name = {c.name: c for c in columns}
+
+    if flux_column != "auto":
+        stored = lookup.get(flux_column.strip().upper())
+        if stored is None:
+            raise SpectrumFormatError(path, f"missing column {flux_column} (columns: "
+                                            f"{sorted(lookup)})")
+        flux = by_name[stored]
+    else:
+        flux = _main_column(columns, "flux", path)
+        if flux is None:
+            stored = next((lookup[n] for n in ("FLUX", "FLUX_REDUCED") if n in lookup), None)
+            if stored is None:
+                raise SpectrumFormatError(path, f"missing column FLUX (and FLUX_REDUCED; no "
+                                                f"column has a flux utype or UCD); columns are "
+                                                f"{sorted(lookup)}")
+            flux = by_name[stored]
+
+    wave = _main_column(columns, "wave", path)
+    if wave is None:
+        if "WAVE" not in lookup:
+            raise SpectrumFormatError(path, f"missing column WAVE (columns: {sorted(lookup)})")
+        wave = by_name[lookup["WAVE"]]
+
+    sigma = _partner(columns, flux, "error", lookup, path)
+    ivar = None
+    if sigma is None:
+        ivar = lookup.get("IVAR")
+        if ivar is None:
+            wanted = ("ERR" + flux.name.strip().upper()[len("FLUX"):]
+                      if flux.name.strip().upper().startswith("FLUX") else "ERR")
+            raise SpectrumFormatError(path, f"missing error column for {flux.name}: need its "
+                                            f"StatError utype partner, {wanted} (sigma) or IVAR")
+    quality = _partner(columns, flux, "quality", lookup, path)
+    if quality is None and "QUAL" in lookup and flux.namespace in (None, _MAIN) \
+            and by_name[lookup["QUAL"]].namespace in (None, _MAIN):
+        quality = lookup["QUAL"]     # FLUX_REDUCED of a file with a single QUAL
+    return _Layout(wave.name, flux.name, sigma, ivar, quality)
+
+
+def medium_from_ucd(ucd: str | None) -> str | None:
+    """'air' for a wavelength UCD with obs.atmos (em.wl;obs.atmos), 'vacuum' for em.wl without
+    it, None when the UCD is not a wavelength's."""
+    words = {w.strip() for w in str(ucd or "").lower().split(";")}
+    if "em.wl" not in words:
+        return None
+    return "air" if "obs.atmos" in words else "vacuum"
+
+
 # ---------------------------------------------------------------- spectrum reader
 
-def _row_array(data, lookup: dict[str, str], name: str, path: Path) -> np.ndarray:
+def _row_array(data, name: str, path: Path) -> np.ndarray:
     """Row 0 of array column ``name`` as a 1-D float64 array."""
-    values = np.asarray(data[lookup[name]][0], dtype=np.float64)
+    values = np.asarray(data[name][0], dtype=np.float64)
     if values.ndim != 1:
         raise SpectrumFormatError(path, f"column {name} holds shape {values.shape} in its row, "
                                         f"expected a 1-D array")
     return values
 
 
-def _choose_flux_column(flux_column: str, lookup: dict[str, str], path: Path) -> str:
-    """'auto' = FLUX, else FLUX_REDUCED; an explicit name must exist (case-insensitive)."""
-    if flux_column == "auto":
-        for candidate in ("FLUX", "FLUX_REDUCED"):
-            if candidate in lookup:
-                return candidate
-        raise SpectrumFormatError(path, f"missing column FLUX (and FLUX_REDUCED); columns are "
-                                        f"{sorted(lookup)}")
-    name = flux_column.upper()
-    if name not in lookup:
-        raise SpectrumFormatError(path, f"missing column {flux_column} (columns: {sorted(lookup)})")
-    return name
-
-
-def _ivar_from_file(data, lookup: dict[str, str], flux_name: str, path: Path) -> np.ndarray:
-    """Inverse variance from the error column paired with the flux column.
-
-    FLUX pairs with ERR, FLUX_REDUCED with ERR_REDUCED (sigma -> 1/sigma^2); without one an
-    IVAR column is used as is. Pixels with sigma <= 0, non-finite sigma or negative/non-finite
-    IVAR carry no information: ivar 0.
-    """
-    sigma_name = "ERR" + flux_name[len("FLUX"):] if flux_name.startswith("FLUX") else None
-    if sigma_name and sigma_name in lookup:
-        sigma = _row_array(data, lookup, sigma_name, path)
+def _ivar_from_file(data, layout: _Layout, path: Path) -> np.ndarray:
+    """Inverse variance from the error column (sigma -> 1/sigma^2) or an IVAR column. Pixels
+    with sigma <= 0, non-finite sigma or negative/non-finite IVAR carry no information: 0."""
+    if layout.sigma is not None:
+        sigma = _row_array(data, layout.sigma, path)
         good = np.isfinite(sigma) & (sigma > 0)
         ivar = np.zeros_like(sigma)
         ivar[good] = 1.0 / sigma[good] ** 2
         return ivar
-    if "IVAR" in lookup:
-        ivar = _row_array(data, lookup, "IVAR", path)
-        return np.where(np.isfinite(ivar) & (ivar > 0), ivar, 0.0)
-    raise SpectrumFormatError(path, f"missing error column for {flux_name}: need "
-                                    f"{sigma_name or 'ERR'} (sigma) or IVAR")
+    ivar = _row_array(data, layout.ivar, path)
+    return np.where(np.isfinite(ivar) & (ivar > 0), ivar, 0.0)
 
 
 def _medium(medium: str, wave_ucd: str | None, path: Path) -> str:
-    """Wavelength medium: 'air'/'vacuum' as configured, or 'header' = from the WAVE column's
-    TUCD ('em.wl;obs.atmos' air, 'em.wl' vacuum). A configured value the TUCD contradicts is
-    kept but warned about, because the archive's convention is UNVERIFIED."""
-    ucd = (wave_ucd or "").strip().lower()
-    from_ucd = {_UCD_AIR: "air", _UCD_VACUUM: "vacuum"}.get(ucd)
+    """Wavelength medium: 'header' = from the wavelength column's TUCD, as the SDP standard
+    says; 'air'/'vacuum' force one (a TUCD that contradicts it is warned about)."""
+    from_ucd = medium_from_ucd(wave_ucd)
     if medium == "header":
         if from_ucd is None:
             raise SpectrumFormatError(path, f"medium='header' but the WAVE column has no air/"
@@ -234,17 +419,54 @@ def _medium(medium: str, wave_ucd: str | None, path: Path) -> str:
     return medium
 
 
+def barycentric_shift(header: Any, path: Path) -> float:
+    """Velocity (km/s) that moves the file's wavelengths into the barycentric frame, from its
+    SPECSYS: 0 for BARYCENT / HELIOCEN, the header's barycentric correction for TOPOCENT.
+    Any other frame, or a TOPOCENT file without a correction, is a SpectrumFormatError."""
+    raw = header.get("SPECSYS")
+    frame = str(raw).strip().upper() if isinstance(raw, str) else ""
+    if not frame:
+        raise SpectrumFormatError(path, f"no SPECSYS keyword (found {raw!r}): the reference "
+                                        f"frame of the wavelengths is unknown")
+    if frame in _BARYCENTRIC_FRAMES:
+        return 0.0
+    if frame == "TOPOCENT":
+        for key in BARYCENTRIC_CORRECTION_KEYWORDS:
+            value = _header_float(header, key)
+            if math.isfinite(value):
+                return value
+        raise SpectrumFormatError(path, f"SPECSYS='TOPOCENT' but the header gives no "
+                                        f"barycentric correction ({', '.join(BARYCENTRIC_CORRECTION_KEYWORDS)}): "
+                                        f"removing VRAD alone would leave up to 30 km/s in the "
+                                        f"wavelengths")
+    raise SpectrumFormatError(path, f"SPECSYS={frame!r}: only TOPOCENT, BARYCENT and HELIOCEN "
+                                    f"spectra can be brought to the star's rest frame by "
+                                    f"removing its radial velocity")
+
+
 class _SpectrumTable(NamedTuple):
     """What the spectrum reader needs of HDU1, from either FITS reader."""
     names: list[str]                   # column names as stored
     unit: Callable[[str], str | None]  # column name -> TUNIT
-    header: Any                        # table header (for TUCDn), with .get
+    header: Any                        # table header (TUTYPn, TUCDn), with .get
     rows: Callable[[], Any]            # the records; astropy reads them only when asked
 
 
 #: primary-header keywords read_ges_spectrum reads: the fast reader must have each one's value
 _PRIMARY_KEYWORDS_READ = frozenset({"OBJECT", "CNAME", "SETUP", "DISPELEM", "SNR", "VRAD",
-                                    "SPEC_RES", "CONTNORM"})
+                                    "SPEC_RES", "CONTNORM", "SPECSYS"})
+
+
+def fast_reader_declines(simple) -> str | None:
+    """Why a file the fast reader parsed must still go to astropy, or None: a keyword the
+    reader needs is a long string, or a topocentric file needs its HIERARCH ESO barycentric
+    correction (cards the fast reader passes over)."""
+    if simple.long_primary & _PRIMARY_KEYWORDS_READ:
+        return f"{sorted(simple.long_primary & _PRIMARY_KEYWORDS_READ)} are long strings"
+    frame = simple.primary.get("SPECSYS")
+    if isinstance(frame, str) and frame.strip().upper() == "TOPOCENT":
+        return "a topocentric spectrum's barycentric correction is a HIERARCH ESO card"
+    return None
 
 
 @contextlib.contextmanager
@@ -258,8 +480,9 @@ def _spectrum_hdus(path: Path) -> Iterator[tuple[Any, Callable[[], _SpectrumTabl
     """
     try:
         simple = read_simple_table(path)
-        if simple.long_primary & _PRIMARY_KEYWORDS_READ:
-            raise NotSimpleFITS(f"{sorted(simple.long_primary)} are long strings")
+        reason = fast_reader_declines(simple)
+        if reason:
+            raise NotSimpleFITS(reason)
     except NotSimpleFITS:
         simple = None
     if simple is None:
@@ -278,15 +501,17 @@ def _astropy_table(hdul: fits.HDUList, path: Path) -> _SpectrumTable:
 
 
 def read_ges_spectrum(path: str | os.PathLike, *, flux_column: str = "auto",
-                      medium: str = "air") -> Spectrum:
-    """Read an ESO Phase-3 GIRAFFE 1-D spectrum into a :class:`Spectrum` (wavelength in Å).
+                      medium: str = "header") -> Spectrum:
+    """Read an ESO Phase-3 GIRAFFE 1-D spectrum into a :class:`Spectrum` (wavelength in Å, in
+    the barycentric frame: see the module docstring for SPECSYS).
 
-    flux_column : 'auto' (FLUX, else FLUX_REDUCED) or a column name
-    medium      : 'air', 'vacuum', or 'header' (from the WAVE column's TUCD)
+    flux_column : 'auto' (the main flux by utype / UCD, else FLUX, else FLUX_REDUCED) or a
+                  column name (its error and quality columns pair with it)
+    medium      : 'header' (from the wavelength column's TUCD), 'air' or 'vacuum'
 
-    mask is True where QUAL != 0 (the ESO standard: any non-zero flag is bad) or the flux is
-    not finite; such non-finite pixels also get ivar 0. rv_kms is the VRAD keyword (NaN when
-    absent). Raises :class:`SpectrumFormatError` for anything malformed.
+    mask is True where the quality array is non-zero (the ESO standard: any non-zero flag is
+    bad) or the flux is not finite; such non-finite pixels also get ivar 0. rv_kms is the VRAD
+    keyword (NaN when absent). Raises :class:`SpectrumFormatError` for anything malformed.
     """
     if medium not in ("air", "vacuum", "header"):
         raise ValueError(f"medium must be 'air', 'vacuum' or 'header', got {medium!r}")
@@ -299,11 +524,9 @@ def read_ges_spectrum(path: str | os.PathLike, *, flux_column: str = "auto",
         if setup is None or not str(setup).strip():
             raise SpectrumFormatError(path, "primary header has neither SETUP nor DISPELEM: "
                                             "cannot tell the GIRAFFE setup")
+        shift_kms = barycentric_shift(header, path)
         table = hdu1()
-        lookup = name_lookup(table.names, path)
-        if "WAVE" not in lookup:
-            raise SpectrumFormatError(path, f"missing column WAVE (columns: {sorted(lookup)})")
-        flux_name = _choose_flux_column(flux_column, lookup, path)
+        layout = spectrum_layout(table.names, table.header, flux_column, path)
         data = table.rows()
         nrows = 0 if data is None else len(data)
         if nrows == 0:
@@ -311,16 +534,16 @@ def read_ges_spectrum(path: str | os.PathLike, *, flux_column: str = "auto",
         if nrows != 1:
             raise SpectrumFormatError(path, f"HDU1 has {nrows} rows; a Phase-3 1-D spectrum "
                                             f"has exactly one row of array columns")
-        scale = wavelength_scale(table.unit(lookup["WAVE"]), path, "WAVE")
-        wave_ucd = table.header.get(f"TUCD{table.names.index(lookup['WAVE']) + 1}")
-        wavelength = _row_array(data, lookup, "WAVE", path) * scale
-        flux = _row_array(data, lookup, flux_name, path)
-        ivar = _ivar_from_file(data, lookup, flux_name, path)
-        qual = (_row_array(data, lookup, "QUAL", path) if "QUAL" in lookup
+        scale = wavelength_scale(table.unit(layout.wave), path, layout.wave)
+        wave_ucd = table.header.get(f"TUCD{table.names.index(layout.wave) + 1}")
+        wavelength = _row_array(data, layout.wave, path) * scale
+        flux = _row_array(data, layout.flux, path)
+        ivar = _ivar_from_file(data, layout, path)
+        qual = (_row_array(data, layout.quality, path) if layout.quality is not None
                 else np.zeros_like(wavelength))
-        flux_unit = table.unit(lookup[flux_name]) or ""
+        flux_unit = table.unit(layout.flux) or ""
 
-    for name, array in ((flux_name, flux), ("error", ivar), ("QUAL", qual)):
+    for name, array in ((layout.flux, flux), ("error", ivar), ("quality", qual)):
         if array.shape != wavelength.shape:
             raise SpectrumFormatError(path, f"{name} has {array.size} pixels but WAVE has "
                                             f"{wavelength.size}")
@@ -330,6 +553,8 @@ def read_ges_spectrum(path: str | os.PathLike, *, flux_column: str = "auto",
         raise SpectrumFormatError(path, "WAVE contains non-finite values")
     if not np.all(np.diff(wavelength) > 0):
         raise SpectrumFormatError(path, "WAVE is not strictly increasing")
+    if shift_kms != 0.0:
+        wavelength = doppler_shift(wavelength, shift_kms)
 
     bad_flux = ~np.isfinite(flux)
     ivar[bad_flux] = 0.0
@@ -340,8 +565,10 @@ def read_ges_spectrum(path: str | os.PathLike, *, flux_column: str = "auto",
         medium=_medium(medium, wave_ucd, path),
         snr=_header_float(header, "SNR"), rv_kms=_header_float(header, "VRAD"),
         resolution=_header_float(header, "SPEC_RES"), path=str(path),
-        meta={"flux_column": flux_name, "flux_unit": flux_unit,
-              "contnorm": bool(header.get("CONTNORM", False))},
+        meta={"flux_column": layout.flux.strip().upper(), "flux_unit": flux_unit,
+              "contnorm": bool(header.get("CONTNORM", False)),
+              "specsys": str(header.get("SPECSYS")).strip().upper(),
+              "barycentric_correction_kms": shift_kms},
     )
 
 

@@ -26,8 +26,13 @@ HDU1, EXTNAME 'STAR1D', binary table, one row per beam, every array column the s
     SNR       float32           median S/N of the beam
     VRAD      float32           TUNIT 'km/s', radial velocity (spectrum is in the observed frame)
 
-Catalog: a FITS binary table like dr12 marvelsStar with STARNAME, PLATE, TEFF, TEFF_E, LOG_G,
-LOG_G_E, FEH, FEH_E, RPM_LOG_G ('dwarf' | 'giant' | '': the reduced-proper-motion call).
+Catalog: a FITS binary table like DR12 marvelsStar (column names compared case-insensitively:
+the archive spells them STARNAME, Plate, Teff, Teff_E, log_g, log_g_E, FeH, FeH_E, RPM_LOG_g).
+RPM_LOG_g is the luminosity class from the reduced-proper-motion diagram; the DR12 schema
+documents its values as Mainseq / Giant / Refstar, Refstar meaning a known planet host (a
+reference target, not a luminosity class). The reader maps them, case-insensitively, onto
+``rpm_class`` 'dwarf' / 'giant' / 'planet_host' ('' where the call is empty); the simulator's
+own vocabulary, dwarf / giant, reads the same. Any other value is refused.
 """
 from __future__ import annotations
 
@@ -49,6 +54,7 @@ from .spectrum import Spectrum, SpectrumFormatError
 __all__ = [
     "LAYOUT", "marvels_plate_filename", "write_marvels_plate", "read_marvels_plate",
     "write_marvels_star_catalog", "read_marvels_star_catalog", "MARVELS_CATALOG_COLUMNS",
+    "RPM_DWARF", "RPM_GIANT", "RPM_PLANET_HOST", "RPM_VOCABULARY",
 ]
 
 LAYOUT = "starlabels-star1d-v1"
@@ -280,7 +286,12 @@ _CATALOG_OUTPUT = {
     "fe_h": ("FEH", False), "e_fe_h": ("FEH_E", False),
     "rpm_class": ("RPM_LOG_G", True),
 }
-_RPM_CLASSES = {"dwarf", "giant", ""}
+#: ``rpm_class`` values: the reduced-proper-motion dwarfs (the fine-tuning sample), giants (the
+#: giant candidates) and known planet hosts (DR12's Refstar: no luminosity class given)
+RPM_DWARF, RPM_GIANT, RPM_PLANET_HOST = "dwarf", "giant", "planet_host"
+#: RPM_LOG_g as written (lower case) -> rpm_class: DR12 marvelsStar and the simulator's words
+RPM_VOCABULARY = {"mainseq": RPM_DWARF, "giant": RPM_GIANT, "refstar": RPM_PLANET_HOST,
+                  "dwarf": RPM_DWARF, "": ""}
 
 
 def write_marvels_star_catalog(path: str | os.PathLike, table: pd.DataFrame) -> None:
@@ -317,13 +328,14 @@ def _catalog_text(data, column: fits.Column) -> np.ndarray:
 
 
 def _rpm_classes(values: np.ndarray, path: Path) -> np.ndarray:
-    """Normalise the reduced-proper-motion call to 'dwarf' / 'giant' / ''."""
-    classes = np.array([str(v).strip().lower() for v in values], dtype=object)
-    unknown = sorted(set(classes) - _RPM_CLASSES)
+    """The reduced-proper-motion call as 'dwarf' / 'giant' / 'planet_host' / '' (see
+    :data:`RPM_VOCABULARY`); a value outside the vocabulary refuses the table."""
+    written = [str(v).strip().lower() for v in values]
+    unknown = sorted(set(written) - set(RPM_VOCABULARY))
     if unknown:
-        raise SpectrumFormatError(path, f"RPM_LOG_G has values {unknown[:5]}; expected 'dwarf',"
-                                        f" 'giant' or ''")
-    return classes
+        raise SpectrumFormatError(path, f"RPM_LOG_G has values {unknown[:5]}; expected DR12's "
+                                        f"Mainseq, Giant or Refstar (or dwarf / giant), or empty")
+    return np.array([RPM_VOCABULARY[w] for w in written], dtype=object)
 
 
 def read_marvels_star_catalog(path: str | os.PathLike) -> pd.DataFrame:

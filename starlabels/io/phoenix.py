@@ -8,7 +8,15 @@ Layout of the real files (and of what the writers here produce):
     spectrum of the grid (the spectra carry no wavelength axis of their own).
 ``PHOENIX-ACES-AGSS-COND-2011/Z-0.0/lte05800-4.50-0.0.PHOENIX-ACES-AGSS-COND-2011-HiRes.fits``
     HDU0 = 1-D float32 flux image, BUNIT 'erg/s/cm^2/cm' (flux per cm of wavelength), header
-    PHXTEFF, PHXLOGG, PHXM_H, PHXALPHA; HDU1 = abundance table.
+    PHXTEFF, PHXLOGG, PHXM_H, PHXALPHA; HDU1 = abundance table. Models that are the result of an
+    interpolation carry INTERPOL = T (the grid's "Info on spectra" page).
+
+The grid's documented keywords do not include a unit, and files are met without one: a WAVE
+file without BUNIT/UNIT, and interpolated models without BUNIT. Those are read with the
+product's published conventions (Husser et al. 2013; the grid's documentation): wavelengths in
+Angstrom, vacuum; flux in erg/s/cm^2/cm. Each such file is named in a :class:`ConventionWarning`
+(the job's log). A model that is not interpolated and has no BUNIT is still refused: nothing says
+that its flux follows the grid's convention.
 
 File names: ``lte{Teff:05d}-{logg:.2f}{Z}{A}``, Z = ``-0.0`` for solar (the grid's own
 spelling), ``+0.5``, ``-1.0`` ...; A = '' for alpha = 0, else ``.Alpha=+0.40``. The metallicity
@@ -19,6 +27,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +35,13 @@ from astropy.io import fits
 
 from ..artifacts import atomic_path
 from .fitstools import open_fits
-from .spectrum import Spectrum, SpectrumFormatError
+from .spectrum import ConventionWarning, Spectrum, SpectrumFormatError
 
 __all__ = [
     "WAVE_FILENAME", "PHOENIX_SUFFIX", "phoenix_relpath", "parse_phoenix_filename",
     "write_phoenix_wave", "write_phoenix_spectrum", "read_phoenix_wave",
-    "read_phoenix_spectrum", "default_abundances", "SYNTHETIC_IVAR",
+    "read_phoenix_spectrum", "default_abundances", "SYNTHETIC_IVAR", "PUBLISHED_WAVE_UNIT",
+    "PUBLISHED_FLUX_UNIT",
 ]
 
 WAVE_FILENAME = "WAVE_PHOENIX-ACES-AGSS-COND-2011.fits"
@@ -48,6 +58,11 @@ _FILENAME_RE = re.compile(
 # Solar log eps of the AGSS09 mixture (Asplund, Grevesse, Sauval & Scott 2009) the grid uses.
 _AGSS09_SOLAR = {"H": 12.00, "Fe": 7.50, "Mg": 7.60, "Al": 6.45, "Ca": 6.34}
 _ALPHA_ELEMENTS = {"Mg", "Ca"}
+
+#: what the grid's publication and documentation say its files hold when a unit keyword is
+#: missing: vacuum wavelengths in Angstrom, flux density per cm of wavelength
+PUBLISHED_WAVE_UNIT = "Angstrom"
+PUBLISHED_FLUX_UNIT = "erg/s/cm^2/cm"
 
 _WAVE_UNIT_TO_ANGSTROM = {
     "angstrom": 1.0, "angstroms": 1.0, "aa": 1.0, "\u00e5": 1.0,
@@ -204,15 +219,19 @@ def _primary_vector(hdul: fits.HDUList, path: Path) -> np.ndarray:
 def read_phoenix_wave(path: str | os.PathLike) -> np.ndarray:
     """The grid's wavelengths in Angstrom (vacuum) from the WAVE file.
 
-    BUNIT (or UNIT) may be Angstrom, nm or um and is converted; no or another unit is a
-    :class:`SpectrumFormatError`, as are non-finite or non-increasing values.
+    BUNIT (or UNIT) may be Angstrom, nm or um and is converted; without either the published
+    convention (Angstrom, vacuum) is used and a :class:`ConventionWarning` names the file.
+    Another unit, non-finite or non-increasing values are a :class:`SpectrumFormatError`.
     """
     path = Path(path)
     with open_fits(path) as hdul:
         unit = _unit_keyword(hdul[0].header)
         wavelength = _primary_vector(hdul, path)
     if unit is None:
-        raise SpectrumFormatError(path, "no BUNIT/UNIT keyword: unknown wavelength unit")
+        warnings.warn(f"{path}: no BUNIT/UNIT keyword; wavelengths read with the PHOENIX "
+                      f"HiRes convention ({PUBLISHED_WAVE_UNIT}, vacuum)", ConventionWarning,
+                      stacklevel=2)
+        unit = PUBLISHED_WAVE_UNIT
     scale = _WAVE_UNIT_TO_ANGSTROM.get(unit.lower())
     if scale is None:
         raise SpectrumFormatError(path, f"unknown wavelength unit {unit!r} (expected Angstrom, "
@@ -242,7 +261,9 @@ def read_phoenix_spectrum(path: str | os.PathLike, wavelength_vacuum) -> Spectru
     """One HiRes spectrum on the grid's ``wavelength_vacuum`` (Å, from :func:`read_phoenix_wave`).
 
     The flux is converted from per cm to per Angstrom (x1e-8 for BUNIT 'erg/s/cm^2/cm'), so it
-    is in erg/s/cm^2/Angstrom. The model is noiseless: ivar = :data:`SYNTHETIC_IVAR` (1e20)
+    is in erg/s/cm^2/Angstrom. An interpolated model (INTERPOL = T) without BUNIT is read in
+    the grid's published unit, erg/s/cm^2/cm, with a :class:`ConventionWarning`; any other model
+    without BUNIT is a :class:`SpectrumFormatError`. The model is noiseless: ivar = :data:`SYNTHETIC_IVAR` (1e20)
     where the flux is finite, 0 (and mask True) where it is not. medium='vacuum', rv_kms=0,
     star_id = spectrum_id = file stem; meta holds teff, logg, fe_h, alpha from PHXTEFF, PHXLOGG,
     PHXM_H, PHXALPHA (each required).
@@ -259,8 +280,16 @@ def read_phoenix_spectrum(path: str | os.PathLike, wavelength_vacuum) -> Spectru
                 "logg": _phx_keyword(header, "PHXLOGG", path),
                 "fe_h": _phx_keyword(header, "PHXM_H", path),
                 "alpha": _phx_keyword(header, "PHXALPHA", path)}
+        interpolated = header.get("INTERPOL") is True
+    if unit is None and interpolated:
+        warnings.warn(f"{path}: interpolated model (INTERPOL = T) without BUNIT; flux read in "
+                      f"the PHOENIX HiRes unit {PUBLISHED_FLUX_UNIT}", ConventionWarning,
+                      stacklevel=2)
+        unit = PUBLISHED_FLUX_UNIT
     if unit is None:
-        raise SpectrumFormatError(path, "no BUNIT keyword: unknown flux unit")
+        raise SpectrumFormatError(path, "no BUNIT keyword: unknown flux unit (only interpolated "
+                                        "models, INTERPOL = T, are read with the grid's "
+                                        "published unit)")
     scale = _FLUX_UNIT_TO_PER_ANGSTROM.get(unit.lower().replace(" ", ""))
     if scale is None:
         raise SpectrumFormatError(path, f"unknown flux unit {unit!r} (expected erg/s/cm^2/cm "

@@ -19,11 +19,19 @@ class SpectrumFormatError(ValueError):
         self.problem = problem
 
 
+class ConventionWarning(UserWarning):
+    """A reader used a product's published convention for something the file does not state
+    (a unit keyword, say). The message names the file, what was missing and what was assumed,
+    so the job's log records every such file."""
+
+
 @dataclass
 class Spectrum:
     """One observed (or synthetic) 1-D spectrum as read from an archive file.
 
-    wavelength : Å, increasing, in the frame given by ``medium`` ("air" or "vacuum")
+    wavelength : Å, increasing, in the medium given by ``medium`` ("air" or "vacuum"), seen
+                 from the solar-system barycentre: the star's own radial velocity is the only
+                 shift left in it (readers remove an observatory's motion, see SPECSYS)
     flux       : any linear unit (normalise later); NaN where undefined
     ivar       : inverse variance of ``flux`` (0 = no information)
     mask       : True where the archive flags the pixel bad

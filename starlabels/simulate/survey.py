@@ -324,6 +324,26 @@ def _ges_star(task: tuple) -> dict:
     return {"files": files}
 
 
+def ges_catalog_frame(truth: pd.DataFrame, cat: pd.DataFrame, vrad: np.ndarray,
+                      setups: str, solar: Mapping[str, float], ges_type: str) -> pd.DataFrame:
+    """DR5.1-like catalogue rows of simulated stars: ``cat`` holds their catalogue labels and
+    errors, ``truth`` their star_id, coordinates and S/N."""
+    return pd.DataFrame({
+        "OBJECT": truth["star_id"].to_numpy(), "RA": truth["ra"].to_numpy(),
+        "DECLINATION": truth["dec"].to_numpy(),
+        "TEFF": cat["teff"].to_numpy(), "E_TEFF": cat["e_teff"].to_numpy(),
+        "LOGG": cat["logg"].to_numpy(), "E_LOGG": cat["e_logg"].to_numpy(),
+        "FEH": cat["fe_h"].to_numpy(), "E_FEH": cat["e_fe_h"].to_numpy(),
+        # catalogue abundances are absolute: A(X) = A☉(X) + [X/Fe] + [Fe/H]
+        "MG1": (solar["mg"] + cat["mg_fe"] + cat["fe_h"]).to_numpy(),
+        "E_MG1": cat["e_mg_fe"].to_numpy(),
+        "AL1": (solar["al"] + cat["al_fe"] + cat["fe_h"]).to_numpy(),
+        "E_AL1": cat["e_al_fe"].to_numpy(),
+        "SNR": truth["snr"].to_numpy(), "VRAD": np.asarray(vrad, dtype=float),
+        "E_VRAD": np.full(len(truth), 0.3), "SETUP": setups, "GES_TYPE": ges_type,
+    })
+
+
 def simulate_gaia_eso(cfg: Mapping[str, Any], raw_dir: str | Path, truth_path: str | Path, *,
                       threads: int = 1, log: Log = print, metadata: Mapping | None = None) -> dict:
     """Write a simulated Gaia-ESO GIRAFFE survey: spectra, parameter catalogue, manifest, truth."""
@@ -350,11 +370,17 @@ def simulate_gaia_eso(cfg: Mapping[str, Any], raw_dir: str | Path, truth_path: s
     truth["broken"] = choose_broken(n, np.random.default_rng([seed, 2 * 10**9]),
                                     cfg["broken_file_fraction"])
     instruments = prepare_workers(cfg, seed, spectra_dir)
+    setups = "|".join(i.name for i in instruments)
     log(f"simulate gaia_eso: {(truth.broken != '').sum()} stars with broken archive files "
         f"({dict(truth.loc[truth.broken != '', 'broken'].value_counts())})")
     log(f"simulate gaia_eso: {n} stars, setups {[i.name for i in instruments]}, "
         f"{(truth.defect != '').sum()} with defects, threads={threads}")
-    results = _run_parallel(_ges_star, list(truth.iterrows()), threads, log, "gaia_eso stars")
+    # the benchmark stars draw from random streams of their own: the field stars do not change
+    from .benchmarks import benchmark_stars
+
+    bench = benchmark_stars(cfg, seed, setups, log=log)
+    observed = pd.concat([truth, bench.truth], ignore_index=True) if len(bench.truth) else truth
+    results = _run_parallel(_ges_star, list(observed.iterrows()), threads, log, "gaia_eso stars")
     manifest = pd.DataFrame([f for r in results for f in r["files"]])
     manifest["unit"] = manifest["star_id"]
 
@@ -364,31 +390,17 @@ def simulate_gaia_eso(cfg: Mapping[str, Any], raw_dir: str | Path, truth_path: s
         donors = rng.integers(0, n, mismatch.size)
         for label in LABEL_ORDER:
             cat.loc[cat.index[mismatch], label] = cat[label].to_numpy()[donors]
-    solar = cfg["solar_abundances"]
-    catalog = pd.DataFrame({
-        "OBJECT": truth["star_id"], "RA": ra, "DECLINATION": dec,
-        "TEFF": cat["teff"], "E_TEFF": cat["e_teff"], "LOGG": cat["logg"], "E_LOGG": cat["e_logg"],
-        "FEH": cat["fe_h"], "E_FEH": cat["e_fe_h"],
-        # catalogue abundances are absolute: A(X) = A☉(X) + [X/Fe] + [Fe/H]
-        "MG1": solar["mg"] + cat["mg_fe"] + cat["fe_h"], "E_MG1": cat["e_mg_fe"],
-        "AL1": solar["al"] + cat["al_fe"] + cat["fe_h"], "E_AL1": cat["e_al_fe"],
-        "SNR": truth["snr"], "VRAD": truth["rv_kms"] + rng.normal(0, 0.3, n),
-        "E_VRAD": np.full(n, 0.3), "SETUP": "|".join(i.name for i in instruments),
-        "GES_TYPE": "GE_MW",
-    })
-    write_ges_catalog(raw_dir / "catalog.fits", catalog)
-    meta = dict(metadata or {}, survey="gaia_eso", n_stars=n)
-    # Gaia-ESO benchmark stars come from a resource table in real runs; the simulated survey has
-    # its truth table instead, so the calibration table is empty (same layout as MARVELS's)
-    empty = pd.DataFrame({c: pd.Series(dtype=float) for c in ("teff", "e_teff", "logg", "e_logg",
-                                                                "fe_h", "e_fe_h")})
-    empty.insert(0, "star_id", pd.Series(dtype=str))
-    empty["reference"] = pd.Series(dtype=str)
-    save_table(raw_dir / "calibration_stars.parquet", empty, meta)
+    catalog = ges_catalog_frame(truth, cat, truth["rv_kms"] + rng.normal(0, 0.3, n), setups,
+                                cfg["solar_abundances"], "GE_MW")
+    write_ges_catalog(raw_dir / "catalog.fits", pd.concat([catalog, bench.catalog],
+                                                          ignore_index=True))
+    meta = dict(metadata or {}, survey="gaia_eso", n_stars=len(observed))
+    # the benchmark stars' literature labels, as a real run takes them from the resource table
+    save_table(raw_dir / "calibration_stars.parquet", bench.calibration, meta)
     save_table(raw_dir / "manifest.parquet", manifest, meta)
-    save_table(truth_path, truth, meta)
+    save_table(truth_path, observed, meta)
     log(f"simulate gaia_eso: wrote {len(manifest)} spectrum files, catalogue and truth table")
-    return {"n_stars": n, "n_files": len(manifest)}
+    return {"n_stars": len(observed), "n_files": len(manifest)}
 
 
 # ------------------------------------------------------------------ MARVELS
