@@ -17,6 +17,8 @@ set -euo pipefail
 cmd=${1:-up}
 state=/tmp/starlabels-slurm
 mkdir -p "$state"
+# each step is named on stderr with the time, so a caller that gives up can say where it stood
+step() { echo "$(date +%T) $*" >&2; }
 
 down() {
   for p in slurmd slurmctld slurmdbd; do
@@ -29,9 +31,11 @@ down() {
 if [ "$cmd" = down ]; then down; exit 0; fi
 
 if ! command -v slurmctld >/dev/null || ! command -v slurmdbd >/dev/null || ! command -v mysqld >/dev/null; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm slurmdbd munge mariadb-server >/dev/null
+  step "installing slurm-wlm slurmdbd munge mariadb-server"
+  timeout 300 apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -qq slurm-wlm slurmdbd munge mariadb-server >/dev/null
 fi
+step "packages present"
 
 # munge
 mkdir -p /etc/munge /var/run/munge /var/log/munge /var/lib/munge
@@ -40,6 +44,7 @@ chown -R munge:munge /etc/munge /var/run/munge /var/log/munge /var/lib/munge
 chmod 400 /etc/munge/munge.key
 pgrep -x munged >/dev/null || runuser -u munge -- /usr/sbin/munged --force
 
+step "munged running"
 # MariaDB for accounting
 mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld
 if ! mysqladmin -uroot ping >/dev/null 2>&1; then
@@ -99,6 +104,7 @@ NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=main Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
 
+step "database ready"
 pgrep -x slurmdbd >/dev/null || /usr/sbin/slurmdbd
 for _ in $(seq 30); do sacctmgr -n list cluster >/dev/null 2>&1 && break; sleep 1; done
 sacctmgr -i add cluster local >/dev/null 2>&1 || true
@@ -106,6 +112,26 @@ sacctmgr -i add account demo >/dev/null 2>&1 || true
 sacctmgr -i add user root account=demo >/dev/null 2>&1 || true
 pgrep -x slurmctld >/dev/null || /usr/sbin/slurmctld
 pgrep -x slurmd >/dev/null || /usr/sbin/slurmd
-for _ in $(seq 30); do sinfo -h -o %t 2>/dev/null | grep -q idle && break; sleep 1; done
-srun -t 1 hostname >/dev/null
+step "slurmctld and slurmd started"
+# A controller restarted from saved state still lists jobs whose processes died with the old
+# machine; they hold the node's CPUs for ever, so a test cluster starts with an empty queue.
+for _ in $(seq 30); do squeue -h >/dev/null 2>&1 && break; sleep 1; done
+scancel --full $(squeue -h -o %i 2>/dev/null) 2>/dev/null || true
+# a node drained by an earlier configuration (memory, CPUs) takes no jobs until resumed
+scontrol update nodename="$host" state=resume 2>/dev/null || true
+for _ in $(seq 60); do sinfo -h -o %t 2>/dev/null | grep -q idle && break; sleep 1; done
+if ! sinfo -h -o %t 2>/dev/null | grep -q idle; then
+  echo "the node did not become idle:" >&2
+  sinfo -R >&2 || true
+  scontrol show node "$host" >&2 || true
+  tail -n 20 /var/log/slurm/slurmd.log /var/log/slurm/slurmctld.log >&2 || true
+  exit 1
+fi
+# bounded: a job that cannot be placed would otherwise make srun wait for ever
+if ! timeout 120 srun -t 1 hostname >/dev/null; then
+  echo "a one-task job did not run within 120 s" >&2
+  squeue >&2 || true
+  tail -n 20 /var/log/slurm/slurmctld.log >&2 || true
+  exit 1
+fi
 echo "slurm up: partition main, account demo, node $host ($cpus CPUs, ${mem} MB)"
