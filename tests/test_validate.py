@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from starlabels.validate import (clean_metrics, ensemble_calibration, giant_fractions,
+from starlabels.validate import (clean_metrics, error_calibration, giant_fractions,
                                  gradient_line_ratios, label_stats)
 
 
@@ -19,14 +19,14 @@ def test_label_stats_bias_sigma_robust():
     assert label_stats(np.full(3, np.nan), np.zeros(3))["n"] == 0
 
 
-def test_ensemble_calibration_coverage():
+def test_error_calibration_coverage():
     rng = np.random.default_rng(1)
     true = np.zeros(50000)
     pred = rng.normal(0, 2.0, true.size)
-    honest = ensemble_calibration(pred, np.full(true.size, 2.0), true)
+    honest = error_calibration(pred, np.full(true.size, 2.0), true)
     assert honest["coverage_68"] == pytest.approx(0.683, abs=0.01)
     assert honest["z_sigma"] == pytest.approx(1.0, abs=0.02)
-    overconfident = ensemble_calibration(pred, np.full(true.size, 0.5), true)
+    overconfident = error_calibration(pred, np.full(true.size, 0.5), true)
     assert overconfident["coverage_68"] < 0.25 and overconfident["z_sigma"] > 3.5
 
 
