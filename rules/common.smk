@@ -203,7 +203,7 @@ def calibration_section(wildcards):
 def ensemble_calibration_input(wildcards):
     """The fitted ensemble calibration where the method calibrates the whole ensemble
     (deep_remap with calibration.level ensemble; the regression CNN with
-    train.calibration.enabled)."""
+    calibration.enabled)."""
     if method(wildcards.exp).calibrates_ensemble(EXPERIMENTS[wildcards.exp]):
         return {"ensemble_calibration": f"{R}/{wildcards.exp}/models/ensemble_calibration.json"}
     return {}

@@ -29,7 +29,7 @@ from .registry import Hook, Registry
 
 
 def _cnn_calibration_on(experiment: Mapping[str, Any]) -> bool:
-    return bool(experiment["train"]["calibration"]["enabled"])
+    return bool(experiment["calibration"]["enabled"])
 
 
 def _remap_ensemble_level(experiment: Mapping[str, Any]) -> bool:
@@ -90,7 +90,7 @@ METHODS: Registry[Method] = Registry("method", {
         point_estimate=Hook("starlabels.cnn.predict:point_estimate"),
         calibrates_ensemble=_cnn_calibration_on,
         calibrate=Hook("starlabels.cnn.calibration:calibrate_job"),
-        calibration_section="train.calibration", report_outputs=(), report=None),
+        calibration_section="calibration", report_outputs=(), report=None),
     "deep_remap": Method(
         name="deep_remap", network=Hook("starlabels.models.remap_resnet:RemapResNet"),
         architecture="remap.architecture", train=Hook("starlabels.remap.member:train_job"),

@@ -120,7 +120,7 @@ def calibrate_ensemble(flux_path: str | os.PathLike, ivar_path: str | os.PathLik
                        cfg: Mapping[str, Any], out_path: str | os.PathLike,
                        log: Callable[[str], Any] = print) -> dict[str, Any]:
     """Fit the factors on the observed ``valid`` rows of a training set (``cfg`` = the
-    ``train.calibration`` section) and write them as JSON beside the members."""
+    ``calibration`` section) and write them as JSON beside the members."""
     members = load_ensemble(list(model_dirs), torch.device("cpu"))
     labels = list(members[0][1]["labels"])
     table = artifacts.load_table(table_path)
@@ -208,5 +208,5 @@ def calibrate_job(*, flux: str | os.PathLike, ivar: str | os.PathLike | None,
                   cfg: Mapping[str, Any], out: str | os.PathLike,
                   log: Callable[[str], Any]) -> dict[str, Any]:
     """The workflow's calibrate_ensemble job for the regression CNN (``cfg``:
-    ``train.calibration``)."""
+    ``calibration``)."""
     return calibrate_ensemble(flux, ivar, table, members, cfg, out, log=log)
