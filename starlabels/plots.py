@@ -234,8 +234,12 @@ def coverage_diagram(reports: Mapping[str, Mapping], path: str | os.PathLike, *,
     errors, the raw ensemble σ and the members' scatter, and the calibrated errors in each S/N
     tercile (68 and 95 %). ``reports`` is metrics.json's ``uncertainty`` block."""
     labels = list(reports)
-    fig = _figure(PANEL_SIZE[0] * max(1, len(labels)), PANEL_SIZE[1])
-    axes = fig.subplots(1, max(1, len(labels)), squeeze=False)[0]
+    columns = min(3, max(1, len(labels)))
+    rows = -(-max(1, len(labels)) // columns)
+    fig = _figure(PANEL_SIZE[0] * columns, PANEL_SIZE[1] * rows)
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    for ax in axes[len(labels):] if labels else ():
+        ax.set_axis_off()
     if not labels:
         _no_data(axes[0], "no truth or no per-star uncertainties")
         return _save(fig, path, dpi)
@@ -362,8 +366,9 @@ def tsne_map(clean_df: pd.DataFrame, path: str | os.PathLike,
 def gradient_spectrum(wavelength: np.ndarray, gradients: np.ndarray, labels: Sequence[str],
                       path: str | os.PathLike, lines: pd.DataFrame | None = None,
                       segment_slices: Mapping[str, slice] | None = None, *,
-                      dpi: int = DPI) -> Path:
-    """Mean |d prediction / d flux| against wavelength, one row per label.
+                      signed: bool = True, dpi: int = DPI) -> Path:
+    """Mean d prediction / d flux (``signed``; else its magnitude) against wavelength, one row
+    per label.
 
     ``gradients`` (n_labels, n_pixels) is plotted as given. With ``segment_slices`` (setup name ->
     pixel slice, e.g. HR10 / HR21) each setup gets its own column, so the gap between them is not
@@ -397,7 +402,8 @@ def gradient_spectrum(wavelength: np.ndarray, gradients: np.ndarray, labels: Seq
             if finite_wl.size:
                 ax.set_xlim(w_lo, w_hi)
             if j == 0:
-                ax.set_ylabel(f"|∂ {_latex(label).split(' [')[0]} / ∂ flux|", fontsize=8)
+                name = f"∂ {_latex(label).split(' [')[0]} / ∂ flux"
+                ax.set_ylabel(name if signed else f"|{name}|", fontsize=8)
             if i == 0:
                 if name:
                     ax.set_title(name)

@@ -341,7 +341,8 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
                                                                   np.abs(grads), labels, lines)}
         diag = lines[lines["species"].isin(["Mg I", "Al I", "Ca II"])]
         P.gradient_spectrum(grid.wavelength_air, grads, list(labels), plots["gradients"],
-                            lines=diag, segment_slices=grid.segment_slices)
+                            lines=diag, segment_slices=grid.segment_slices,
+                            signed=bool(cfg["gradients"]["signed"]))
     else:
         result["gradients"] = {"n_stars": 0, "stars": sample_what}
         P.gradient_spectrum(grid.wavelength_air, np.zeros((len(labels), grid.n_pixels)),
