@@ -144,11 +144,13 @@ def trainset_inputs(wildcards):
     e = EXPERIMENTS[wildcards.exp]
     inputs = {
         "observed_flux": f"{R}/{wildcards.exp}/normalized/flux.npy",
+        "observed_ivar": f"{R}/{wildcards.exp}/normalized/ivar.npy",
         "observed_table": f"{R}/{wildcards.exp}/normalized/stars.parquet",
         "clean_table": f"{R}/{wildcards.exp}/clean/clean.parquet",
     }
     if "synthetic" in e["trainset"]["sources"]:
         inputs["synthetic_flux"] = f"{R}/{wildcards.exp}/synthetic/flux.npy"
+        inputs["synthetic_ivar"] = f"{R}/{wildcards.exp}/synthetic/ivar.npy"
         inputs["synthetic_table"] = f"{R}/{wildcards.exp}/synthetic/spectra.parquet"
     return inputs
 
@@ -161,6 +163,7 @@ PLOTS = [
     "tsne",
     "gradients",
     "precision_vs_snr",
+    "coverage",
 ]
 
 
@@ -192,9 +195,15 @@ def method_report_input(wildcards):
     return {"method_report": f"{R}/{wildcards.exp}/{path}"} if path else {}
 
 
+def calibration_section(wildcards):
+    """params: the section the method's ensemble calibration reads."""
+    return method(wildcards.exp).calibration_settings(EXPERIMENTS[wildcards.exp])
+
+
 def ensemble_calibration_input(wildcards):
-    """The fitted ensemble temperatures where the method calibrates the whole ensemble
-    (deep_remap with calibration.level ensemble)."""
+    """The fitted ensemble calibration where the method calibrates the whole ensemble
+    (deep_remap with calibration.level ensemble; the regression CNN with
+    calibration.enabled)."""
     if method(wildcards.exp).calibrates_ensemble(EXPERIMENTS[wildcards.exp]):
         return {"ensemble_calibration": f"{R}/{wildcards.exp}/models/ensemble_calibration.json"}
     return {}

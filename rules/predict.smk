@@ -1,10 +1,34 @@
-# predict: a fixed number of shards streams through the memory-mapped flux matrix.
+# calibrate_ensemble + predict: the ensemble's uncertainties calibrated on the valid split
+# (where the method does so), then a fixed number of shards streams through the memory-mapped
+# flux matrix.
+
+
+rule calibrate_ensemble:
+    input:
+        flux=f"{R}/{{exp}}/trainset/flux.npy",
+        ivar=f"{R}/{{exp}}/trainset/ivar.npy",
+        table=f"{R}/{{exp}}/trainset/spectra.parquet",
+        models=model_files,
+    output:
+        f"{R}/{{exp}}/models/ensemble_calibration.json",
+    params:
+        calibration=calibration_section,
+        keep_quantile=lambda w: EXPERIMENTS[w.exp]["predict"]["keep_quantile"],
+    log:
+        f"{R}/{{exp}}/logs/calibrate_ensemble.log",
+    benchmark:
+        f"{R}/{{exp}}/benchmarks/calibrate_ensemble.tsv"
+    conda:
+        "../envs/starlabels.yaml"
+    script:
+        "../workflow_scripts/calibrate_ensemble.py"
 
 
 rule predict:
     input:
-        unpack(ensemble_calibration_input),  # the ensemble's temperatures, if it has them
+        unpack(ensemble_calibration_input),  # the ensemble's calibration, if it has one
         flux=f"{R}/{{exp}}/normalized/flux.npy",
+        ivar=f"{R}/{{exp}}/normalized/ivar.npy",
         table=f"{R}/{{exp}}/normalized/stars.parquet",
         models=model_files,
     output:

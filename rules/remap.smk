@@ -5,6 +5,7 @@
 rule train_ablation:
     input:
         flux=f"{R}/{{exp}}/trainset/flux.npy",
+        ivar=f"{R}/{{exp}}/trainset/ivar.npy",
         table=f"{R}/{{exp}}/trainset/spectra.parquet",
     output:
         weights=f"{R}/{{exp}}/ablation/{{variant}}/model.pt",
@@ -28,25 +29,6 @@ rule train_ablation:
         "../envs/starlabels.yaml"
     script:
         "../workflow_scripts/train_ablation.py"
-
-
-rule calibrate_ensemble:
-    input:
-        flux=f"{R}/{{exp}}/trainset/flux.npy",
-        table=f"{R}/{{exp}}/trainset/spectra.parquet",
-        models=model_files,
-    output:
-        f"{R}/{{exp}}/models/ensemble_calibration.json",
-    params:
-        calibration=lambda w: EXPERIMENTS[w.exp]["remap"]["calibration"],
-    log:
-        f"{R}/{{exp}}/logs/calibrate_ensemble.log",
-    benchmark:
-        f"{R}/{{exp}}/benchmarks/calibrate_ensemble.tsv"
-    conda:
-        "../envs/starlabels.yaml"
-    script:
-        "../workflow_scripts/calibrate_ensemble.py"
 
 
 rule remap_report:

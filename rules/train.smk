@@ -7,6 +7,7 @@ rule trainset:
         unpack(trainset_inputs),
     output:
         flux=f"{R}/{{exp}}/trainset/flux.npy",
+        ivar=f"{R}/{{exp}}/trainset/ivar.npy",
         table=f"{R}/{{exp}}/trainset/spectra.parquet",
     params:
         sources=lambda w: EXPERIMENTS[w.exp]["trainset"]["sources"],
@@ -24,6 +25,7 @@ rule trainset:
 rule train:
     input:
         flux=f"{R}/{{exp}}/trainset/flux.npy",
+        ivar=f"{R}/{{exp}}/trainset/ivar.npy",
         table=f"{R}/{{exp}}/trainset/spectra.parquet",
     output:
         weights=f"{R}/{{exp}}/models/member_{{member}}/model.pt",

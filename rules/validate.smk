@@ -8,6 +8,7 @@ rule validate:
         catalog=f"{R}/{{exp}}/catalog/starlabels_{{exp}}.parquet",
         table=f"{R}/{{exp}}/normalized/stars.parquet",
         flux=f"{R}/{{exp}}/normalized/flux.npy",
+        ivar=f"{R}/{{exp}}/normalized/ivar.npy",
         clean=f"{R}/{{exp}}/clean/clean.parquet",
         rejects=f"{R}/{{exp}}/normalized/rejects.parquet",
         calibration=f"{R}/{{exp}}/raw/observed/calibration_stars.parquet",
@@ -55,6 +56,12 @@ rule validate:
             caption="../resources/report/gradients.rst",
             category="{exp}",
             subcategory="interpretation",
+        ),
+        coverage=report(
+            f"{R}/{{exp}}/plots/coverage.png",
+            caption="../resources/report/coverage.rst",
+            category="{exp}",
+            subcategory="precision",
         ),
     params:
         labels=section("labels"),

@@ -39,7 +39,7 @@ from .labels import LABELS, check_labels
 FLAG_BITS: dict[str, int] = {
     "CLEAN_REJECTED": 1 << 0,
     "LOW_SNR": 1 << 1,
-    "HIGH_SPREAD": 1 << 2,
+    "HIGH_UNCERTAINTY": 1 << 2,
     "OUTSIDE_TRAINING": 1 << 3,
     "PREDICTION_NAN": 1 << 4,
     "IN_TRAINING_SET": 1 << 5,
@@ -48,7 +48,8 @@ FLAG_BITS: dict[str, int] = {
 FLAG_DESCRIPTIONS: dict[str, str] = {
     "CLEAN_REJECTED": "t-SNE cleaning rejected this training spectrum (clean_keep false)",
     "LOW_SNR": "S/N below the configured minimum, or S/N unknown",
-    "HIGH_SPREAD": "ensemble std of at least one label above its configured maximum",
+    "HIGH_UNCERTAINTY": "uncertainty (<label>_err) of at least one label above its configured "
+                        "maximum",
     "OUTSIDE_TRAINING": "at least one predicted label outside the training label range",
     "PREDICTION_NAN": "at least one predicted label is not finite",
     "IN_TRAINING_SET": "spectrum was in the training split: in-sample prediction",
@@ -58,7 +59,7 @@ FLAG_DESCRIPTIONS: dict[str, str] = {
 FLAG_BAD_MASK: int = FLAG_BITS["PREDICTION_NAN"]
 #: rows with any of these bits are usable with care (IN_TRAINING_SET is information only)
 FLAG_WARN_MASK: int = (FLAG_BITS["CLEAN_REJECTED"] | FLAG_BITS["LOW_SNR"]
-                       | FLAG_BITS["HIGH_SPREAD"] | FLAG_BITS["OUTSIDE_TRAINING"])
+                       | FLAG_BITS["HIGH_UNCERTAINTY"] | FLAG_BITS["OUTSIDE_TRAINING"])
 
 
 def flag_names(value: int) -> list[str]:
@@ -96,12 +97,12 @@ def label_ranges(table: pd.DataFrame, labels: Sequence[str]) -> dict[str, tuple[
 
 def compute_flags(df: pd.DataFrame, labels: Sequence[str],
                   training_ranges: Mapping[str, tuple[float, float]],
-                  snr_min: float | None, max_std: Mapping[str, float]) -> np.ndarray:
+                  snr_min: float | None, max_err: Mapping[str, float]) -> np.ndarray:
     """int32 bit mask per row (see :data:`FLAG_BITS`).
 
-    Columns used: the predicted ``<label>`` columns; ``<label>_std`` for labels in ``max_std``;
+    Columns used: the predicted ``<label>`` columns; ``<label>_err`` for labels in ``max_err``;
     ``snr`` unless ``snr_min`` is None; ``clean_keep`` (bool, from :func:`attach_clean`) and
-    ``split`` when present. Labels missing from ``training_ranges`` / ``max_std`` are not tested
+    ``split`` when present. Labels missing from ``training_ranges`` / ``max_err`` are not tested
     for that bit.
     """
     labels = check_labels(list(labels))
@@ -121,9 +122,9 @@ def compute_flags(df: pd.DataFrame, labels: Sequence[str],
         snr = column("snr")
         # unknown S/N cannot vouch for the spectrum either; comparisons with NaN are False
         flags[~(snr >= float(snr_min))] |= FLAG_BITS["LOW_SNR"]
-    for label, limit in max_std.items():
+    for label, limit in max_err.items():
         if label in values:
-            flags[column(f"{label}_std") > float(limit)] |= FLAG_BITS["HIGH_SPREAD"]
+            flags[column(f"{label}_err") > float(limit)] |= FLAG_BITS["HIGH_UNCERTAINTY"]
     for label, (lo, hi) in training_ranges.items():
         if label in values:
             v = values[label]
@@ -193,9 +194,9 @@ KNOWN_UNITS: dict[str, str] = {
     "rv": "km/s", "vrad": "km/s", "v_rad": "km/s", "vsini": "km/s", "vmic": "km/s",
     "ra": "deg", "dec": "deg", "glon": "deg", "glat": "deg",
 }
-#: suffixes of columns that share their label's unit: teff_std, teff_ref, teff_err, ...
-LABEL_SUFFIXES = ("std", "std_raw", "std_cal", "err", "ref", "true", "mean", "median", "raw",
-                  "cal", "bias", "resid", "q16", "q84", "members_std")
+#: suffixes of columns that share their label's unit: teff_err, teff_ref, teff_q16, ...
+LABEL_SUFFIXES = ("err", "err_raw", "err_members", "ref", "true", "mean", "median", "raw",
+                  "cal", "bias", "resid", "q16", "q84")
 
 _TTYPE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,67}$")
 
@@ -213,8 +214,12 @@ def column_description(name: str) -> str | None:
     for label in LABELS.values():
         if name == label.name:
             return f"{label.description} (ensemble mean)"
-        if name == f"{label.name}_std":
-            return f"ensemble std of {label.name}"
+        if name == f"{label.name}_err":
+            return f"{label.name} uncertainty (calibrated)"
+        if name == f"{label.name}_err_raw":
+            return f"{label.name} uncertainty before calibration"
+        if name == f"{label.name}_err_members":
+            return f"{label.name} scatter of the ensemble members"
     if name == "flags":
         return "quality bit flags, see FLAGBnn keywords"
     return None
@@ -390,9 +395,9 @@ def catalog_tables(*, shards: Sequence[str | os.PathLike], table: str | os.PathL
                         "split": stars["split"], "snr": stars["snr"]})
     for label in labels:
         out[label] = pred[label].to_numpy()
-        out[f"{label}_std"] = pred[f"{label}_std"].to_numpy()
-        # deep_remap: the distribution's 16th/84th percentiles and the members' disagreement
-        for suffix in ("q16", "q84", "members_std"):
+        # every method: the uncertainty and the members' disagreement; the regression CNN: the
+        # uncertainty before calibration; deep_remap: its distribution's 16th/84th percentiles
+        for suffix in ("err", "err_raw", "err_members", "q16", "q84"):
             if f"{label}_{suffix}" in pred:
                 out[f"{label}_{suffix}"] = pred[f"{label}_{suffix}"].to_numpy()
     if classes is not None:
@@ -408,7 +413,7 @@ def catalog_tables(*, shards: Sequence[str | os.PathLike], table: str | os.PathL
     metas = [artifacts.load_json(Path(d) / "model.json") for d in model_dirs]
     ranges = {label: (min(m["label_min"][i] for m in metas), max(m["label_max"][i] for m in metas))
               for i, label in enumerate(metas[0]["labels"])}
-    out["flags"] = compute_flags(out, list(labels), ranges, cfg["snr_min"], cfg["max_std"])
+    out["flags"] = compute_flags(out, list(labels), ranges, cfg["snr_min"], cfg["max_err"])
     # per-spectrum vectors (probabilities per bin, nearest labelled stars, embedding) are
     # Parquet list columns; the FITS catalogue keeps the scalar columns
     vectors = [c for c in pred.columns if c.endswith("_prob")

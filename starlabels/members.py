@@ -249,21 +249,33 @@ def label_scaling(meta: Mapping[str, Any], device: torch.device) -> tuple[torch.
 
 # ---------------------------------------------------------------- member selection
 
+def selection_loss(meta: Mapping[str, Any]) -> float:
+    """The loss a member is ranked by: the regression CNN's best holdout loss
+    (``selection_loss``, NaN when it held nothing out), deep-REMAP's best validation loss."""
+    return float(meta["selection_loss"] if "selection_loss" in meta else meta["best_valid_loss"])
+
+
 def select_members(model_dirs: Sequence[ModelDir], keep_quantile: float = 1.0) -> list[ModelDir]:
-    """Members whose ``best_valid_loss`` ≤ the ``keep_quantile`` quantile of all members' losses.
+    """Members whose selection loss (:func:`selection_loss`) ≤ the ``keep_quantile`` quantile of
+    all members' losses.
 
     1.0 keeps every member, 0.8 is the group's 80th-percentile cut, 0.0 keeps the best one(s).
-    Members whose loss is not finite are dropped. Input order is preserved.
+    Below 1, members whose loss is not finite are dropped, and at least one must have a finite
+    loss. Input order is preserved.
     """
     if not 0.0 <= float(keep_quantile) <= 1.0:
         raise ValueError(f"keep_quantile must be in [0, 1], got {keep_quantile}")
     if len(model_dirs) == 0:
         raise ValueError("no model folders given")
-    losses = np.array([float(artifacts.load_json(Path(d) / META_FILE)["best_valid_loss"])
+    if float(keep_quantile) >= 1.0:
+        return list(model_dirs)
+    losses = np.array([selection_loss(artifacts.load_json(Path(d) / META_FILE))
                        for d in model_dirs])
     finite = np.isfinite(losses)
     if not finite.any():
-        raise ValueError(f"no member has a finite best_valid_loss: {list(map(str, model_dirs))}")
+        raise ValueError(f"keep_quantile {keep_quantile} ranks members by their holdout loss, "
+                         f"but none has one (train.holdout_fraction 0?): "
+                         f"{list(map(str, model_dirs))}")
     threshold = np.quantile(losses[finite], float(keep_quantile))
     # The quantile of the losses themselves is always ≥ the smallest, so one member always passes.
     return [d for d, loss, ok in zip(model_dirs, losses, finite) if ok and loss <= threshold]

@@ -180,33 +180,93 @@ def kiel_diagram(df: pd.DataFrame, path: str | os.PathLike, color: str | None = 
 
 
 @_closes_figures
-def abundance_trends(df: pd.DataFrame, path: str | os.PathLike, *, dpi: int = DPI) -> Path:
-    """[Mg/Fe] and [Al/Fe] vs [Fe/H] (thin / thick disc sequences); one panel per present label.
+def abundance_trends(df: pd.DataFrame, path: str | os.PathLike, *,
+                     truth: pd.DataFrame | None = None, window: Sequence[float] | None = None,
+                     threshold: float | None = None, dpi: int = DPI) -> Path:
+    """[Mg/Fe] and [Al/Fe] vs [Fe/H] (thin / thick disc sequences); one column per present
+    ratio. With ``truth`` (the same stars' true labels, same row order) a first row draws the
+    truth and a second the catalogue, on the same axes, so a lost or shifted sequence shows.
+    ``window``/``threshold`` outline the α-rich box the metrics count.
 
     Up to :data:`DENSITY_THRESHOLD` stars are drawn as points, more as a log-density map.
     """
     ratios = [lab for lab in ("mg_fe", "al_fe") if lab in df.columns]
     if "fe_h" not in df.columns or not ratios:
         raise ValueError("abundance_trends needs fe_h and at least one of mg_fe, al_fe")
-    fig = _figure(PANEL_SIZE[0] * len(ratios), PANEL_SIZE[1])
-    axes = fig.subplots(1, len(ratios), squeeze=False)[0]
-    fe_h = _values(df, "fe_h")
-    for ax, ratio in zip(axes, ratios):
-        y = _values(df, ratio)
-        ok = _finite(fe_h, y)
-        ax.set_xlabel(_latex("fe_h"))
-        ax.set_ylabel(_latex(ratio))
-        if not ok.any():
-            _no_data(ax)
-            continue
-        if ok.sum() > DENSITY_THRESHOLD:
-            art = ax.hexbin(fe_h[ok], y[ok], gridsize=60, bins="log", mincnt=1, cmap="viridis",
-                            rasterized=True)
-            fig.colorbar(art, ax=ax, label="stars per cell")
-        else:
-            ax.scatter(fe_h[ok], y[ok], s=5, alpha=0.6, lw=0, rasterized=True)
-        ax.axhline(0.0, color="0.5", lw=0.6, ls=":")
-        ax.set_title(f"N = {ok.sum()}")
+    rows = [("catalogue", df)] if truth is None else [("true", truth), ("catalogue", df)]
+    fig = _figure(PANEL_SIZE[0] * len(ratios), PANEL_SIZE[1] * len(rows))
+    axes = fig.subplots(len(rows), len(ratios), squeeze=False, sharex=True, sharey="col")
+    for r, (name, frame) in enumerate(rows):
+        fe_h = _values(frame, "fe_h")
+        for ax, ratio in zip(axes[r], ratios):
+            y = _values(frame, ratio)
+            ok = _finite(fe_h, y)
+            ax.set_xlabel(_latex("fe_h"))
+            ax.set_ylabel(f"{_latex(ratio)} ({name})")
+            if not ok.any():
+                _no_data(ax)
+                continue
+            if ok.sum() > DENSITY_THRESHOLD:
+                art = ax.hexbin(fe_h[ok], y[ok], gridsize=60, bins="log", mincnt=1,
+                                cmap="viridis", rasterized=True)
+                fig.colorbar(art, ax=ax, label="stars per cell")
+            else:
+                ax.scatter(fe_h[ok], y[ok], s=5, alpha=0.6, lw=0, rasterized=True,
+                           color="k" if name == "true" else "tab:blue")
+            ax.axhline(0.0, color="0.5", lw=0.6, ls=":")
+            if window is not None and threshold is not None and ratio == "mg_fe":
+                ax.axvspan(window[0], window[1], color="tab:orange", alpha=0.12, lw=0)
+                ax.axhline(threshold, color="tab:orange", lw=0.8, ls="--")
+                inside = ok & (fe_h > window[0]) & (fe_h < window[1])
+                share = np.mean(y[inside] > threshold) if inside.any() else np.nan
+                ax.set_title(f"{name}: N = {ok.sum()}; α-rich in box {100 * share:.0f} %",
+                             fontsize=8)
+            else:
+                ax.set_title(f"{name}: N = {ok.sum()}", fontsize=8)
+    return _save(fig, path, dpi)
+
+
+@_closes_figures
+def coverage_diagram(reports: Mapping[str, Mapping], path: str | os.PathLike, *,
+                     dpi: int = DPI) -> Path:
+    """Per label: the share of true labels inside the Gaussian interval of ``<label>_err``
+    against the nominal level (50/68/90/95 %), with bootstrap intervals, for the calibrated
+    errors, the raw ensemble σ and the members' scatter, and the calibrated errors in each S/N
+    tercile (68 and 95 %). ``reports`` is metrics.json's ``uncertainty`` block."""
+    labels = list(reports)
+    columns = min(3, max(1, len(labels)))
+    rows = -(-max(1, len(labels)) // columns)
+    fig = _figure(PANEL_SIZE[0] * columns, PANEL_SIZE[1] * rows)
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    for ax in axes[len(labels):] if labels else ():
+        ax.set_axis_off()
+    if not labels:
+        _no_data(axes[0], "no truth or no per-star uncertainties")
+        return _save(fig, path, dpi)
+    levels = [0.50, 0.68, 0.90, 0.95]
+    for ax, label in zip(axes, labels):
+        rep = reports[label]
+        ax.plot([0.4, 1], [0.4, 1], color="0.6", lw=0.8, ls="--")
+        got = [rep[f"coverage{round(lv * 100)}"] for lv in levels]
+        lo = [rep[f"coverage{round(lv * 100)}_ci95"][0] for lv in levels]
+        hi = [rep[f"coverage{round(lv * 100)}_ci95"][1] for lv in levels]
+        ax.errorbar(levels, got, yerr=[np.subtract(got, lo), np.subtract(hi, got)], fmt="o-",
+                    color="tab:blue", ms=4, capsize=2, label="err (calibrated)")
+        for key, color, name in (("raw", "tab:orange", "err_raw"),
+                                 ("members", "tab:red", "members' scatter")):
+            if key in rep:
+                ax.plot(levels, [rep[key][f"coverage{round(lv * 100)}"] for lv in levels],
+                        "s:", color=color, ms=3, label=name)
+        for k, tercile in enumerate(rep["snr_terciles"]):
+            ax.plot([0.68, 0.95], [tercile["coverage68"], tercile["coverage95"]], "^",
+                    color=plt.cm.viridis(k / 2), ms=4,
+                    label=f"S/N {tercile['snr_lo']:.0f}–{tercile['snr_hi']:.0f}"
+                    .replace("-inf", "0").replace("inf", "∞"))
+        ax.set_xlim(0.4, 1.0)
+        ax.set_ylim(0.0, 1.02)
+        ax.set_xlabel(f"nominal interval, {_latex(label)}")
+        ax.set_ylabel("share of true labels inside")
+        ax.legend(fontsize=6, loc="upper left")
     return _save(fig, path, dpi)
 
 
@@ -306,8 +366,9 @@ def tsne_map(clean_df: pd.DataFrame, path: str | os.PathLike,
 def gradient_spectrum(wavelength: np.ndarray, gradients: np.ndarray, labels: Sequence[str],
                       path: str | os.PathLike, lines: pd.DataFrame | None = None,
                       segment_slices: Mapping[str, slice] | None = None, *,
-                      dpi: int = DPI) -> Path:
-    """Mean |d prediction / d flux| against wavelength, one row per label.
+                      signed: bool = True, dpi: int = DPI) -> Path:
+    """Mean d prediction / d flux (``signed``; else its magnitude) against wavelength, one row
+    per label.
 
     ``gradients`` (n_labels, n_pixels) is plotted as given. With ``segment_slices`` (setup name ->
     pixel slice, e.g. HR10 / HR21) each setup gets its own column, so the gap between them is not
@@ -341,7 +402,8 @@ def gradient_spectrum(wavelength: np.ndarray, gradients: np.ndarray, labels: Seq
             if finite_wl.size:
                 ax.set_xlim(w_lo, w_hi)
             if j == 0:
-                ax.set_ylabel(f"|∂ {_latex(label).split(' [')[0]} / ∂ flux|", fontsize=8)
+                name = f"∂ {_latex(label).split(' [')[0]} / ∂ flux"
+                ax.set_ylabel(name if signed else f"|{name}|", fontsize=8)
             if i == 0:
                 if name:
                     ax.set_title(name)

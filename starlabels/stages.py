@@ -212,21 +212,25 @@ def synthesize(*, manifest: str, grid_cfg: Mapping[str, Any], cfg: Mapping[str, 
 # ------------------------------------------------------------------ trainset, train
 
 def trainset(*, sources: Sequence[str], labels: Sequence[str], observed_flux: str,
-             observed_table: str, clean_table: str, flux: str, table: str,
-             synthetic_flux: str | None = None, synthetic_table: str | None = None,
-             log: Log = log_to_stdout, config_hash: str = "none") -> pd.DataFrame:
-    """The rows the networks learn from (:mod:`starlabels.trainset`) into one matrix + table."""
+             observed_ivar: str, observed_table: str, clean_table: str, flux: str, ivar: str,
+             table: str, synthetic_flux: str | None = None, synthetic_ivar: str | None = None,
+             synthetic_table: str | None = None, log: Log = log_to_stdout,
+             config_hash: str = "none") -> pd.DataFrame:
+    """The rows the networks learn from (:mod:`starlabels.trainset`) into flux and ivar
+    matrices + a table."""
     from .trainset import build_trainset
 
     return build_trainset(sources=sources, labels=labels, observed_flux=observed_flux,
-                          observed_table=observed_table, clean_table=clean_table, flux=flux,
-                          table=table, synthetic_flux=synthetic_flux,
+                          observed_ivar=observed_ivar, observed_table=observed_table,
+                          clean_table=clean_table, flux=flux, ivar=ivar, table=table,
+                          synthetic_flux=synthetic_flux, synthetic_ivar=synthetic_ivar,
                           synthetic_table=synthetic_table, log=log, config_hash=config_hash)
 
 
 def train(*, flux: str, table: str, labels: Sequence[str], member: int, cfg: Mapping[str, Any],
           model_dir: str, threads: int = 1, log: Log = log_to_stdout,
-          method_cfg: Mapping[str, Any] | None = None, variant: str = "full") -> dict:
+          method_cfg: Mapping[str, Any] | None = None, variant: str = "full",
+          ivar: str | None = None) -> dict:
     """One ensemble member of ``cfg["method"]`` into ``model_dir`` (``cfg``: the ``train``
     section and ``method``; ``method_cfg``: the method's own section, if it has one)."""
     keep_freed_memory()
@@ -237,34 +241,41 @@ def train(*, flux: str, table: str, labels: Sequence[str], member: int, cfg: Map
     if variant != "full" and variant not in method.variants:
         raise ValueError(f"method {method.name} has no ablation variant {variant!r} "
                          f"(its variants: {list(method.variants)})")
-    return method.train(flux=flux, table=table, labels=list(labels), member=int(member), cfg=cfg,
-                        model_dir=model_dir, method_cfg=method_cfg, variant=variant, log=log,
-                        threads=threads)
+    return method.train(flux=flux, ivar=ivar, table=table, labels=list(labels),
+                        member=int(member), cfg=cfg, model_dir=model_dir, method_cfg=method_cfg,
+                        variant=variant, log=log, threads=threads)
 
 
 def train_ablation(*, flux: str, table: str, labels: Sequence[str], variant: str,
                    cfg: Mapping[str, Any], model_dir: str, threads: int = 1,
-                   log: Log = log_to_stdout, method_cfg: Mapping[str, Any] | None = None) -> dict:
+                   log: Log = log_to_stdout, method_cfg: Mapping[str, Any] | None = None,
+                   ivar: str | None = None) -> dict:
     """One ablation variant: a single member with member 0's seed and one part of the recipe
     switched off."""
     return train(flux=flux, table=table, labels=labels, member=0, cfg=cfg, model_dir=model_dir,
-                 threads=threads, log=log, method_cfg=method_cfg, variant=variant)
+                 threads=threads, log=log, method_cfg=method_cfg, variant=variant, ivar=ivar)
 
 
 # ------------------------------------------------------------------ predict
 
 def calibrate_ensemble(*, flux: str, table: str, model_dirs: Sequence[str],
-                       cfg: Mapping[str, Any], out: str, log: Log = log_to_stdout) -> dict:
-    """deep_remap: one temperature per head for the members' averaged distribution."""
-    from .remap.ensemble import calibrate_ensemble as fit
+                       cfg: Mapping[str, Any], out: str, keep_quantile: float,
+                       ivar: str | None = None, log: Log = log_to_stdout) -> dict:
+    """The ensemble's uncertainty calibration on the training set's ``valid`` rows, for the
+    members predict will use (``keep_quantile``): deep_remap one temperature per head of the
+    averaged distribution, the regression CNN one scale per label and S/N bin."""
+    from .members import select_members
 
-    return fit(flux, table, list(model_dirs), cfg, out, log=log)
+    members = select_members(list(model_dirs), keep_quantile)
+    method = methods.get(artifacts.load_json(Path(members[0]) / "model.json")["method"])
+    return method.calibrate(flux=flux, ivar=ivar, table=table, members=members, cfg=cfg,
+                            out=out, log=log)
 
 
 def predict(*, flux: str, table: str, model_dirs: Sequence[str], shard: int, n_shards: int,
             cfg: Mapping[str, Any], out: str, threads: int = 1, log: Log = log_to_stdout,
             config_hash: str = "none", options: Mapping[str, Any] | None = None,
-            ensemble_calibration: str | None = None) -> int:
+            ensemble_calibration: str | None = None, ivar: str | None = None) -> int:
     """One prediction shard to Parquet with the members' method; returns the rows written.
 
     ``options`` are the method's own prediction settings (its record's ``predict_settings``)."""
@@ -278,7 +289,7 @@ def predict(*, flux: str, table: str, model_dirs: Sequence[str], shard: int, n_s
     method = methods.get(artifacts.load_json(Path(members[0]) / "model.json")["method"])
     meta = artifacts.provenance(None, config_hash=config_hash, stage="predict", shard=int(shard),
                                 n_shards=int(n_shards))
-    return method.predict(flux=flux, table=table, members=members, shard=int(shard),
+    return method.predict(flux=flux, ivar=ivar, table=table, members=members, shard=int(shard),
                           n_shards=int(n_shards), batch_size=batch_size, device=cfg["device"],
                           out=out, metadata=meta, log=log, threads=threads,
                           ensemble_calibration=ensemble_calibration, **dict(options or {}))
@@ -310,6 +321,7 @@ def catalog(*, shards: Sequence[str], table: str, clean_table: str, model_dirs: 
 
 def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: str,
              truth: str | None, model_dirs: Sequence[str], labels: Sequence[str], survey: str,
+             ivar: str | None = None,
              grid_cfg: Mapping[str, Any], cfg: Mapping[str, Any], metrics: str,
              plots: Mapping[str, str], experiment: str, linelist: str | None = None,
              simulate_cfg: Mapping[str, Any] | None = None, log: Log = log_to_stdout,
@@ -321,7 +333,7 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
     them)."""
     from .validate import validate as run
 
-    return run(catalog=catalog, table=table, flux=flux, clean_table=clean_table,
+    return run(catalog=catalog, table=table, flux=flux, ivar=ivar, clean_table=clean_table,
                rejects=rejects, truth=truth, model_dirs=model_dirs, labels=labels, survey=survey,
                grid_cfg=grid_cfg, cfg=cfg, metrics=metrics, plots=plots, experiment=experiment,
                linelist=linelist, simulate_cfg=simulate_cfg, log=log, config_hash=config_hash,

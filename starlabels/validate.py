@@ -6,8 +6,15 @@ Metrics (written to ``metrics.json``):
   the evaluation sample (Gaia-ESO: the test split; MARVELS: the calibration stars), against the
   simulator's true labels (``vs_true``, spectra without injected defects; ``vs_true_all`` with
   them) and against the catalogue or literature labels (``vs_reference``);
-* **ensemble calibration** — spread of z = (pred − true)/σ_ensemble and the fraction of true labels
-  inside ±1σ (68% coverage);
+* **uncertainty** (simulated surveys) — per label, how well ``<label>_err`` describes the real
+  error: coverage of the 50/68/90/95 % intervals with bootstrap intervals, the robust spread of
+  z = (pred − true)/err, σ and coverage per S/N tercile (:mod:`starlabels.scoring`); the same
+  coverage for the uncalibrated ``_err_raw`` and the members' scatter ``_err_members``;
+* **bias by true label** and the **α-rich sequence** (share of [Mg/Fe]-rich stars in a
+  metallicity window, true vs catalogue): regression toward the mean, measured;
+* **paper comparison** — the published system's own quantities computed our way beside the
+  published values (``validate.paper``): training precision (σ against the catalogue labels on
+  the training spectra, in-sample) and internal precision (median members' scatter);
 * **clean** — fraction of injected defective training spectra the t-SNE stage rejected, per defect
   type, and the fraction of good training spectra it rejected; normalize rejects per reason;
 * **giant classes** (MARVELS) — giant / sub-giant / dwarf fractions of the giant candidates from
@@ -16,8 +23,8 @@ Metrics (written to ``metrics.json``):
 * **precision report** (simulated surveys) — per label and S/N bin: σ and bias of
   (predicted − true), the median Cramér–Rao bound of the simulator's own forward model
   (``starlabels.limits``), their ratio, and the ensemble's z-spread and 68 % coverage;
-* **targets** — the experiment's acceptance targets (``validate.targets.sigma_vs_true``) beside
-  the measured σ against true labels, and whether each is met;
+* **targets** — the experiment's acceptance targets (``validate.targets``) beside the measured
+  figure, and whether each is met;
 * **reference stars** — the stars with literature labels (Gaia FGK benchmark stars, MARVELS
   calibration stars): each one's predicted labels beside the literature's, and bias / σ of the
   differences (also a small table in the log).
@@ -32,7 +39,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from . import artifacts, surveys
+from . import artifacts, scoring, surveys
 from .grid import WavelengthGrid
 
 #: the spectral lines each label is expected to be read from (element, for the gradient ratio)
@@ -49,12 +56,13 @@ def label_stats(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
             "robust_sigma": float(1.4826 * np.median(np.abs(d - np.median(d))))}
 
 
-def ensemble_calibration(pred: np.ndarray, std: np.ndarray, true: np.ndarray) -> dict[str, float]:
-    pred, std, true = (np.asarray(a, dtype=float) for a in (pred, std, true))
-    ok = np.isfinite(pred) & np.isfinite(true) & np.isfinite(std) & (std > 0)
+def error_calibration(pred: np.ndarray, err: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """Spread of z = (pred − true)/err and the share of |z| ≤ 1 (68 % coverage)."""
+    pred, err, true = (np.asarray(a, dtype=float) for a in (pred, err, true))
+    ok = np.isfinite(pred) & np.isfinite(true) & np.isfinite(err) & (err > 0)
     if not ok.any():
         return {"n": 0, "z_sigma": float("nan"), "coverage_68": float("nan")}
-    z = (pred[ok] - true[ok]) / std[ok]
+    z = (pred[ok] - true[ok]) / err[ok]
     return {"n": int(ok.sum()), "z_sigma": float(np.std(z)),
             "coverage_68": float(np.mean(np.abs(z) <= 1.0))}
 
@@ -66,16 +74,15 @@ def precision_block(cat: pd.DataFrame, truth: pd.DataFrame, labels: Sequence[str
     clean = sub["defect"].fillna("").eq("").to_numpy() if "defect" in sub else \
         np.ones(len(sub), dtype=bool)
     out: dict[str, Any] = {"n_stars": int(len(sub)), "n_without_defects": int(clean.sum()),
-                           "vs_true": {}, "vs_true_all": {}, "vs_reference": {}, "ensemble": {}}
+                           "vs_true": {}, "vs_true_all": {}, "vs_reference": {}}
     for label in labels:
         true = sub[f"{label}_true"].to_numpy(dtype=float)
         pred = sub[label].to_numpy(dtype=float)
         out["vs_true"][label] = label_stats(pred[clean], true[clean])
+        out["vs_true"][label]["sigma_ci95"] = scoring.sigma_ci(pred[clean] - true[clean])[
+            "sigma_ci95"]
         out["vs_true_all"][label] = label_stats(pred, true)
         out["vs_reference"][label] = label_stats(pred, sub[f"{label}_ref"].to_numpy(dtype=float))
-        out["ensemble"][label] = ensemble_calibration(pred[clean],
-                                                      sub[f"{label}_std"].to_numpy()[clean],
-                                                      true[clean])
     return out
 
 
@@ -129,7 +136,8 @@ def giant_fractions(logg: np.ndarray, giant_max: float, dwarf_min: float) -> dic
 
 def gradient_line_ratios(wavelength: np.ndarray, gradients: np.ndarray, labels: Sequence[str],
                          lines: pd.DataFrame, half_width: float = 0.5) -> dict[str, float]:
-    """Mean |gradient| within ±half_width Å of the label's element lines / mean elsewhere."""
+    """Mean of ``gradients`` (pass magnitudes) within ±half_width Å of the label's element lines
+    / mean elsewhere."""
     out = {}
     for i, label in enumerate(labels):
         elements = LABEL_ELEMENTS.get(label)
@@ -148,7 +156,8 @@ def precision_report(cat: pd.DataFrame, truth: pd.DataFrame, labels: Sequence[st
                      rows: np.ndarray, simulate_cfg: Mapping[str, Any],
                      grid_cfg: Mapping[str, Any], snr_bins: Sequence[float], crlb_sample: int,
                      log=print) -> pd.DataFrame:
-    """Per label and S/N bin: σ, bias, median CRLB, σ/CRLB, z-spread and 68 % coverage.
+    """Per label and S/N bin: σ, bias, median CRLB, σ/CRLB, and the z-spread and 68 % coverage
+    of ``<label>_err``.
 
     Only evaluation stars without injected defects count. The CRLB uses the model that made
     the observed spectra (observed line list with the synthetic gap, each grid segment at its
@@ -190,11 +199,11 @@ def precision_report(cat: pd.DataFrame, truth: pd.DataFrame, labels: Sequence[st
     out = []
     for label in labels:
         err = sub[label].to_numpy(dtype=float) - sub[f"{label}_true"].to_numpy(dtype=float)
-        std = sub[f"{label}_std"].to_numpy(dtype=float)
+        unc = sub[f"{label}_err"].to_numpy(dtype=float)
         for lo, hi in zip(edges[:-1], edges[1:]):
             inbin = (snr >= lo) & (snr < hi) & np.isfinite(err)
             stats = label_stats(err[inbin], np.zeros(inbin.sum()))
-            cal = ensemble_calibration(err[inbin], std[inbin], np.zeros(inbin.sum()))
+            cal = error_calibration(err[inbin], unc[inbin], np.zeros(inbin.sum()))
             crlb = np.nanmedian(bounds[label][inbin]) if np.isfinite(bounds[label][inbin]).any() \
                 else np.nan
             out.append({"label": label, "snr_lo": lo, "snr_hi": hi, "n": stats["n"],
@@ -253,7 +262,7 @@ def reference_stars_block(cat: pd.DataFrame, calibration: pd.DataFrame,
     FGK benchmark stars for Gaia-ESO, the calibration stars for MARVELS) beside those labels.
 
     Per star: name (where the table has one), split, S/N and, per label, the literature value
-    and error, the prediction and its ensemble σ; per label, bias / σ / robust σ / N of
+    and error, the prediction and its calibrated error; per label, bias / σ / robust σ / N of
     (predicted − literature). Stars of the table without a prediction are listed by star_id.
     """
     compared = [label for label in labels if label in calibration.columns]
@@ -272,8 +281,8 @@ def reference_stars_block(cat: pd.DataFrame, calibration: pd.DataFrame,
                 "e_literature": float(lit.at[sid, f"e_{label}"]) if f"e_{label}" in lit
                 else float("nan"),
                 "predicted": float(pred.at[sid, label]),
-                "predicted_std": float(pred.at[sid, f"{label}_std"])
-                if f"{label}_std" in pred else float("nan")}
+                "predicted_err": float(pred.at[sid, f"{label}_err"])
+                if f"{label}_err" in pred else float("nan")}
         stars.append(entry)
     return {"n": len(stars), "labels": compared, "stars": stars,
             "vs_literature": {label: label_stats([s[label]["predicted"] for s in stars],
@@ -300,7 +309,7 @@ def reference_stars_lines(block: Mapping[str, Any]) -> list[str]:
 
 
 def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: str,
-             truth: str | None,
+             truth: str | None, ivar: str | None = None,
              model_dirs: Sequence[str], labels: Sequence[str], survey: str,
              grid_cfg: Mapping[str, Any], cfg: Mapping[str, Any], metrics: str,
              plots: Mapping[str, str], experiment: str, linelist: str | None = None,
@@ -339,14 +348,13 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
     rows = np.flatnonzero(cat["split"].to_numpy() == eval_split)
     result["evaluation_split"] = eval_split
     result["precision"] = precision_block(cat, true_labels, labels, rows)
-    targets = {k: v for k, v in cfg["targets"]["sigma_vs_true"].items() if v is not None}
-    if truth is not None and targets:
-        result["targets"] = {
-            label: {"sigma_vs_true": result["precision"]["vs_true"][label]["sigma"],
-                    "target": targets[label],
-                    "met": bool(result["precision"]["vs_true"][label]["sigma"]
-                                <= targets[label])}
-            for label in labels if label in targets}
+    if truth is not None:
+        result.update(truth_scores(cat, true_labels, labels, rows, cfg))
+    result["paper_comparison"] = paper_comparison(cat, labels, rows, cfg["paper"])
+    result["targets"] = target_report(result, labels, cfg["targets"])
+    for name, entry in result["targets"].items():
+        log(f"validate: target {name}: {entry['measured']:.4g} vs {entry['target']} — "
+            f"{'met' if entry['met'] else 'MISSED'}")
     if truth is not None:
         result["clean"] = clean_metrics(true, stars, cleaned, rej)
         log(f"validate: {eval_split} σ vs true: " + ", ".join(
@@ -382,21 +390,27 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
             "true": giant_fractions(cand["logg_true"], gmax, dmin),
         }
 
-    # network gradients on a sample of the evaluation split (the paper's gradient figure)
+    # network gradients (the paper's gradient figure): signed, averaged over similar stars
     grid = WavelengthGrid.from_config(grid_cfg["segments"])
     matrix = artifacts.load_matrix(flux)
-    rng = np.random.default_rng(0)
-    sample = rows if rows.size <= cfg["gradient_sample"] else \
-        np.sort(rng.choice(rows, cfg["gradient_sample"], replace=False))
+    sample, sample_what = gradient_sample(cat, rows, cfg, log=log)
     lines = load_linelist(linelist)
     if sample.size:
-        grads = input_gradients(list(model_dirs), np.asarray(matrix[sample]), device="cpu")
-        result["gradient_line_ratio"] = gradient_line_ratios(grid.wavelength_air, grads, labels,
-                                                             lines)
+        # catalogue rows are the normalized matrices' rows, in order
+        flux_rows = np.asarray(matrix[sample])
+        ivar_rows = np.asarray(artifacts.load_matrix(ivar)[sample]) if ivar is not None else None
+        grads = input_gradients(list(model_dirs), flux_rows, device="cpu", ivar_rows=ivar_rows,
+                                signed=bool(cfg["gradients"]["signed"]))
+        result["gradients"] = {"n_stars": int(sample.size), "stars": sample_what,
+                               "signed": bool(cfg["gradients"]["signed"]),
+                               "line_ratio": gradient_line_ratios(grid.wavelength_air,
+                                                                  np.abs(grads), labels, lines)}
         diag = lines[lines["species"].isin(["Mg I", "Al I", "Ca II"])]
         P.gradient_spectrum(grid.wavelength_air, grads, list(labels), plots["gradients"],
-                            lines=diag, segment_slices=grid.segment_slices)
+                            lines=diag, segment_slices=grid.segment_slices,
+                            signed=bool(cfg["gradients"]["signed"]))
     else:
+        result["gradients"] = {"n_stars": 0, "stars": sample_what}
         P.gradient_spectrum(grid.wavelength_air, np.zeros((len(labels), grid.n_pixels)),
                             list(labels), plots["gradients"], lines=None,
                             segment_slices=grid.segment_slices)
@@ -408,11 +422,18 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
                  list(labels), plots["one_to_one_reference"],
                  ref_name=record.reference_name)
     P.kiel_diagram(cat, plots["kiel"])
-    if {"mg_fe", "al_fe"} & set(labels):
-        P.abundance_trends(cat, plots["abundances"])
+    if {"mg_fe", "al_fe"} & set(labels) and "fe_h" in labels:
+        # simulated: the evaluation stars' catalogue labels beside their true labels (both
+        # disc sequences must be there); real data: the whole catalogue
+        P.abundance_trends(ev if truth is not None else cat, plots["abundances"],
+                           truth=ev[[f"{k}_true" for k in labels]].set_axis(list(labels), axis=1)
+                           if truth is not None else None,
+                           window=cfg["alpha_sequence"]["fe_h_window"],
+                           threshold=cfg["alpha_sequence"]["threshold"])
     else:                 # MARVELS / deep-REMAP: the metallicity distribution per sample
         P.metallicity_distribution(cat, plots["abundances"], group="split")
     P.tsne_map(cleaned, plots["tsne"])
+    P.coverage_diagram(result.get("uncertainty", {}), plots["coverage"])
 
     if simulate_cfg is not None and truth is not None:
         report = precision_report(cat, true, labels, rows, simulate_cfg, grid_cfg,
@@ -431,17 +452,117 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
     return result
 
 
+# ---------------------------------------------------------------- scores against truth
+
+def truth_scores(cat: pd.DataFrame, true_labels: pd.DataFrame, labels: Sequence[str],
+                 rows: np.ndarray, cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The uncertainty report, bias by true label and α-rich sequence of the evaluation stars
+    without injected defects (``true_labels``: the truth with labels suffixed ``_true``)."""
+    sub = cat.loc[rows].merge(true_labels, on="star_id", how="left", suffixes=("", "_truth"))
+    if "defect" in sub:
+        sub = sub[sub["defect"].fillna("").eq("")]
+    out: dict[str, Any] = {"uncertainty": {}, "bias_by_true_label": {}}
+    snr = sub["snr"].to_numpy(dtype=float)
+    for label in labels:
+        pred = sub[label].to_numpy(dtype=float)
+        true = sub[f"{label}_true"].to_numpy(dtype=float)
+        if f"{label}_err" in sub:
+            out["uncertainty"][label] = scoring.uncertainty_report(
+                pred, sub[f"{label}_err"].to_numpy(dtype=float), true, snr,
+                raw=sub[f"{label}_err_raw"].to_numpy(dtype=float)
+                if f"{label}_err_raw" in sub else None,
+                members=sub[f"{label}_err_members"].to_numpy(dtype=float)
+                if f"{label}_err_members" in sub else None)
+        out["bias_by_true_label"][label] = scoring.bias_by_label(pred, true)
+    seq = cfg["alpha_sequence"]
+    if "fe_h" in labels and seq["ratio"] in labels:
+        out["alpha_sequence"] = {seq["ratio"]: scoring.abundance_sequence(
+            sub["fe_h_true"].to_numpy(dtype=float), sub[f"{seq['ratio']}_true"].to_numpy(float),
+            sub["fe_h"].to_numpy(dtype=float), sub[seq["ratio"]].to_numpy(dtype=float),
+            seq["fe_h_window"], seq["threshold"])}
+    return out
+
+
+def paper_comparison(cat: pd.DataFrame, labels: Sequence[str], rows: np.ndarray,
+                     paper: Mapping[str, Any]) -> dict[str, Any]:
+    """Our figures computed the way the published system computed its own, beside its values:
+    training precision = σ(pred − catalogue label) on the training spectra (in-sample: these
+    are the spectra the members learned from), internal precision = the median members' scatter
+    over the evaluation stars."""
+    train = cat["split"].eq("train").to_numpy()
+    out: dict[str, Any] = {"reference": paper["reference"], "labels": {}}
+    for label in labels:
+        entry: dict[str, Any] = {}
+        if f"{label}_ref" in cat:
+            entry["training_precision"] = label_stats(cat.loc[train, label].to_numpy(float),
+                                                      cat.loc[train, f"{label}_ref"].to_numpy(float))
+        if f"{label}_err_members" in cat:
+            scatter = cat.loc[rows, f"{label}_err_members"].to_numpy(dtype=float)
+            scatter = scatter[np.isfinite(scatter)]
+            entry["internal_precision"] = float(np.median(scatter)) if scatter.size else \
+                float("nan")
+        for key in ("training_precision", "internal_precision", "calibration_stars_sigma"):
+            if paper[key].get(label) is not None:
+                entry[f"paper_{key}"] = float(paper[key][label])
+        out["labels"][label] = entry
+    return out
+
+
+def target_report(result: Mapping[str, Any], labels: Sequence[str],
+                  targets: Mapping[str, Any]) -> dict[str, Any]:
+    """Each acceptance target of ``validate.targets`` that applies to what was measured, keyed
+    ``<target>.<label>[.<where>]``: the measured figure, the target, and whether it is met."""
+    measured: dict[str, float] = {}
+    wanted: dict[str, Any] = {}
+    vs_true = result["precision"]["vs_true"] if result.get("truth") else {}
+    for label in labels:
+        limit = targets["sigma_vs_true"].get(label)
+        if limit is not None and label in vs_true:
+            measured[f"sigma_vs_true.{label}"] = vs_true[label]["sigma"]
+            wanted[f"sigma_vs_true.{label}"] = limit
+        if label not in result.get("uncertainty", ()):
+            continue
+        unc = result["uncertainty"][label]
+        for level in ("68", "95"):
+            band = targets[f"err_coverage{level}"]
+            if band is None:
+                continue
+            measured[f"err_coverage{level}.{label}"] = unc[f"coverage{level}"]
+            wanted[f"err_coverage{level}.{label}"] = list(band)
+            for k, tercile in enumerate(unc["snr_terciles"]):
+                key = f"err_coverage{level}.{label}.snr_tercile_{k + 1}"
+                measured[key] = tercile[f"coverage{level}"]
+                wanted[key] = list(band)
+        ratio = targets["snr_sigma_ratio"].get(label)
+        if ratio is not None:
+            measured[f"snr_sigma_ratio.{label}"] = unc["sigma_high_over_low_snr"]
+            wanted[f"snr_sigma_ratio.{label}"] = ratio
+    points = targets["alpha_sequence_points"]
+    sequences = result["alpha_sequence"] if "alpha_sequence" in result else {}
+    for ratio_label, seq in sequences.items():
+        if points is not None:
+            measured[f"alpha_sequence_points.{ratio_label}"] = abs(
+                seq["catalogue_minus_true_points"])
+            wanted[f"alpha_sequence_points.{ratio_label}"] = points
+    return scoring.targets_met(measured, wanted)
+
+
 # ---------------------------------------------------------------- network gradients
 
 def input_gradients(model_dirs: Sequence[str], flux_rows: np.ndarray, device: str,
-                    batch_size: int = 256) -> np.ndarray:
-    """Mean over spectra and members of |∂label/∂flux|, shape (n_labels, n_pixels), physical units.
+                    batch_size: int = 256, ivar_rows: np.ndarray | None = None,
+                    signed: bool = True) -> np.ndarray:
+    """Mean over spectra and members of ∂label/∂flux (``signed``; else of |∂label/∂flux|),
+    shape (n_labels, n_pixels), physical units.
 
     Each method's point estimate (its record's ``point_estimate``) gives the labels as a function
-    of the flux and the span that turns them into label units: for the regression CNN the
-    networks output scaled labels y = (label − min)/(max − min), so ∂label/∂flux =
-    (max − min)·∂y/∂flux. Evaluated in eval mode (no dropout). Per-spectrum gradients come from the
-    gradient of the batch sum, exact because no layer mixes spectra within a batch.
+    of the flux (and, for networks that read the noise, of ``ivar_rows``, held fixed) and the
+    span that turns them into label units: for the regression CNN the networks output scaled
+    labels y = (label − min)/(max − min), so ∂label/∂flux = (max − min)·∂y/∂flux. The group's
+    gradients are signed and averaged over similar stars (solar twins): where a line deepens with
+    the label the gradient is negative. Evaluated in eval mode (no dropout). Per-spectrum
+    gradients come from the gradient of the batch sum, exact because no layer mixes spectra
+    within a batch.
     """
     import torch
 
@@ -458,6 +579,8 @@ def input_gradients(model_dirs: Sequence[str], flux_rows: np.ndarray, device: st
     if flux_rows.ndim != 2 or flux_rows.shape[1] != n_pixels or flux_rows.shape[0] == 0:
         raise ValueError(f"flux_rows must have shape (n_spectra>0, {n_pixels}), "
                          f"got {flux_rows.shape}")
+    if ivar_rows is not None:
+        ivar_rows = np.array(ivar_rows, dtype=np.float32).reshape(flux_rows.shape)
     total = torch.zeros((n_labels, n_pixels), dtype=torch.float64, device=device)
     with torch.enable_grad():
         for model, meta in members:
@@ -465,10 +588,39 @@ def input_gradients(model_dirs: Sequence[str], flux_rows: np.ndarray, device: st
             point_estimate, span = methods.get(meta["method"]).point_estimate(model, meta, device)
             for start in range(0, flux_rows.shape[0], batch_size):
                 x = torch.from_numpy(flux_rows[start:start + batch_size]).to(device)
+                v = None if ivar_rows is None else \
+                    torch.from_numpy(ivar_rows[start:start + batch_size]).to(device)
                 x.requires_grad_(True)
-                out = point_estimate(x)
+                out = point_estimate(x, v)
                 for j in range(n_labels):
                     (grad,) = torch.autograd.grad(out[:, j].sum(), x,
                                                   retain_graph=j < n_labels - 1)
-                    total[j] += grad.abs().sum(dim=0).double() * span[j]
+                    grad = grad if signed else grad.abs()
+                    total[j] += grad.sum(dim=0).double() * span[j]
     return (total / (flux_rows.shape[0] * len(members))).cpu().numpy()
+
+
+def gradient_sample(cat: pd.DataFrame, rows: np.ndarray, cfg: Mapping[str, Any],
+                    log=print) -> tuple[np.ndarray, str]:
+    """Catalogue rows whose gradients are averaged, and what they are: the evaluation stars
+    whose *predicted* labels fall in ``cfg['gradients']`` box (the group's solar twins), or a
+    seeded random sample of them; at most ``gradient_sample`` rows."""
+    g = cfg["gradients"]
+    chosen = np.asarray(rows)
+    what = "random evaluation stars"
+    if g["selection"] == "box":
+        inside = np.ones(chosen.size, dtype=bool)
+        for label in ("teff", "logg", "fe_h"):
+            if label in cat:
+                lo, hi = g[label]
+                v = cat[label].to_numpy(dtype=float)[chosen]
+                inside &= (v > lo) & (v < hi)
+        chosen = chosen[inside]
+        what = ("evaluation stars with predicted labels in the box "
+                + ", ".join(f"{lab} {g[lab][0]:g}..{g[lab][1]:g}" for lab in ("teff", "logg",
+                                                                             "fe_h")))
+        log(f"validate: {chosen.size} gradient stars ({what})")
+    if chosen.size > cfg["gradient_sample"]:
+        rng = np.random.default_rng(0)
+        chosen = np.sort(rng.choice(chosen, cfg["gradient_sample"], replace=False))
+    return chosen, what

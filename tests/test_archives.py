@@ -596,7 +596,15 @@ def test_reader_choices_from_config_reach_the_reader(tmp_path):
 
 def test_real_data_configs_are_valid_and_sources_fit_surveys():
     ges = load_config(REPO / "configs" / "gaia_eso.yaml")["experiments"]["gaia_eso"]
-    assert ges["source"] == "eso_ges" and ges["train"]["members"] == 8
+    assert ges["source"] == "eso_ges"
+    # the group's recipe: 30 members, the best 80 % kept, early stopping on a holdout, Keras'
+    # LeakyReLU slope, dropout after the convolutions and the first two dense layers
+    train = ges["train"]
+    assert train["members"] == 30 and ges["predict"]["keep_quantile"] == 0.8
+    assert train["holdout_fraction"] > 0 and train["min_delta"] == 1e-4
+    assert train["patience"] == 25 and train["learning_rate"] == 1e-4
+    assert train["architecture"]["negative_slope"] == 0.3
+    assert train["architecture"]["dropout_after"] == ["conv", "dense_1", "dense_2"]
     assert ges["labels"] == ["teff", "logg", "fe_h", "mg_fe", "al_fe"]
     assert {s["step"] for s in ges["grid"]["segments"]} == {0.05}
     assert [s["name"] for s in ges["grid"]["segments"]] == ["HR10", "HR21"]
@@ -651,7 +659,7 @@ def test_validation_without_truth_measures_against_reference_labels(tmp_path):
     ref = rng.uniform(4500, 6500, n)
     cat = pd.DataFrame({"star_id": [f"s{i}" for i in range(n)], "split": "test",
                         "snr": np.where(np.arange(n) < n // 2, 30.0, 150.0),
-                        "teff_ref": ref, "teff_std": 40.0})
+                        "teff_ref": ref, "teff_err": 40.0})
     cat["teff"] = ref + rng.normal(0, np.where(cat["snr"] < 100, 200.0, 50.0))
     truth = no_truth(cat, ["teff"]).rename(columns={"teff": "teff_true"})
     block = precision_block(cat, truth, ["teff"], np.arange(n))

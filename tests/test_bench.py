@@ -109,3 +109,74 @@ def test_rss_figures(quick_results):
         assert res["peak_rss_anon_sampled_bytes"] > 0
         assert res["wait4_ru_maxrss_bytes"] > 0
     assert r["parameters"]["n_pixels"] == 3401 and r["parameters"]["n_members"] == 1
+
+
+# ---------------------------------------------------------------- The Cannon beside the network
+
+def _toy_run(folder: Path) -> Path:
+    """A finished run's files, as the workflow lays them out, for a toy survey whose one line's
+    depth is Teff and width is log g; the 'catalogue' labels are truth + 30 K / 0.05 dex."""
+    import numpy as np
+    import pandas as pd
+
+    from starlabels import artifacts
+
+    rng = np.random.default_rng(2)
+    n, n_pixels = 300, 120
+    teff, logg = rng.uniform(4500, 6500, n), rng.uniform(1.5, 4.5, n)
+    x = np.arange(n_pixels)
+    flux = 1 - (0.2 + 0.5 * (teff[:, None] - 4500) / 2000) * \
+        np.exp(-0.5 * ((x - 60) / (1.5 + logg[:, None])) ** 2)
+    flux += rng.normal(0, 0.01, flux.shape)
+    ids = [f"s{i:03d}" for i in range(n)]
+    split = np.where(np.arange(n) < 200, "train", "test")
+    run = folder / "toy"
+    for sub in ("normalized", "trainset", "truth", "catalog", "models/member_0", "benchmarks"):
+        (run / sub).mkdir(parents=True)
+    artifacts.save_matrix(run / "normalized" / "flux.npy", flux.astype(np.float32))
+    artifacts.save_matrix(run / "normalized" / "ivar.npy",
+                          np.full(flux.shape, 1e4, dtype=np.float32))
+    cat_teff = teff + rng.normal(0, 30, n)
+    cat_logg = logg + rng.normal(0, 0.05, n)
+    artifacts.save_table(run / "normalized" / "stars.parquet", pd.DataFrame(
+        {"spectrum_id": ids, "star_id": ids, "split": split, "snr": 100.0, "teff": cat_teff,
+         "logg": cat_logg}))
+    train = np.flatnonzero(split == "train")
+    artifacts.save_table(run / "trainset" / "spectra.parquet", pd.DataFrame(
+        {"spectrum_id": [ids[i] for i in train], "split": "train", "source": "observed",
+         "source_row": train, "teff": cat_teff[train], "logg": cat_logg[train]}))
+    artifacts.save_table(run / "truth" / "truth.parquet", pd.DataFrame(
+        {"star_id": ids, "teff": teff, "logg": logg, "defect": ""}))
+    artifacts.save_table(run / "catalog" / "starlabels_toy.parquet", pd.DataFrame(
+        {"spectrum_id": ids, "star_id": ids, "split": split,
+         "snr": rng.uniform(20, 200, n), "teff": teff + rng.normal(0, 20, n),
+         "logg": logg + rng.normal(0, 0.03, n)}))
+    artifacts.save_json(run / "models" / "member_0" / "model.json",
+                        {"labels": ["teff", "logg"], "train_seconds": 12.0, "threads": 1,
+                         "n_holdout": 0, "git_commit": "toy"})
+    (run / "benchmarks" / "predict_shard_0.tsv").write_text("s\th:m:s\n1.5\t0:00:01\n")
+    return run
+
+
+def test_peer_cannon_trains_the_published_package_on_the_same_rows(tmp_path):
+    run = _toy_run(tmp_path)
+    out = tmp_path / "out"
+    before = _committed_state()
+    proc = subprocess.run([sys.executable, str(BENCH / "peer_cannon.py"), "--quick", "--run",
+                           str(run), "--out", str(out), "--cache", str(tmp_path / "cache")],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert _committed_state() == before
+    r = json.loads((out / "peer_cannon.json").read_text())
+    assert r["parameters"]["cannon"]["package"] == "annieslasso"
+    assert r["parameters"]["cannon"]["numpy"].startswith("1.")
+    assert r["parameters"]["n_train"] == 150 and r["parameters"]["n_test"] == 40
+    for label, truth_scale in (("teff", 30.0), ("logg", 0.05)):
+        entry = r["figures"]["labels"][label]
+        # a line depth and width are quadratic enough for The Cannon to read them
+        assert 0 < entry["cannon"]["sigma"] < 5 * truth_scale
+        lo, hi = entry["cannon"]["sigma_ci95"]
+        assert lo <= entry["cannon"]["sigma"] <= hi
+        assert entry["network_over_cannon"] == pytest.approx(
+            entry["network"]["sigma"] / entry["cannon"]["sigma"])
+    assert r["figures"]["timing"]["cannon_train_seconds"] > 0

@@ -31,7 +31,7 @@ def predictions(n: int = 6, seed: int = 0) -> pd.DataFrame:
                                     ("fe_h", (-1, 0.5), 0.03), ("mg_fe", (-0.1, 0.4), 0.02),
                                     ("al_fe", (-0.2, 0.5), 0.03)]:
         df[label] = rng.uniform(lo, hi, n)
-        df[f"{label}_std"] = np.full(n, spread, dtype=np.float32)
+        df[f"{label}_err"] = np.full(n, spread, dtype=np.float32)
     return df
 
 
@@ -41,26 +41,26 @@ def test_flag_bits_distinct_powers_of_two():
     bits = list(FLAG_BITS.values())
     assert len(set(bits)) == len(bits)
     assert all(b > 0 and b & (b - 1) == 0 and b < 2**31 for b in bits)
-    for name in ("CLEAN_REJECTED", "LOW_SNR", "HIGH_SPREAD", "OUTSIDE_TRAINING"):
+    for name in ("CLEAN_REJECTED", "LOW_SNR", "HIGH_UNCERTAINTY", "OUTSIDE_TRAINING"):
         assert name in FLAG_BITS
     assert FLAG_BAD_MASK & FLAG_WARN_MASK == 0
-    assert flag_names(FLAG_BITS["LOW_SNR"] | FLAG_BITS["HIGH_SPREAD"]) == ["LOW_SNR", "HIGH_SPREAD"]
+    assert flag_names(FLAG_BITS["LOW_SNR"] | FLAG_BITS["HIGH_UNCERTAINTY"]) == ["LOW_SNR", "HIGH_UNCERTAINTY"]
 
 
 def test_compute_flags_each_bit():
     df = predictions()
     df["snr"] = [100.0, 5.0, np.nan, 100.0, 100.0, 100.0]
-    df.loc[2, "teff_std"] = 500.0          # ensemble disagrees
+    df.loc[2, "teff_err"] = 500.0          # the ensemble is unsure
     df.loc[3, "logg"] = 6.5                # beyond the training range
     df.loc[4, "fe_h"] = np.nan             # a member failed
     df["clean_keep"] = [True, True, True, True, True, False]
     ranges = {"teff": (3000.0, 8000.0), "logg": (0.0, 5.5), "fe_h": (-3.0, 1.0)}
-    flags = compute_flags(df, CAT_LABELS, ranges, snr_min=20.0, max_std={"teff": 150.0})
+    flags = compute_flags(df, CAT_LABELS, ranges, snr_min=20.0, max_err={"teff": 150.0})
     assert flags.dtype == np.int32
     b = FLAG_BITS
     assert flags[0] == b["IN_TRAINING_SET"]
     assert flags[1] == b["LOW_SNR"]
-    assert flags[2] == b["LOW_SNR"] | b["HIGH_SPREAD"]        # unknown S/N counts as low
+    assert flags[2] == b["LOW_SNR"] | b["HIGH_UNCERTAINTY"]        # unknown S/N counts as low
     assert flags[3] == b["OUTSIDE_TRAINING"]
     assert flags[4] == b["PREDICTION_NAN"]                      # NaN is not "outside"
     assert flags[5] == b["CLEAN_REJECTED"]
@@ -71,8 +71,8 @@ def test_compute_flags_each_bit():
 
 def test_compute_flags_missing_columns():
     df = predictions()
-    with pytest.raises(ValueError, match="teff_std"):
-        compute_flags(df.drop(columns="teff_std"), ["teff"], {}, None, {"teff": 100.0})
+    with pytest.raises(ValueError, match="teff_err"):
+        compute_flags(df.drop(columns="teff_err"), ["teff"], {}, None, {"teff": 100.0})
     with pytest.raises(ValueError, match="snr"):
         compute_flags(df.drop(columns="snr"), ["teff"], {}, 20.0, {})
 
@@ -164,7 +164,7 @@ def test_fits_units_and_header(written_catalog):
         units = {c.name: c.unit for c in hdul[1].columns}
         for label in CAT_LABELS:
             assert units[label] == LABELS[label].unit
-            assert units[f"{label}_std"] == LABELS[label].unit
+            assert units[f"{label}_err"] == LABELS[label].unit
         assert units["teff"] == "K" and units["snr"] is None and units["spectrum_id"] is None
         assert hdul[1].columns["spectrum_id"].format == "18A"  # GES_0000_HR10+HR21
         assert hdul[1].columns["flags"].format == "J"
@@ -191,7 +191,7 @@ def test_round_trip_fits_and_parquet(written_catalog):
     for back in (from_fits, from_pq.assign(star_id=from_pq["star_id"].fillna(""))):
         assert list(back.columns) == list(df.columns)
         pd.testing.assert_frame_equal(back, expected, check_dtype=False)
-    assert from_fits["teff_std"].dtype == np.float32 and from_fits["flags"].dtype == np.int32
+    assert from_fits["teff_err"].dtype == np.float32 and from_fits["flags"].dtype == np.int32
     assert from_fits["clean_keep"].dtype == bool
     assert from_fits.attrs["provenance"]["config_hash"] == prov["config_hash"]
     assert from_pq.attrs["provenance"]["n_members"] == 8
@@ -240,7 +240,8 @@ def test_write_is_atomic_and_refuses_bad_names(tmp_path):
 
 
 def test_column_units():
-    assert column_unit("logg_std") == LABELS["logg"].unit
+    assert column_unit("logg_err") == LABELS["logg"].unit
+    assert column_unit("teff_err_members") == column_unit("teff_err_raw") == "K"
     assert column_unit("fe_h_ref") == "dex"
     assert column_unit("rv") == "km/s"
     assert column_unit("snr") is None and column_unit("teff_flag") is None

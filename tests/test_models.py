@@ -11,8 +11,13 @@ from starlabels.models import GaiaEsoCNN, build_model, conv_l2_penalty, conv_out
 def test_output_shape_and_dtype():
     model = build_model("cnn_regression", 400, 5).eval()
     out = model(torch.ones(3, 400) + 0.01 * torch.randn(3, 400))
-    assert out.shape == (3, 5)
+    assert out.shape == (3, 10)                     # a mean and a log-variance per label
+    mean, log_variance = model.split(out)
+    assert mean.shape == log_variance.shape == (3, 5)
     assert out.dtype == torch.float32
+    plain = build_model("cnn_regression", 400, 5, {"variance_head": False}).eval()
+    assert plain(torch.ones(3, 400)).shape == (3, 5)
+    assert plain.split(plain(torch.ones(3, 400)))[1] is None
 
 
 @pytest.mark.parametrize("n_pixels, expected", [
@@ -29,7 +34,7 @@ def test_flattened_size_matches_hand_count_and_a_real_forward_pass(n_pixels, exp
     with torch.no_grad():
         features = model.features(torch.zeros(2, 1, n_pixels))
     assert features[0].numel() == expected
-    assert model(torch.ones(2, n_pixels)).shape == (2, 2)
+    assert model(torch.ones(2, n_pixels)).shape == (2, 4)
 
 
 def test_too_short_spectrum_is_refused():
@@ -39,7 +44,11 @@ def test_too_short_spectrum_is_refused():
 
 
 def test_layers_follow_the_group_template():
-    model = build_model("cnn_regression", 1000, 5)
+    # the group's notebook: dropout 0.2 after the convolutions and the first two dense layers,
+    # one output per label
+    model = build_model("cnn_regression", 1000, 5,
+                        {"dropout": 0.2, "dropout_after": ["conv", "dense_1", "dense_2"],
+                         "variance_head": False})
     f = list(model.features)
     kinds = [type(m) for m in f]
     assert kinds == [nn.Conv1d, nn.LeakyReLU, nn.MaxPool1d, nn.Conv1d, nn.LeakyReLU, nn.MaxPool1d,
@@ -52,7 +61,9 @@ def test_layers_follow_the_group_template():
     assert [(m.in_features, m.out_features) for m in linears] == \
         [(model.flattened_size, 64), (64, 128), (128, 32), (32, 5)]
     dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout)]
-    assert len(dropouts) == 4 and all(d.p == 0.2 for d in dropouts)
+    assert len(dropouts) == 3 and all(d.p == 0.2 for d in dropouts)
+    assert isinstance(model.head[3], nn.Dropout) and isinstance(model.head[6], nn.Dropout)
+    assert not any(isinstance(m, nn.Dropout) for m in model.head[7:])
     assert all(m.negative_slope == 0.01 for m in model.modules() if isinstance(m, nn.LeakyReLU))
     # the output layer is linear: nothing follows the last Dense
     assert isinstance(model.head[-1], nn.Linear)

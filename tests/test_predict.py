@@ -78,7 +78,9 @@ def test_shards_cover_every_row_once_and_match_a_single_shard(survey, members):
     joined = pd.concat(shards, ignore_index=True)
     assert joined["row"].tolist() == list(range(N_SPECTRA))
     assert joined["spectrum_id"].tolist() == [f"toy{i:04d}" for i in range(N_SPECTRA)]
-    assert list(whole.columns) == ["spectrum_id", "row", "teff", "teff_std", "logg", "logg_std",
+    assert list(whole.columns) == ["spectrum_id", "row",
+                                   "teff", "teff_err", "teff_err_raw", "teff_err_members",
+                                   "logg", "logg_err", "logg_err_raw", "logg_err_members",
                                    "n_members"]
     pd.testing.assert_frame_equal(joined, whole, check_exact=False, rtol=1e-5)
     assert (whole["n_members"] == 2).all()
@@ -90,12 +92,20 @@ def test_one_member_has_zero_scatter_and_two_members_do_not(survey, members):
     other = predict_shard(survey["flux"], survey["table"], members[1:], 0, 1, device="cpu",
                           log=_quiet)
     pair = predict_shard(survey["flux"], survey["table"], members, 0, 1, device="cpu", log=_quiet)
-    assert (single[["teff_std", "logg_std"]].to_numpy() == 0).all()
-    assert (pair[["teff_std", "logg_std"]].to_numpy() > 0).all()
+    assert (single[["teff_err_members", "logg_err_members"]].to_numpy() == 0).all()
+    assert (pair[["teff_err_members", "logg_err_members"]].to_numpy() > 0).all()
     # mean and ddof=0 scatter of two members: mean = midpoint, std = half the difference
     np.testing.assert_allclose(pair["teff"], (single["teff"] + other["teff"]) / 2, rtol=1e-6)
-    np.testing.assert_allclose(pair["teff_std"], (single["teff"] - other["teff"]).abs() / 2,
-                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(pair["teff_err_members"],
+                               (single["teff"] - other["teff"]).abs() / 2, rtol=1e-4, atol=1e-6)
+    # a single member's total error is its own variance head; the pair's adds the spread
+    assert (single["teff_err_raw"] > 0).all()
+    np.testing.assert_allclose(
+        pair["teff_err_raw"] ** 2,
+        (single["teff_err_raw"] ** 2 + other["teff_err_raw"] ** 2) / 2
+        + pair["teff_err_members"] ** 2, rtol=1e-4)
+    # no calibration: the error is the raw one
+    np.testing.assert_array_equal(pair["teff_err"], pair["teff_err_raw"])
 
 
 def test_predictions_are_in_physical_units_and_accurate(survey, members):
@@ -149,7 +159,7 @@ def test_grid_hash_or_pixel_mismatch_is_refused(survey, members, tmp_path):
 
 def _fake_member(folder, loss):
     folder.mkdir()
-    artifacts.save_json(folder / "model.json", {"best_valid_loss": loss})
+    artifacts.save_json(folder / "model.json", {"selection_loss": loss})
     return folder
 
 
@@ -161,15 +171,19 @@ def test_select_members_keeps_the_best_quantile(tmp_path):
     kept = select_members(dirs, 0.8)
     assert [losses[dirs.index(d)] for d in kept] == [0.5, 0.1, 0.3, 0.7, 0.2, 0.4, 0.8, 0.6]
     assert select_members(dirs, 0.0) == [dirs[1]]  # never empty: the best member survives
-    nan_dir = _fake_member(tmp_path / "diverged", float("nan"))
-    assert nan_dir not in select_members(dirs + [nan_dir], 1.0)
+    # a member without a holdout has no selection loss: kept when all are kept, never ranked
+    nan_dir = _fake_member(tmp_path / "no_holdout", float("nan"))
+    assert nan_dir in select_members(dirs + [nan_dir], 1.0)
+    assert nan_dir not in select_members(dirs + [nan_dir], 0.9)
+    with pytest.raises(ValueError, match="holdout"):
+        select_members([nan_dir], 0.8)
     with pytest.raises(ValueError, match="keep_quantile"):
         select_members(dirs, 1.5)
 
 
 def test_input_gradients_peak_at_the_informative_line(survey, members):
     flux = np.asarray(artifacts.load_matrix(survey["flux"])[260:])
-    gradients = input_gradients(members[:1], flux, device="cpu", batch_size=16)
+    gradients = input_gradients(members[:1], flux, device="cpu", batch_size=16, signed=False)
     assert gradients.shape == (len(LABELS), N_PIXELS)
     assert (gradients >= 0).all()
     pixel = np.arange(N_PIXELS)
@@ -183,13 +197,19 @@ def test_input_gradients_peak_at_the_informative_line(survey, members):
 def test_input_gradients_are_in_physical_units(survey, members):
     """Teff spans ~3000 K and log g ~4 dex: physical gradients scale by those spans."""
     flux = np.asarray(artifacts.load_matrix(survey["flux"])[260:270])
-    physical = input_gradients(members[:1], flux, device="cpu")
+    physical = input_gradients(members[:1], flux, device="cpu", signed=False)
+    signed = input_gradients(members[:1], flux, device="cpu")
     model, meta = load_member(members[0])
     x = torch.from_numpy(flux.copy()).requires_grad_(True)
-    model(x)[:, 1].sum().backward()
+    model.split(model(x))[0][:, 1].sum().backward()
     scaled_logg = x.grad.abs().mean(dim=0).numpy()
     span = meta["label_max"][1] - meta["label_min"][1]
     np.testing.assert_allclose(physical[1], scaled_logg * span, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(signed[1], x.grad.mean(dim=0).numpy() * span, rtol=1e-5,
+                               atol=1e-9)
+    # the line deepens with Teff (depth 0.2 + 0.6 (Teff − 4000)/3000): a deeper line, lower
+    # flux, higher Teff — the signed gradient at the line centre is negative
+    assert signed[0, LINE_PIXEL] < 0
 
 
 def test_write_shard_round_trip(survey, members, tmp_path):
@@ -266,4 +286,4 @@ def test_empty_shard_still_writes_a_table(survey, members, tmp_path):
     n = write_shard_chunks(iter_shard_predictions(tiny / "flux.npy", tiny / "table.parquet",
                                                   members, 4, 5, device="cpu", log=_quiet), path)
     back = artifacts.load_table(path)
-    assert n == 0 and len(back) == 0 and {"spectrum_id", "teff", "teff_std"} <= set(back.columns)
+    assert n == 0 and len(back) == 0 and {"spectrum_id", "teff", "teff_err"} <= set(back.columns)

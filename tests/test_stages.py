@@ -10,6 +10,8 @@ def test_trainset_takes_kept_train_valid_rows_and_appends_synthetic(tmp_path):
     syn = -np.arange(2 * 4, dtype=np.float32).reshape(2, 4)
     artifacts.save_matrix(tmp_path / "o.npy", obs)
     artifacts.save_matrix(tmp_path / "s.npy", syn)
+    artifacts.save_matrix(tmp_path / "oi.npy", obs + 100)
+    artifacts.save_matrix(tmp_path / "si.npy", syn + 200)
     table = pd.DataFrame({"spectrum_id": list("abcde"), "star_id": list("abcde"),
                           "split": ["train", "valid", "test", "train", "target"],
                           "snr": 50.0, "teff": [5000.0, 5100, 5200, 5300, 5400]})
@@ -21,16 +23,21 @@ def test_trainset_takes_kept_train_valid_rows_and_appends_synthetic(tmp_path):
          "snr": 100.0, "teff": [6000.0, 6000.0]}))
     out = stages.trainset(sources=["observed", "synthetic"], labels=["teff"],
                           observed_flux=str(tmp_path / "o.npy"),
+                          observed_ivar=str(tmp_path / "oi.npy"),
                           observed_table=str(tmp_path / "o.parquet"),
                           clean_table=str(tmp_path / "c.parquet"),
                           synthetic_flux=str(tmp_path / "s.npy"),
+                          synthetic_ivar=str(tmp_path / "si.npy"),
                           synthetic_table=str(tmp_path / "s.parquet"),
-                          flux=str(tmp_path / "t.npy"), table=str(tmp_path / "t.parquet"),
-                          log=lambda m: None)
+                          flux=str(tmp_path / "t.npy"), ivar=str(tmp_path / "ti.npy"),
+                          table=str(tmp_path / "t.parquet"), log=lambda m: None)
     # a, b kept (train/valid); c is test; d rejected by clean; e is a target
     assert out["spectrum_id"].tolist() == ["a", "b", "p1", "p2"]
     np.testing.assert_array_equal(artifacts.load_matrix(tmp_path / "t.npy"),
                                   np.vstack([obs[[0, 1]], syn]))
+    # the inverse variances travel with their rows
+    np.testing.assert_array_equal(artifacts.load_matrix(tmp_path / "ti.npy"),
+                                  np.vstack([obs[[0, 1]] + 100, syn + 200]))
     assert artifacts.table_metadata(tmp_path / "t.parquet")["grid_hash"] == "g"
 
 

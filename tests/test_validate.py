@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from starlabels.validate import (clean_metrics, ensemble_calibration, giant_fractions,
+from starlabels.validate import (clean_metrics, error_calibration, giant_fractions,
                                  gradient_line_ratios, label_stats, reference_stars_block,
                                  reference_stars_lines)
 
@@ -20,14 +20,14 @@ def test_label_stats_bias_sigma_robust():
     assert label_stats(np.full(3, np.nan), np.zeros(3))["n"] == 0
 
 
-def test_ensemble_calibration_coverage():
+def test_error_calibration_coverage():
     rng = np.random.default_rng(1)
     true = np.zeros(50000)
     pred = rng.normal(0, 2.0, true.size)
-    honest = ensemble_calibration(pred, np.full(true.size, 2.0), true)
+    honest = error_calibration(pred, np.full(true.size, 2.0), true)
     assert honest["coverage_68"] == pytest.approx(0.683, abs=0.01)
     assert honest["z_sigma"] == pytest.approx(1.0, abs=0.02)
-    overconfident = ensemble_calibration(pred, np.full(true.size, 0.5), true)
+    overconfident = error_calibration(pred, np.full(true.size, 0.5), true)
     assert overconfident["coverage_68"] < 0.25 and overconfident["z_sigma"] > 3.5
 
 
@@ -74,9 +74,9 @@ def test_reference_stars_are_reported_beside_their_literature_labels():
     cat = pd.DataFrame({"star_id": ["s0", "s1", "s2"], "split": ["train", "calibration",
                                                                  "calibration"],
                         "snr": [50.0, 150.0, 150.0], "teff": [5000.0, 4300.0, 5750.0],
-                        "teff_std": [10.0, 20.0, 30.0], "logg": [4.0, 1.7, 4.4],
-                        "logg_std": [0.1] * 3, "fe_h": [0.0, -0.5, 0.05], "fe_h_std": [0.05] * 3,
-                        "mg_fe": [0.0] * 3, "mg_fe_std": [0.02] * 3})
+                        "teff_err": [10.0, 20.0, 30.0], "logg": [4.0, 1.7, 4.4],
+                        "logg_err": [0.1] * 3, "fe_h": [0.0, -0.5, 0.05], "fe_h_err": [0.05] * 3,
+                        "mg_fe": [0.0] * 3, "mg_fe_err": [0.02] * 3})
     block = reference_stars_block(cat, calibration, ["teff", "logg", "fe_h", "mg_fe"])
     assert block["n"] == 2 and block["labels"] == ["teff", "logg", "fe_h"]
     assert block["not_predicted"] == ["gone"]
@@ -84,7 +84,7 @@ def test_reference_stars_are_reported_beside_their_literature_labels():
     assert (arcturus["name"], arcturus["split"], arcturus["snr"]) == ("Arcturus", "calibration",
                                                                       150.0)
     assert arcturus["teff"] == {"literature": 4277.0, "e_literature": 23.0, "predicted": 4300.0,
-                                "predicted_std": 20.0}
+                                "predicted_err": 20.0}
     assert block["vs_literature"]["teff"]["bias"] == pytest.approx((23.0 - 22.0) / 2)
     assert block["vs_literature"]["logg"]["n"] == 2
     lines = reference_stars_lines(block)

@@ -56,7 +56,7 @@ def test_all_outputs_exist(tiny_run):
                     "metrics.json", "clean/tsne_clean.png",
                     *[f"plots/{p}.png" for p in ("one_to_one_true", "one_to_one_reference",
                                                   "kiel", "abundances", "tsne", "gradients",
-                                                  "precision_vs_snr")]):
+                                                  "precision_vs_snr", "coverage")]):
             path = results / exp / rel
             assert path.exists() and path.stat().st_size > 0, path
         for rule in ("normalize", "clean", "catalog", "validate"):
@@ -84,8 +84,22 @@ def test_catalog_content_and_metrics(tiny_run):
     assert missing == set(truth.loc[truth["broken"] != "", "star_id"]) and missing
     assert (rejects["reason"].str.len() > 0).all() and set(rejects["stage"]) == {"normalize"}
     for label in ("teff", "logg", "fe_h", "mg_fe", "al_fe"):
-        assert cat[label].notna().all() and (cat[f"{label}_std"] >= 0).all()
+        assert cat[label].notna().all() and (cat[f"{label}_err"] > 0).all()
+        # the deep ensemble's total error holds the members' scatter
+        assert (cat[f"{label}_err_raw"] >= cat[f"{label}_err_members"]).all()
+    calibration = json.loads((results / "tiny_ges" / "models" / "ensemble_calibration.json")
+                             .read_text())
+    assert calibration["method"] == "cnn_regression" and len(calibration["members"]) == 2
+    for label in ("teff", "logg", "fe_h", "mg_fe", "al_fe"):
+        factors = np.asarray(calibration["scale"][label])[
+            np.searchsorted(calibration["snr_edges"], cat["snr"].to_numpy(), side="right")]
+        np.testing.assert_allclose(cat[f"{label}_err"], factors * cat[f"{label}_err_raw"],
+                                   rtol=1e-9)
     metrics = json.loads((results / "tiny_ges" / "metrics.json").read_text())
+    assert set(metrics["uncertainty"]) == {"teff", "logg", "fe_h", "mg_fe", "al_fe"}
+    assert len(metrics["uncertainty"]["teff"]["snr_terciles"]) == 3
+    assert "mg_fe" in metrics["alpha_sequence"]
+    assert metrics["paper_comparison"]["labels"]["teff"]["training_precision"]["n"] > 0
     assert metrics["evaluation_split"] == "test"
     assert set(metrics["precision"]["vs_true"]) == {"teff", "logg", "fe_h", "mg_fe", "al_fe"}
     assert metrics["clean"]["n_cleaned"] > 0
@@ -165,6 +179,7 @@ def test_changed_normalize_parameter_reruns_normalize_and_downstream(repo, tiny_
     for rule in ("clean", "trainset", "catalog", "validate"):
         assert counts.get(rule) == 1, (rule, counts)
     assert counts.get("train") == 2 and counts.get("predict") == 2
+    assert counts.get("calibrate_ensemble") == 1
 
 
 def test_up_to_date_run_does_nothing(repo, tiny_run):
@@ -265,10 +280,10 @@ def test_slurm_profile_runs_train_and_predict_as_slurm_jobs(repo, tiny_run, slur
     # rebuild one prediction shard only
     (["--forcerun", "predict", "--until", "{results}/tiny_ges/predictions/shard_1.parquet"],
      {"predict": 1}),
-    # rerun a stage and everything downstream
-    # (tiny_marvels is deep_remap: + its ablation member, ensemble calibration and report)
+    # rerun a stage and everything downstream (both experiments calibrate their ensemble;
+    # tiny_marvels is deep_remap: + its ablation member and report)
     (["-R", "clean"], {"clean": 2, "trainset": 2, "train": 4, "train_ablation": 1,
-                       "calibrate_ensemble": 1, "predict": 4, "catalog": 2, "validate": 2,
+                       "calibrate_ensemble": 2, "predict": 4, "catalog": 2, "validate": 2,
                        "remap_report": 1, "all": 1}),
     # stop after a stage: nothing to do when it is up to date
     (["--until", "clean"], {}),
@@ -281,12 +296,13 @@ def test_readme_rerun_recipes_rerun_exactly_what_they_say(repo, tiny_run, recipe
 
 
 def test_full_size_config_builds_a_small_dag_quickly(repo, tmp_path):
-    # 36 904 stars × 8 members: the DAG size depends on shards and members, not on stars
+    # 36 904 stars × 30 members: the DAG size depends on shards and members, not on stars
     start = time.perf_counter()
     proc = snakemake(repo, "-n", "--configfile", str(repo / "configs" / "sim_ges_full.yaml"),
                      "--config", f"results={tmp_path / 'r'}")
     elapsed = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr
     counts = job_counts(proc.stdout)
-    assert counts["train"] == 8 and counts["predict"] == 16 and sum(counts.values()) == 31
+    assert counts["train"] == 30 and counts["predict"] == 16
+    assert counts["calibrate_ensemble"] == 1 and sum(counts.values()) == 54
     assert elapsed < 20, f"dry run took {elapsed:.1f} s"

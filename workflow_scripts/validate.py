@@ -5,8 +5,8 @@ from starlabels import stages  # noqa: E402
 
 i, o, p = snakemake.input, snakemake.output, snakemake.params
 PLOTS = ("one_to_one_true", "one_to_one_reference", "kiel", "abundances", "tsne", "gradients",
-         "precision_vs_snr")
-stages.validate(catalog=i.catalog, table=i.table, flux=i.flux, clean_table=i.clean,
+         "precision_vs_snr", "coverage")
+stages.validate(catalog=i.catalog, table=i.table, flux=i.flux, ivar=i.ivar, clean_table=i.clean,
                 rejects=i.rejects, truth=i.get("truth"), model_dirs=runtime.folders(i.models),
                 labels=p.labels, survey=p.survey, grid_cfg=p.grid, cfg=p.validate,
                 metrics=o.metrics, plots={name: o[name] for name in PLOTS},

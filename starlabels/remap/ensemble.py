@@ -89,3 +89,12 @@ def ensemble_temperatures(path: str | os.PathLike | None, members: Sequence[str 
         raise ValueError(f"{path} was fitted for members {calibration['members']}, but predict "
                          f"uses {list(map(str, members))}; rerun calibrate_ensemble")
     return list(calibration["temperatures"])
+
+
+def calibrate_job(*, flux: str | os.PathLike, ivar: str | os.PathLike | None,
+                  table: str | os.PathLike, members: Sequence[str | os.PathLike],
+                  cfg: Mapping[str, Any], out: str | os.PathLike,
+                  log: Callable[[str], Any]) -> dict[str, Any]:
+    """The workflow's calibrate_ensemble job for deep-REMAP (``cfg``: ``remap.calibration``;
+    the ResNet reads the flux only, ``ivar`` is not used)."""
+    return calibrate_ensemble(flux, table, members, cfg, out, log=log)

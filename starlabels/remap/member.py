@@ -257,11 +257,11 @@ def load_reference(model_dir: str | os.PathLike) -> dict[str, Any]:
     return saved["reference"]
 
 
-def train_job(*, flux: str | os.PathLike, table: str | os.PathLike, labels: list[str],
-              member: int, cfg: Mapping[str, Any], model_dir: str | os.PathLike,
-              method_cfg: Mapping[str, Any], variant: str,
+def train_job(*, flux: str | os.PathLike, ivar: str | os.PathLike | None,
+              table: str | os.PathLike, labels: list[str], member: int, cfg: Mapping[str, Any],
+              model_dir: str | os.PathLike, method_cfg: Mapping[str, Any], variant: str,
               log: Callable[[str], Any], threads: int | None) -> dict[str, Any]:
     """One member (or ablation variant) of the workflow's train rules (``method_cfg``: the
-    ``remap`` section)."""
+    ``remap`` section). The ResNet reads the flux only: ``ivar`` is not used."""
     return train_remap_member(flux, table, labels, int(member), cfg, method_cfg, model_dir,
                               variant=variant, log=log, threads=threads)

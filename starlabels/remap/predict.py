@@ -100,10 +100,10 @@ def predict_remap_shard(flux_path: str | os.PathLike, table_path: str | os.PathL
     for j, (name, b) in enumerate(zip(labels, bins)):
         s = summarize(prob[j], b)
         out[name] = s["mean"]
-        out[f"{name}_std"] = s["std"]
+        out[f"{name}_err"] = s["std"]
+        out[f"{name}_err_members"] = member_means[:, :, j].std(axis=0)
         out[f"{name}_q16"] = s["q16"]
         out[f"{name}_q84"] = s["q84"]
-        out[f"{name}_members_std"] = member_means[:, :, j].std(axis=0)
         out[f"{name}_prob"] = list(prob[j])
     out["n_members"] = np.full(n, len(members), dtype=np.int64)
     out["knn_star_id"] = [list(ref_ids[i]) for i in knn_idx]
@@ -117,13 +117,14 @@ def predict_remap_shard(flux_path: str | os.PathLike, table_path: str | os.PathL
 
 
 
-def predict_job(*, flux: str | os.PathLike, table: str | os.PathLike,
-                members: Sequence[str | os.PathLike], shard: int, n_shards: int,
-                batch_size: int, device: str, out: str | os.PathLike,
+def predict_job(*, flux: str | os.PathLike, ivar: str | os.PathLike | None,
+                table: str | os.PathLike, members: Sequence[str | os.PathLike], shard: int,
+                n_shards: int, batch_size: int, device: str, out: str | os.PathLike,
                 metadata: Mapping[str, Any], log: Callable[[str], Any], threads: int | None,
                 ensemble_calibration: str | None, knn: int) -> int:
     """One shard of the workflow's predict rule; returns the rows written. With an ensemble
-    calibration file its temperatures replace the members' own."""
+    calibration file its temperatures replace the members' own. The ResNet reads the flux only
+    (``ivar`` is not used)."""
     temperatures = ensemble_temperatures(ensemble_calibration, members)
     df = predict_remap_shard(flux, table, members, shard, n_shards, batch_size=batch_size,
                              device=device, knn=knn, log=log, threads=threads,
@@ -132,14 +133,14 @@ def predict_job(*, flux: str | os.PathLike, table: str | os.PathLike,
     return len(df)
 
 def point_estimate(model: torch.nn.Module, meta: Mapping[str, Any], device: torch.device
-                   ) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
-    """(flux → (batch, n_labels) probability-weighted means of the calibrated heads, already in
+                   ) -> tuple[Callable[..., torch.Tensor], torch.Tensor]:
+    """((flux, ivar=None) → (batch, n_labels) probability-weighted means of the calibrated heads, already in
     label units, so the span is one)."""
     centres = [torch.as_tensor(b["low"] + b["width"] * (np.arange(b["n_bins"]) + 0.5),
                                dtype=torch.float32, device=device) for b in meta["bins"]]
     temperatures = [float(t) for t in meta["temperatures"]]
 
-    def expected(x: torch.Tensor) -> torch.Tensor:
+    def expected(x: torch.Tensor, ivar: torch.Tensor | None = None) -> torch.Tensor:
         logits, _ = model(x)
         return torch.stack([torch.softmax(lg / t, dim=1) @ c
                             for lg, t, c in zip(logits, temperatures, centres)], dim=1)

@@ -1,0 +1,255 @@
+"""Write the README's result tables from measured files, never by hand.
+
+Reads ``bench/results/default_run_seed*.json`` (``bench/default_run.py``: the default run's wall
+time and each experiment's metrics.json, one file per base seed) and
+``bench/results/peer_cannon.json`` (``bench/peer_cannon.py``), and replaces each block of the
+README between ``<!-- figures:NAME -->`` and ``<!-- /figures:NAME -->`` with a table built from
+them, naming the machine, the date and the commit the figures came from.
+
+    python bench/readme_tables.py            # rewrite README.md in place
+    python bench/readme_tables.py --check    # exit 1 if README.md differs from the files
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+README = REPO / "README.md"
+PRIMARY_SEED = 1234          # the config's train.seed: the run the catalogue figures come from
+NAMES = {"teff": "Teff", "logg": "log g", "fe_h": "[Fe/H]", "mg_fe": "[Mg/Fe]",
+         "al_fe": "[Al/Fe]"}
+UNITS = {"teff": " K"}
+
+
+def fmt(label: str, value: float | None, digits: int | None = None) -> str:
+    if value is None or value != value:
+        return "—"
+    if label == "teff":
+        return f"{value:.0f}" if digits is None else f"{value:.{digits}f}"
+    return f"{value:.3f}" if digits is None else f"{value:.{digits}f}"
+
+
+def interval(label: str, ci: list[float]) -> str:
+    return f"[{fmt(label, ci[0])}, {fmt(label, ci[1])}]"
+
+
+def share(value: float, ci: list[float] | None = None) -> str:
+    text = f"{value:.2f}"
+    return text if ci is None else f"{text} [{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def load_runs() -> dict[int, dict[str, Any]]:
+    runs = {}
+    for path in sorted(RESULTS.glob("default_run_seed*.json")):
+        data = json.loads(path.read_text())
+        runs[int(data["parameters"]["train_seed"])] = data
+    if PRIMARY_SEED not in runs:
+        raise SystemExit(f"no {RESULTS}/default_run_seed{PRIMARY_SEED}.json: run "
+                         f"bench/default_run.py --train-seed {PRIMARY_SEED} first")
+    return runs
+
+
+def provenance_line(run: dict[str, Any]) -> str:
+    m, v = run["machine"], run["versions"]
+    return (f"Measured {run['created_utc'][:10]} on {m['cpu_model']} ({m['usable_cores']} "
+            f"cores, {m['ram_gib']} GiB, {'GPU ' + m['gpu'] if m['gpu'] else 'no GPU'}), "
+            f"commit {str(v['starlabels_git_commit'])[:10]}, torch {v['torch']}; "
+            f"`python bench/default_run.py --train-seed {run['parameters']['train_seed']}`.")
+
+
+def block_default_run(runs: dict[int, dict[str, Any]], peer: dict | None) -> str:
+    lines = [provenance_line(runs[PRIMARY_SEED]), "",
+             "| base seed | wall time (target ≤ 10 min) | machine |", "|---|---|---|"]
+    for seed, run in sorted(runs.items()):
+        wall = run["figures"]["wall_seconds"]
+        lines.append(f"| {seed} | {int(wall // 60)} min {wall % 60:.0f} s "
+                     f"({'met' if wall <= 600 else 'missed'}) | {run['machine']['cpu_model']}, "
+                     f"load before {run['load_average']['before'][0]} |")
+    jobs = runs[PRIMARY_SEED]["figures"]["job_seconds"]
+    slow = sorted(jobs.items(), key=lambda kv: -kv[1])[:6]
+    lines += ["", "Longest jobs (seed %d): " % PRIMARY_SEED
+              + ", ".join(f"{k} {v:.0f} s" for k, v in slow) + "."]
+    return "\n".join(lines)
+
+
+def block_ges_precision(runs: dict[int, dict[str, Any]], peer: dict | None) -> str:
+    m = runs[PRIMARY_SEED]["figures"]["metrics"]["demo_ges"]
+    labels = m["labels"]
+    targets = m.get("targets", {})
+    lines = [provenance_line(runs[PRIMARY_SEED]) + f" Test stars without injected defects: "
+             f"{m['precision']['n_without_defects']}, against the true labels; intervals are "
+             f"bootstrap 95 %.", "",
+             "| label | σ (target) | bias | σ, other seeds | The Cannon σ | ours / Cannon "
+             "| σ lowest → highest S/N third | 68 % coverage of `_err` | 95 % coverage |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for label in labels:
+        p = m["precision"]["vs_true"][label]
+        t = targets.get(f"sigma_vs_true.{label}")
+        target = f" (≤ {fmt(label, t['target'])}: {'met' if t['met'] else 'missed'})" if t else ""
+        others = [r["figures"]["metrics"]["demo_ges"]["precision"]["vs_true"][label]["sigma"]
+                  for s, r in sorted(runs.items()) if s != PRIMARY_SEED]
+        spread = (", ".join(fmt(label, v) for v in others)) if others else "—"
+        cannon, ratio = "—", "—"
+        if peer is not None and label in peer["figures"]["labels"]:
+            c = peer["figures"]["labels"][label]
+            cannon = f"{fmt(label, c['cannon']['sigma'])} {interval(label, c['cannon']['sigma_ci95'])}"
+            ratio = f"{c['network_over_cannon']:.2f}"
+        u = m.get("uncertainty", {}).get(label)
+        terc = cov68 = cov95 = "—"
+        if u:
+            ts = u["snr_terciles"]
+            terc = f"{fmt(label, ts[0]['sigma'])} → {fmt(label, ts[-1]['sigma'])} " \
+                   f"(×{u['sigma_high_over_low_snr']:.2f})"
+            cov68 = share(u["coverage68"], u["coverage68_ci95"])
+            cov95 = share(u["coverage95"], u["coverage95_ci95"])
+        lines.append(f"| {NAMES[label]} | {fmt(label, p['sigma'])}{UNITS.get(label, '')} "
+                     f"{interval(label, p['sigma_ci95'])}{target} | {fmt(label, p['bias'])} | "
+                     f"{spread} | {cannon} | {ratio} | {terc} | {cov68} | {cov95} |")
+    seeds = ", ".join(str(s) for s in sorted(runs) if s != PRIMARY_SEED)
+    lines += ["", f"σ, other seeds: the same run with train.seed {seeds or '(none measured)'}."]
+    if peer is not None:
+        t = peer["figures"]["timing"]
+        lines.append(
+            f"The Cannon (annieslasso {peer['parameters']['cannon']['version']}, quadratic, "
+            f"`python bench/peer_cannon.py --run <results>/demo_ges`) trained on the same "
+            f"{peer['parameters']['n_train']} spectra in {t['cannon_train_seconds']:.0f} s on "
+            f"{t['cannon_processes']} process(es); each of the {t['network_members']} network "
+            f"members took {min(t['network_train_seconds_per_member']):.0f}–"
+            f"{max(t['network_train_seconds_per_member']):.0f} s.")
+    return "\n".join(lines)
+
+
+def block_ges_uncertainty(runs: dict[int, dict[str, Any]], peer: dict | None) -> str:
+    m = runs[PRIMARY_SEED]["figures"]["metrics"]["demo_ges"]
+    lines = ["| label | S/N third | N | σ | median `_err` | 68 % coverage | 95 % coverage |",
+             "|---|---|---|---|---|---|---|"]
+    for label, u in m.get("uncertainty", {}).items():
+        for k, t in enumerate(u["snr_terciles"]):
+            lo = "0" if t["snr_lo"] == float("-inf") else f"{t['snr_lo']:.0f}"
+            hi = "∞" if t["snr_hi"] == float("inf") else f"{t['snr_hi']:.0f}"
+            lines.append(f"| {NAMES[label]} | {lo}–{hi} | {t['n']} | "
+                         f"{fmt(label, t['sigma'])} {interval(label, t['sigma_ci95'])} | "
+                         f"{fmt(label, t['median_err'])} | {t['coverage68']:.2f} | "
+                         f"{t['coverage95']:.2f} |")
+    lines += ["", "| label | 68 % coverage: calibrated `_err` / raw `_err_raw` / members' scatter "
+              "| robust spread of z = residual/`_err` |", "|---|---|---|"]
+    for label, u in m.get("uncertainty", {}).items():
+        lines.append(f"| {NAMES[label]} | {u['coverage68']:.2f} / {u['raw']['coverage68']:.2f}"
+                     f" / {u['members']['coverage68']:.2f} | {u['z_robust_spread']:.2f} |")
+    return "\n".join(lines)
+
+
+def block_ges_science(runs: dict[int, dict[str, Any]], peer: dict | None) -> str:
+    m = runs[PRIMARY_SEED]["figures"]["metrics"]["demo_ges"]
+    lines = []
+    for ratio, seq in m.get("alpha_sequence", {}).items():
+        lo, hi = seq["window_fe_h"]
+        t = m.get("targets", {}).get(f"alpha_sequence_points.{ratio}")
+        lines.append(
+            f"α-rich sequence: among test stars with {lo} < [Fe/H] < {hi}, "
+            f"{100 * seq['true']:.0f} % {share(seq['true'], seq['true_ci95'])[4:]} truly have "
+            f"{NAMES[ratio]} > {seq['threshold']}; in the catalogue (its own labels select and "
+            f"count) {100 * seq['catalogue']:.0f} % — {seq['catalogue_minus_true_points']:+.1f} "
+            f"points" + (f" (target ±{t['target']:.0f}: {'met' if t['met'] else 'missed'})"
+                         if t else "") + ".")
+        if peer is not None and "alpha_sequence" in peer["figures"]:
+            c = peer["figures"]["alpha_sequence"]["cannon"]
+            lines[-1] += f" The Cannon: {100 * c['catalogue']:.0f} %."
+    lines += ["", "| label | bias in the lowest → highest eighth of the true label |", "|---|---|"]
+    for label, bins in m.get("bias_by_true_label", {}).items():
+        if bins:
+            lines.append(f"| {NAMES[label]} | " + " · ".join(fmt(label, b["bias"], None)
+                                                             for b in bins) + " |")
+    return "\n".join(lines)
+
+
+def block_paper(runs: dict[int, dict[str, Any]], peer: dict | None) -> str:
+    lines = ["| experiment | label | paper: training precision | ours: training precision "
+             "(in-sample, vs catalogue labels) | paper: internal precision | ours: internal "
+             "precision (median members' scatter) | paper: σ vs literature, calibration stars "
+             "| ours: σ vs truth, out of sample |", "|---|---|---|---|---|---|---|---|"]
+    for experiment, m in runs[PRIMARY_SEED]["figures"]["metrics"].items():
+        comparison = m.get("paper_comparison", {}).get("labels", {})
+        for label in m["labels"]:
+            c = comparison.get(label, {})
+            lines.append(
+                f"| {experiment} | {NAMES[label]} | {fmt(label, c.get('paper_training_precision'))}"
+                f" | {fmt(label, c.get('training_precision', {}).get('sigma'))} | "
+                f"{fmt(label, c.get('paper_internal_precision'))} | "
+                f"{fmt(label, c.get('internal_precision'))} | "
+                f"{fmt(label, c.get('paper_calibration_stars_sigma'))} | "
+                f"{fmt(label, m['precision']['vs_true'][label]['sigma'])} |")
+    refs = {m.get("paper_comparison", {}).get("reference", "")
+            for m in runs[PRIMARY_SEED]["figures"]["metrics"].values()}
+    lines += ["", "Sources: " + "; ".join(r for r in sorted(refs) if r) + "."]
+    return "\n".join(lines)
+
+
+def block_marvels(runs: dict[int, dict[str, Any]], peer: dict | None) -> str:
+    lines = ["| base seed | calibration stars σ Teff / log g / [Fe/H] (paper 75 K / 0.12 / 0.08) "
+             "| held-out 68 % coverage Teff / log g / [Fe/H] (target 0.60–0.76) | giants "
+             "predicted / true |", "|---|---|---|---|"]
+    for seed, run in sorted(runs.items()):
+        m = run["figures"]["metrics"].get("demo_marvels")
+        if m is None:
+            continue
+        r = m.get("deep_remap", {})
+        sig = r.get("calibration_star_targets", {})
+        cov = r.get("coverage_target", {})
+        giants = m.get("giant_candidates", {})
+        lines.append(
+            f"| {seed} | " + " / ".join(fmt(k, sig.get(k, {}).get("sigma")) for k in
+                                        ("teff", "logg", "fe_h"))
+            + " | " + " / ".join(f"{cov[k]['coverage68']:.2f}" + ("" if cov[k]["met"] else " ✗")
+                                 for k in ("teff", "logg", "fe_h") if k in cov)
+            + f" | {100 * giants.get('predicted', {}).get('giant', float('nan')):.1f} % / "
+              f"{100 * giants.get('true', {}).get('giant', float('nan')):.1f} % |")
+    return "\n".join(lines)
+
+
+BLOCKS: dict[str, Callable[[dict, dict | None], str]] = {
+    "default-run": block_default_run,
+    "ges-precision": block_ges_precision,
+    "ges-uncertainty": block_ges_uncertainty,
+    "ges-science": block_ges_science,
+    "paper-comparison": block_paper,
+    "marvels": block_marvels,
+}
+
+
+def render(text: str, runs: dict[int, dict[str, Any]], peer: dict | None) -> str:
+    for name, build in BLOCKS.items():
+        pattern = re.compile(rf"(<!-- figures:{name} -->\n).*?(\n<!-- /figures:{name} -->)",
+                             re.S)
+        if not pattern.search(text):
+            raise SystemExit(f"README.md has no <!-- figures:{name} --> block")
+        body = build(runs, peer)
+        text = pattern.sub(lambda match: match.group(1) + body + match.group(2), text)
+    return text
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 if the README's blocks differ from what the files give")
+    args = p.parse_args()
+    runs = load_runs()
+    peer_path = RESULTS / "peer_cannon.json"
+    peer = json.loads(peer_path.read_text()) if peer_path.exists() else None
+    old = README.read_text()
+    new = render(old, runs, peer)
+    if args.check:
+        sys.exit(0 if new == old else 1)
+    README.write_text(new)
+    print(f"README.md: {len(BLOCKS)} blocks written from {len(runs)} run(s)"
+          + (" and the Cannon comparison" if peer else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""Post-hoc calibration of a regression-CNN ensemble's uncertainties on the ``valid`` split.
+
+The ensemble's raw σ (:mod:`starlabels.cnn.ensemble`) comes from heads trained on the same
+spectra they are judged on and from a handful of seeds; on demo_ges it is not the real error. One
+factor per label and S/N bin, a, turns it into ``err = a · err_raw``. It is fitted on the observed
+``valid`` split, which no training phase uses, by maximising the likelihood of the catalogue
+labels y given the prediction μ:
+
+    y − μ ~ (1 − ε) N(0, a²σ² + e²) + ε N(0, 900 (a²σ² + e²))
+
+where e is the catalogue's own error of y (deconvolved: the calibrated σ is the error against the
+*true* label) and the broad ε component keeps a few stars no σ explains (defects, wrong catalogue
+labels) from inflating every uncertainty. One factor per label comes from every valid star; each
+S/N bin's factor (equal-count bins of the valid split's S/N) is fitted with a prior holding
+ln(a_bin/a_label) near zero (width ``snr_prior_width``), because where the catalogue's errors
+exceed the network's, ~150 stars pin a factor down to tens of per cent only. The edges are
+stored with the factors and predict assigns a spectrum to a bin by its S/N (beyond the outer
+edges: the outer bins).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from scipy.optimize import minimize_scalar
+
+from .. import artifacts
+from ..batch import say
+from ..members import load_ensemble, plain
+from .ensemble import combine, member_outputs, reads_noise
+
+ENSEMBLE_CALIBRATION = "ensemble_calibration.json"
+#: the broad component of the calibration likelihood is this many times wider than the core
+OUTLIER_WIDTH = 30.0
+#: fitted scale factors are searched in [1/SCALE_BOUND, SCALE_BOUND]
+SCALE_BOUND = 30.0
+#: fewest stars an S/N bin of the calibration may hold; fewer stars get fewer bins
+MIN_BIN_STARS = 30
+#: spectra per forward pass while predicting the valid split (a few hundred stars in all)
+CALIBRATION_BATCH = 256
+
+
+def fit_scale(residual: np.ndarray, sigma: np.ndarray, catalogue_error: np.ndarray,
+              outlier_fraction: float, prior: tuple[float, float] | None = None) -> float:
+    """The factor a maximising the calibration likelihood (module docstring) of ``residual``
+    (catalogue label − prediction) given the raw σ and the catalogue errors; with ``prior``
+    (centre a₀, width τ) times a Gaussian prior on ln(a / a₀) of width τ."""
+    r, s, e = (np.asarray(a, dtype=np.float64) for a in (residual, sigma, catalogue_error))
+    ok = np.isfinite(r) & np.isfinite(s) & (s > 0) & np.isfinite(e)
+    r, s, e = r[ok], s[ok], e[ok]
+    if r.size == 0:
+        raise ValueError("no finite residuals to calibrate on")
+    eps = float(outlier_fraction)
+
+    def nll(log_a: float) -> float:
+        var = np.exp(2 * log_a) * s ** 2 + e ** 2
+        core = np.exp(-0.5 * r ** 2 / var) / np.sqrt(2 * np.pi * var)
+        wide_var = OUTLIER_WIDTH ** 2 * var
+        wide = np.exp(-0.5 * r ** 2 / wide_var) / np.sqrt(2 * np.pi * wide_var)
+        total = -float(np.sum(np.log((1 - eps) * core + eps * wide + 1e-300)))
+        if prior is not None:
+            total += 0.5 * ((log_a - np.log(prior[0])) / prior[1]) ** 2
+        return total
+
+    bound = np.log(SCALE_BOUND)
+    best = minimize_scalar(nll, bounds=(-bound, bound), method="bounded",
+                           options={"xatol": 1e-4})
+    return float(np.exp(best.x))
+
+
+def snr_edges(snr: np.ndarray, n_bins: int) -> list[float]:
+    """Inner edges of ``n_bins`` equal-count S/N bins (fewer when a bin would hold fewer than
+    :data:`MIN_BIN_STARS` stars)."""
+    snr = np.asarray(snr, dtype=np.float64)
+    snr = snr[np.isfinite(snr)]
+    n_bins = max(1, min(int(n_bins), snr.size // MIN_BIN_STARS))
+    return [float(q) for q in np.quantile(snr, np.arange(1, n_bins) / n_bins)]
+
+
+def snr_bin(snr: np.ndarray, edges: Sequence[float]) -> np.ndarray:
+    """The calibration bin of each S/N (unknown S/N: the lowest bin, the widest errors)."""
+    snr = np.asarray(snr, dtype=np.float64)
+    return np.searchsorted(np.asarray(edges, dtype=np.float64),
+                           np.where(np.isfinite(snr), snr, -np.inf), side="right")
+
+
+def calibrated_error(err_raw: np.ndarray, snr: np.ndarray,
+                     calibration: Mapping[str, Any] | None, labels: Sequence[str]) -> np.ndarray:
+    """``err`` = the calibration's factor for each row's label and S/N bin × ``err_raw``
+    ((rows, labels)); no calibration: ``err_raw`` itself."""
+    err_raw = np.asarray(err_raw, dtype=np.float64)
+    if calibration is None:
+        return err_raw.copy()
+    missing = [name for name in labels if name not in calibration["scale"]]
+    if missing:
+        raise ValueError(f"the ensemble calibration has no factors for {missing}")
+    which = snr_bin(snr, calibration["snr_edges"])
+    factors = np.stack([np.asarray(calibration["scale"][name], dtype=np.float64)[which]
+                        for name in labels], axis=1)
+    return err_raw * factors
+
+
+def coverage(residual: np.ndarray, sigma: np.ndarray, catalogue_error: np.ndarray,
+             level: float = 0.6827) -> float:
+    """Share of residuals inside the ``level`` interval of N(0, σ² + e²)."""
+    from scipy.stats import norm
+
+    total = np.sqrt(np.asarray(sigma) ** 2 + np.asarray(catalogue_error) ** 2)
+    ok = np.isfinite(residual) & np.isfinite(total) & (total > 0)
+    if not ok.any():
+        return float("nan")
+    z = np.abs(np.asarray(residual)[ok]) / total[ok]
+    return float(np.mean(z <= norm.ppf(0.5 + level / 2)))
+
+
+def calibrate_ensemble(flux_path: str | os.PathLike, ivar_path: str | os.PathLike | None,
+                       table_path: str | os.PathLike, model_dirs: Sequence[str | os.PathLike],
+                       cfg: Mapping[str, Any], out_path: str | os.PathLike,
+                       log: Callable[[str], Any] = print) -> dict[str, Any]:
+    """Fit the factors on the observed ``valid`` rows of a training set (``cfg`` = the
+    ``calibration`` section) and write them as JSON beside the members."""
+    members = load_ensemble(list(model_dirs), torch.device("cpu"))
+    labels = list(members[0][1]["labels"])
+    table = artifacts.load_table(table_path)
+    observed = table["source"].eq("observed").to_numpy() if "source" in table else \
+        np.ones(len(table), dtype=bool)
+    values = table[labels].to_numpy(dtype=np.float64)
+    rows = np.flatnonzero(table["split"].eq("valid").to_numpy() & observed
+                          & np.isfinite(values).all(axis=1))
+    if rows.size == 0:
+        raise ValueError(f"{table_path}: no observed 'valid' rows with finite {labels} to "
+                         f"calibrate on")
+    flux = np.ascontiguousarray(artifacts.load_matrix(flux_path)[rows], dtype=np.float32)
+    ivar = None
+    if reads_noise(members):
+        if ivar_path is None:
+            raise ValueError("these members read the inverse variances: give the ivar matrix")
+        ivar = torch.from_numpy(np.ascontiguousarray(artifacts.load_matrix(ivar_path)[rows],
+                                                     dtype=np.float32))
+    means, variances = [], []
+    for start in range(0, rows.size, CALIBRATION_BATCH):
+        stop = start + CALIBRATION_BATCH
+        m, v = member_outputs(members, torch.from_numpy(flux[start:stop]),
+                              None if ivar is None else ivar[start:stop])
+        means.append(m)
+        variances.append(v)
+    combined = combine(torch.cat(means, dim=1), torch.cat(variances, dim=1))
+    errors = np.zeros((rows.size, len(labels)))
+    for j, name in enumerate(labels):
+        if f"e_{name}" in table:
+            e = table[f"e_{name}"].to_numpy(dtype=np.float64)[rows]
+            errors[:, j] = np.where(np.isfinite(e) & (e > 0), e, 0.0)
+    snr = table["snr"].to_numpy(dtype=np.float64)[rows] if "snr" in table else \
+        np.full(rows.size, np.nan)
+    edges = snr_edges(snr, int(cfg["snr_bins"]))
+    which = snr_bin(snr, edges)
+    result: dict[str, Any] = {"method": "cnn_regression", "labels": labels, "n": int(rows.size),
+                              "members": [str(d) for d in model_dirs], "snr_edges": edges,
+                              "outlier_fraction": float(cfg["outlier_fraction"]),
+                              "scale": {}, "coverage68": {}}
+    for j, name in enumerate(labels):
+        residual = values[rows, j] - combined["mean"][:, j]
+        # one factor for the label from every valid star, then each S/N bin's own, held near it
+        # by a prior: a bin of ~150 stars whose catalogue errors exceed the network's own pins
+        # its factor down to tens of per cent only
+        overall = fit_scale(residual, combined["err_raw"][:, j], errors[:, j],
+                            cfg["outlier_fraction"])
+        factors = []
+        for b in range(len(edges) + 1):
+            in_bin = which == b
+            factors.append(fit_scale(residual[in_bin], combined["err_raw"][in_bin, j],
+                                     errors[in_bin, j], cfg["outlier_fraction"],
+                                     prior=(overall, float(cfg["snr_prior_width"]))))
+        result["scale"][name] = factors
+        result.setdefault("scale_overall", {})[name] = overall
+        calibrated = combined["err_raw"][:, j] * np.asarray(factors)[which]
+        result["coverage68"][name] = {
+            "before": coverage(residual, combined["err_raw"][:, j], errors[:, j]),
+            "after": coverage(residual, calibrated, errors[:, j])}
+        say(log, f"calibration {name}: overall factor {overall:.3g}; per S/N bin "
+                 + ", ".join(f"{f:.3g}" for f in factors)
+                 + f" in S/N bins split at {[round(e, 1) for e in edges]}; 68% coverage of the "
+                   f"catalogue labels (errors convolved) on {rows.size} valid stars "
+                   f"{result['coverage68'][name]['before']:.2f} → "
+                   f"{result['coverage68'][name]['after']:.2f}")
+    result.update(plain(artifacts.provenance(cfg)))
+    artifacts.save_json(out_path, result)
+    return result
+
+
+def load_calibration(path: str | os.PathLike | None, members: Sequence[str | os.PathLike]
+                     ) -> dict[str, Any] | None:
+    """The ensemble calibration at ``path``, checked to belong to exactly these members (None:
+    no calibration)."""
+    if not path:
+        return None
+    calibration = artifacts.load_json(path)
+    if sorted(calibration["members"]) != sorted(str(m) for m in members):
+        raise ValueError(f"{path} was fitted for members {calibration['members']}, but predict "
+                         f"uses {list(map(str, members))}; rerun calibrate_ensemble")
+    return calibration
+
+
+def calibrate_job(*, flux: str | os.PathLike, ivar: str | os.PathLike | None,
+                  table: str | os.PathLike, members: Sequence[str | os.PathLike],
+                  cfg: Mapping[str, Any], out: str | os.PathLike,
+                  log: Callable[[str], Any]) -> dict[str, Any]:
+    """The workflow's calibrate_ensemble job for the regression CNN (``cfg``:
+    ``calibration``)."""
+    return calibrate_ensemble(flux, ivar, table, members, cfg, out, log=log)
