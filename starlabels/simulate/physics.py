@@ -346,10 +346,9 @@ def load_telluric_lines(path: str | Path | None = None) -> pd.DataFrame:
     return table.sort_values("wavelength_air").reset_index(drop=True)
 
 
-def telluric_transmission(wavelength: np.ndarray, telluric: pd.DataFrame,
-                          strength: float) -> np.ndarray:
-    """exp(−strength Σ τ_k g_k(λ)) at native resolution, g_k a Gaussian of FWHM
-    TELLURIC_FWHM_KMS; only lines within the wavelength range contribute."""
+def telluric_depth(wavelength: np.ndarray, telluric: pd.DataFrame) -> np.ndarray:
+    """Σ τ_k g_k(λ) at native resolution, g_k a Gaussian of FWHM TELLURIC_FWHM_KMS; only lines
+    within the wavelength range contribute."""
     wavelength = np.asarray(wavelength, dtype=np.float64)
     tau = np.zeros_like(wavelength)
     sigma_v = TELLURIC_FWHM_KMS * FWHM_TO_SIGMA
@@ -358,7 +357,13 @@ def telluric_transmission(wavelength: np.ndarray, telluric: pd.DataFrame,
         sigma = w0 * sigma_v / C_KMS
         lo, hi = np.searchsorted(wavelength, [w0 - 6 * sigma, w0 + 6 * sigma])
         tau[lo:hi] += t0 * np.exp(-0.5 * ((wavelength[lo:hi] - w0) / sigma) ** 2)
-    return np.exp(-strength * tau)
+    return tau
+
+
+def telluric_transmission(wavelength: np.ndarray, telluric: pd.DataFrame,
+                          strength: float) -> np.ndarray:
+    """exp(−strength Σ τ_k g_k(λ)) (:func:`telluric_depth`)."""
+    return np.exp(-strength * telluric_depth(wavelength, telluric))
 
 
 def detector_position(wavelength: np.ndarray, instrument: Instrument) -> np.ndarray:
@@ -386,6 +391,7 @@ class ForwardModel:
         self.sampling_kms = sampling_kms
         self.electron_donors = electron_donors
         self.telluric = telluric
+        self._telluric_cache: dict[tuple[int, float], np.ndarray] = {}
         self._rest_grids = []
         for inst in self.instruments:
             margin = (max_rv_kms + 10.0 * C_KMS / inst.resolution) / C_KMS
@@ -417,6 +423,16 @@ class ForwardModel:
         return [intrinsic_flux(labels, lines, rest, vmic_kms=vmic_kms,
                                electron_donors=self.electron_donors) for rest in self._rest_grids]
 
+    def _telluric_depth(self, k: int, rv_kms: float, observed: np.ndarray) -> np.ndarray:
+        """Telluric optical depth on setup k's observed grid, kept for the last few RVs (a
+        Jacobian evaluates the same star many times)."""
+        key = (k, float(rv_kms))
+        if key not in self._telluric_cache:
+            if len(self._telluric_cache) >= 8:
+                self._telluric_cache.clear()
+            self._telluric_cache[key] = telluric_depth(observed, self.telluric)
+        return self._telluric_cache[key]
+
     def resolution_profile(self, k: int, wavelength: np.ndarray, exposure: Exposure
                            ) -> float | np.ndarray:
         """R of setup ``k`` at ``wavelength``: one number when it does not vary along the setup."""
@@ -441,7 +457,8 @@ class ForwardModel:
             resolution = self.resolution_profile(k, observed, exposure)
             if self.telluric is not None and exposure.telluric_strength > 0:
                 # the atmosphere absorbs in the observer's frame, before the spectrograph's LSF
-                f = f * telluric_transmission(observed, self.telluric, exposure.telluric_strength)
+                f = f * np.exp(-exposure.telluric_strength * self._telluric_depth(k, rv_kms,
+                                                                                   observed))
             if np.ndim(resolution) == 0:
                 f = convolve_resolution(rest, f, resolution)
             else:
