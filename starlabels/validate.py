@@ -90,7 +90,9 @@ def clean_metrics(truth: pd.DataFrame, stars: pd.DataFrame, cleaned: pd.DataFram
     """How well the clean stage removed injected defects from the training set.
 
     The sample is the training candidates that reached the clean stage (splits it cleaned);
-    normalize rejects are counted separately per defect type.
+    normalize rejects are counted separately per defect type. Good spectra are those with
+    neither an injected defect nor a catastrophic catalogue label (``catalogue_outlier``: a
+    wrong training label, rightly rejected; reported on its own).
     """
     extra = [col for col in ("chemical_population", "population", "catalogue_outlier")
              if col in truth]
@@ -101,18 +103,22 @@ def clean_metrics(truth: pd.DataFrame, stars: pd.DataFrame, cleaned: pd.DataFram
     c = c[c["cleaned"]].merge(t, on="star_id", how="left")
     c["defect"] = c["defect"].fillna("")
     bad = c["defect"] != ""
+    wrong_label = c["catalogue_outlier"].fillna(False).astype(bool) if "catalogue_outlier" in c \
+        else pd.Series(False, index=c.index)
+    fine = ~bad & ~wrong_label
     out: dict[str, Any] = {
         "n_cleaned": int(len(c)),
         "n_defective": int(bad.sum()),
         "defective_rejected_fraction": float((~c.loc[bad, "keep"]).mean()) if bad.any() else None,
-        "good_rejected_fraction": float((~c.loc[~bad, "keep"]).mean()) if (~bad).any() else None,
+        "good_rejected_fraction": float((~c.loc[fine, "keep"]).mean()) if fine.any() else None,
         "per_defect": {},
     }
     for kind, grp in c[bad].groupby("defect"):
         out["per_defect"][kind] = {"n": int(len(grp)),
                                    "rejected_fraction": float((~grp["keep"]).mean())}
     good = c[~bad]
-    # real stars the cleaning must keep (chemically peculiar) and the classes it might bias
+    # real stars the cleaning must keep (chemically peculiar) and the classes it might bias;
+    # catalogue outliers count here too: their spectra are fine, their labels are not
     for column, key in (("chemical_population", "per_population"), ("population", "per_class")):
         if column in good:
             out[key] = {str(k): {"n": int(len(g)), "kept_fraction": float(g["keep"].mean())}

@@ -107,3 +107,5 @@ def test_clean_metrics_report_populations_the_cleaning_must_keep():
     assert m["per_population"]["disc"]["kept_fraction"] == pytest.approx(2 / 3)
     assert m["per_class"]["giant"]["n"] == 4
     assert m["catalogue_outliers"] == {"n": 1, "rejected_fraction": 1.0}
+    # a rejected catalogue outlier is not a good spectrum lost: b, b, f kept, c rejected
+    assert m["good_rejected_fraction"] == pytest.approx(1 / 5)

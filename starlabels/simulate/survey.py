@@ -466,19 +466,10 @@ def _unit(star_or_plate: str, visit: int) -> str:
     return star_or_plate if visit == 1 else f"{star_or_plate}/visit{visit}"
 
 
-def simulate_gaia_eso(cfg: Mapping[str, Any], raw_dir: str | Path, truth_path: str | Path, *,
-                      threads: int = 1, log: Log = print, metadata: Mapping | None = None) -> dict:
-    """Write a simulated Gaia-ESO GIRAFFE survey: spectra, parameter catalogue, manifest, truth.
-
-    Stars observed more than once (``observing.repeat_fraction``) get one HR10 + HR21 pair per
-    visit (visits after the first in ``spectra/visit<k>/``); the manifest's ``visit`` column
-    tells normalize to keep each visit a spectrum of its own.
-    """
-    from ..io.gaia_eso import write_ges_catalog
-
-    raw_dir = Path(raw_dir)
-    spectra_dir = raw_dir / "spectra"
-    spectra_dir.mkdir(parents=True, exist_ok=True)
+def draw_ges_stars(cfg: Mapping[str, Any]) -> tuple[pd.DataFrame, np.random.Generator]:
+    """The stars of a simulated Gaia-ESO survey before any spectrum is made: true labels,
+    CNAMEs and coordinates, S/N, RV, defects, broken files and nuisances; and the survey's random
+    generator, positioned where the catalogue draws continue."""
     seed = int(cfg["seed"])
     rng = np.random.default_rng(seed)
     n = int(cfg["n_stars"])
@@ -498,6 +489,26 @@ def simulate_gaia_eso(cfg: Mapping[str, Any], raw_dir: str | Path, truth_path: s
     truth["broken"] = choose_broken(n, np.random.default_rng([seed, STREAM_BROKEN]),
                                     cfg["broken_file_fraction"])
     draw_star_nuisances(truth, np.random.default_rng([seed, STREAM_NUISANCES]), cfg)
+    return truth, rng
+
+
+def simulate_gaia_eso(cfg: Mapping[str, Any], raw_dir: str | Path, truth_path: str | Path, *,
+                      threads: int = 1, log: Log = print, metadata: Mapping | None = None) -> dict:
+    """Write a simulated Gaia-ESO GIRAFFE survey: spectra, parameter catalogue, manifest, truth.
+
+    Stars observed more than once (``observing.repeat_fraction``) get one HR10 + HR21 pair per
+    visit (visits after the first in ``spectra/visit<k>/``); the manifest's ``visit`` column
+    tells normalize to keep each visit a spectrum of its own.
+    """
+    from ..io.gaia_eso import write_ges_catalog
+
+    raw_dir = Path(raw_dir)
+    spectra_dir = raw_dir / "spectra"
+    spectra_dir.mkdir(parents=True, exist_ok=True)
+    seed = int(cfg["seed"])
+    n = int(cfg["n_stars"])
+    truth, rng = draw_ges_stars(cfg)
+    ra, dec = truth["ra"].to_numpy(), truth["dec"].to_numpy()
     instruments = prepare_workers(cfg, seed, spectra_dir)
     log(f"simulate gaia_eso: {(truth.broken != '').sum()} stars with broken archive files "
         f"({dict(truth.loc[truth.broken != '', 'broken'].value_counts())})")
