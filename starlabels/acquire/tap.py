@@ -6,7 +6,7 @@ POST {service}/async (303 to the job) → POST {job}/phase PHASE=RUN → poll {j
 growing intervals → GET {job}/results/result (or read {job}/error) → DELETE the job.
 
 Transient failures (5xx, 429, dropped connections) are retried like the download engine; a
-host that never answers raises :class:`~starlabels.download.ArchiveUnreachable`.
+host that never answers raises :class:`~starlabels.acquire.http.ArchiveUnreachable`.
 """
 from __future__ import annotations
 

@@ -10,6 +10,11 @@ Modules, one idea each:
 - :mod:`.losses` — focal loss with a distance cost matrix, triplet loss on the embedding;
 - :mod:`.calibration` — temperature scaling, expected calibration error, reliability curves,
   interval coverage;
-- :mod:`.train` — pre-training, fine-tuning, cosine annealing + SWA, one ensemble member;
-- :mod:`.predict` — ensemble probability averaging and nearest-neighbour lookup.
+- :mod:`.train` — the training phases: pre-training or fine-tuning with cosine annealing + SWA,
+  checkpoints to resume bit for bit;
+- :mod:`.member` — one ensemble member: the phases in order, temperature scaling, model folder;
+- :mod:`.ensemble` — one temperature per head for the averaged distribution of all members;
+- :mod:`.predict` — ensemble probability averaging and nearest-neighbour lookup;
+- :mod:`.evaluate` and :mod:`.report` — calibration on held-out stars, the ablation table, the
+  report merged into metrics.json.
 """
