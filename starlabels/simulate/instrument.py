@@ -95,11 +95,14 @@ def sky_spectrum(wavelength: np.ndarray, resolution: float | np.ndarray, sky_lin
     LSF width, its peak ``peak_electrons`` × its relative intensity."""
     wavelength = np.asarray(wavelength, dtype=np.float64)
     out = np.zeros_like(wavelength)
-    inside = sky_lines["wavelength_air"].between(wavelength[0], wavelength[-1])
+    centres = sky_lines["wavelength_air"].to_numpy()
+    intensities = sky_lines["relative_intensity"].to_numpy()
+    inside = (centres >= wavelength[0]) & (centres <= wavelength[-1])
+    if not inside.any():
+        return out
     r = np.broadcast_to(np.asarray(resolution, dtype=np.float64), wavelength.shape)
-    for w0, intensity in zip(sky_lines.loc[inside, "wavelength_air"],
-                             sky_lines.loc[inside, "relative_intensity"]):
-        sigma = w0 / np.interp(w0, wavelength, r) * FWHM_TO_SIGMA
+    sigmas = centres[inside] / np.interp(centres[inside], wavelength, r) * FWHM_TO_SIGMA
+    for w0, intensity, sigma in zip(centres[inside], intensities[inside], sigmas):
         lo, hi = np.searchsorted(wavelength, [w0 - 6 * sigma, w0 + 6 * sigma])
         out[lo:hi] += peak_electrons * intensity * np.exp(-0.5 * ((wavelength[lo:hi] - w0)
                                                                   / sigma) ** 2)

@@ -391,7 +391,7 @@ class ForwardModel:
         self.sampling_kms = sampling_kms
         self.electron_donors = electron_donors
         self.telluric = telluric
-        self._telluric_cache: dict[tuple[int, float], np.ndarray] = {}
+        self._telluric_cache: dict[int, np.ndarray] = {}
         self._rest_grids = []
         for inst in self.instruments:
             margin = (max_rv_kms + 10.0 * C_KMS / inst.resolution) / C_KMS
@@ -424,14 +424,13 @@ class ForwardModel:
                                electron_donors=self.electron_donors) for rest in self._rest_grids]
 
     def _telluric_depth(self, k: int, rv_kms: float, observed: np.ndarray) -> np.ndarray:
-        """Telluric optical depth on setup k's observed grid, kept for the last few RVs (a
-        Jacobian evaluates the same star many times)."""
-        key = (k, float(rv_kms))
-        if key not in self._telluric_cache:
-            if len(self._telluric_cache) >= 8:
-                self._telluric_cache.clear()
-            self._telluric_cache[key] = telluric_depth(observed, self.telluric)
-        return self._telluric_cache[key]
+        """Telluric optical depth on setup k's observed grid: the table's lines are laid on the
+        setup's (wider) rest grid once, then read off at the observed wavelengths."""
+        if k not in self._telluric_cache:
+            self._telluric_cache[k] = telluric_depth(self._rest_grids[k], self.telluric)
+        if not rv_kms:
+            return self._telluric_cache[k]
+        return np.interp(observed, self._rest_grids[k], self._telluric_cache[k])
 
     def resolution_profile(self, k: int, wavelength: np.ndarray, exposure: Exposure
                            ) -> float | np.ndarray:
