@@ -186,8 +186,8 @@ def test_residual_rv_shifts_the_lines_against_the_archive_rv(tmp_path):
     row = dict(SUN, rv_kms=10.0, vmic_kms=1.0, vsini_kms=0.0, vmac_kms=0.0)
     model = survey._WORKER_STATE["model"]
     w = model.instruments[0].wavelength
-    at = survey._observe_star(row, None, I.Conditions(residual_rv_kms=0.0))[0]
-    off = survey._observe_star(row, None, I.Conditions(residual_rv_kms=2.0))[0]
+    at = survey._observe_star(row, I.Conditions(residual_rv_kms=0.0))[0]
+    off = survey._observe_star(row, I.Conditions(residual_rv_kms=2.0))[0]
     lags = np.arange(-40, 41)
     cc = [np.sum((1 - at[50:-50]) * (1 - np.roll(off, -k)[50:-50])) for k in lags]
     shift = lags[int(np.argmax(cc))] * (w[1] - w[0])

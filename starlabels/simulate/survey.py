@@ -377,10 +377,8 @@ def _broadening(row: Mapping[str, Any]) -> Broadening:
                       vmac_kms=float(row["vmac_kms"]))
 
 
-def _observe_star(row: Mapping[str, Any], rng: np.random.Generator, conditions: Conditions
-                  ) -> list[np.ndarray]:
-    """The star's normalised spectrum per setup in this exposure (defect-free), and its
-    double-lined companion's when it has one (drawn from ``rng`` as before)."""
+def _observe_star(row: Mapping[str, Any], conditions: Conditions) -> list[np.ndarray]:
+    """The star's normalised spectrum per setup in this exposure (defect-free)."""
     st = _WORKER_STATE
     model: ForwardModel = st["model"]
     labels = {k: row[k] for k in LABEL_ORDER}
@@ -392,6 +390,9 @@ def _observe_star(row: Mapping[str, Any], rng: np.random.Generator, conditions: 
 
 def _companion(row: Mapping[str, Any], rng: np.random.Generator, conditions: Conditions,
                raise_logg: bool) -> list[np.ndarray]:
+    """A double-lined binary's companion through the same exposure: cooler (and, for Gaia-ESO,
+    higher gravity), offset by an orbital RV; drawn from the star's ``rng`` in the order the
+    simulator always drew it."""
     st = _WORKER_STATE
     model: ForwardModel = st["model"]
     labels = {k: row[k] for k in LABEL_ORDER}
@@ -420,7 +421,7 @@ def _ges_star(task: tuple) -> dict:
     rng, xrng = _star_rngs(st["seed"], index, visit)
     conditions = draw_conditions(xrng, st["cfg"])
     model: ForwardModel = st["model"]
-    per_setup = _observe_star(row, rng, conditions)
+    per_setup = _observe_star(row, conditions)
     companion = None
     if row["defect"] == "double_lined_binary":
         companion = _companion(row, rng, conditions, raise_logg=True)
@@ -573,7 +574,7 @@ def _marvels_plate(task: tuple) -> dict:
     for row in rows:
         rng, xrng = _star_rngs(st["seed"], int(row["index"]), visit)
         conditions = draw_conditions(xrng, st["cfg"])
-        flux = _observe_star(row, rng, conditions)[0]
+        flux = _observe_star(row, conditions)[0]
         companion = None
         if row["defect"] == "double_lined_binary":
             companion = _companion(row, rng, conditions, raise_logg=False)[0]
