@@ -20,6 +20,8 @@ if $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; 
     $PY bench/train_throughput.py --device cuda "$@"
 fi
 $PY bench/predict_rss.py "$@"
+# the simulator's realism knobs: Cramér–Rao bounds per knob (add --train for the CNN's σ)
+$PY bench/realism_knobs.py "$@"
 
 # The workflow's clean, train and predict stages set glibc's M_TOP_PAD themselves
 # (starlabels.runtime.keep_freed_memory); the *_malloc_tuned.json files in bench/results/ are

@@ -70,6 +70,7 @@ rule validate:
         grid=section("grid"),
         validate=section("validate"),
         linelist=lambda w: EXPERIMENTS[w.exp]["simulate"]["linelist"],
+        continuum=lambda w: EXPERIMENTS[w.exp]["normalize"]["continuum"],
         simulate=lambda w: (
             EXPERIMENTS[w.exp]["simulate"]
             if EXPERIMENTS[w.exp]["source"] == "simulate"

@@ -9,6 +9,10 @@ included) and stops at the first problems with messages such as::
 Library functions take one experiment section (``normalize``, ``synthetic.synthesize``, ...);
 :func:`section` completes a partial one from the schema, so a notebook and the workflow run with
 the same settings.
+
+Presets: a block whose ``realism`` is ``ideal`` (the simulator's) takes, for every knob it does not
+set, the knob's ``x-ideal`` value from the schema instead of its default; both validation and
+:func:`section` apply it, before the defaults fill the rest.
 """
 from __future__ import annotations
 
@@ -80,6 +84,56 @@ def _fill_defaults(node: Mapping[str, Any], value: Any) -> Any:
     return value
 
 
+#: schema annotation holding a knob's value under ``realism: ideal``
+IDEAL = "x-ideal"
+
+
+def _has_ideal(node: Mapping[str, Any]) -> bool:
+    node = _resolved(node)
+    return IDEAL in node or any(_has_ideal(sub) for sub in node.get("properties", {}).values())
+
+
+def _fill_ideal(node: Mapping[str, Any], value: dict) -> None:
+    """Give every knob under ``node`` that ``value`` leaves out its ``x-ideal`` value."""
+    for name, sub in _resolved(node).get("properties", {}).items():
+        sub = _resolved(sub)
+        if IDEAL in sub:
+            if name not in value:
+                value[name] = copy.deepcopy(sub[IDEAL])
+        elif _has_ideal(sub) and isinstance(value.get(name, {}), dict):
+            value[name] = value.get(name, {})
+            _fill_ideal(sub, value[name])
+
+
+def _apply_presets(node: Mapping[str, Any], value: Any) -> None:
+    """Apply ``realism: ideal`` wherever a block under ``node`` asks for it (in place)."""
+    if not isinstance(value, dict):
+        return
+    node = _resolved(node)
+    props = node.get("properties", {})
+    if "realism" in props and value.get("realism") == "ideal":
+        _fill_ideal(node, value)
+    for name, sub in props.items():
+        if name in value:
+            _apply_presets(sub, value[name])
+    extra = node.get("additionalProperties")
+    if isinstance(extra, dict):
+        for name, item in value.items():
+            if name not in props:
+                _apply_presets(extra, item)
+
+
+def ideal_values(path: str) -> dict[str, Any]:
+    """The knobs of a section (e.g. 'simulate') at their ``x-ideal`` values, nested as in the
+    config: what ``realism: ideal`` fills in."""
+    node: Mapping[str, Any] = _schema()["$defs"]["experiment"]
+    for part in path.split("."):
+        node = _resolved(node)["properties"][part]
+    out: dict[str, Any] = {}
+    _fill_ideal(node, out)
+    return out
+
+
 def section(path: str, cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """One experiment section (``path`` as in the config: 'clean', 'synthetic.synthesize',
     'normalize.continuum') as a new dict: ``cfg``'s keys, the schema's defaults for the rest.
@@ -88,7 +142,9 @@ def section(path: str, cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
     node: Mapping[str, Any] = _schema()["$defs"]["experiment"]
     for part in path.split("."):
         node = _resolved(node)["properties"][part]
-    return _fill_defaults(node, copy.deepcopy(dict(cfg or {})))
+    value = copy.deepcopy(dict(cfg or {}))
+    _apply_presets(node, value)
+    return _fill_defaults(node, value)
 
 
 def _describe(error: jsonschema.ValidationError) -> str:
@@ -114,6 +170,7 @@ def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any] | None 
     """
     schema = schema or load_schema()
     config = copy.deepcopy(dict(config))
+    _apply_presets(schema, config)
     validator = _DefaultFillingValidator(schema)
     # first pass fills defaults (nested blocks appear as {} and are filled as they are visited);
     # validating twice reports errors against the completed config

@@ -19,6 +19,11 @@ can follow. After normalisation every piece has continuum 1, so the weighted mea
 
 Masked pixels get flux 1.0 (continuum: no line signal for the network) and ivar 0.
 
+Repeat visits: a unit may carry a visit number (the manifest's ``visit`` column). Each visit of
+a star becomes a row of its own (``spectrum_id`` = the star_id for the first visit,
+``<star_id>_v<k>`` for visit k, ``star_id`` shared), so the independent exposures of a star can
+be compared; without visit numbers, every spectrum of a star in a unit is coadded as before.
+
 The survey driver (:func:`normalize_survey`) runs the stars in parallel, streams the rows into
 memory-mapped float32 ``.npy`` files, and accounts for every input star or file in either the
 table or the rejects table (the batch engine of :mod:`starlabels.batch`).
@@ -46,7 +51,7 @@ from .io.spectrum import Spectrum, SpectrumFormatError
 from .spectral import (MASKED_FLUX, air_to_vacuum, check_continuum_config, doppler_shift,
                        grid_segments, normalize_segment, resample_flux, vacuum_to_air)
 
-__all__ = ["normalize_config", "normalize_star", "normalize_survey"]
+__all__ = ["normalize_config", "normalize_star", "normalize_survey", "visit_spectrum_id"]
 
 STAGE = "normalize"
 # Table columns this stage computes; a catalogue column of the same name is kept as catalog_<name>.
@@ -55,6 +60,11 @@ _OWN_COLUMNS = ("spectrum_id", "star_id", "row", "snr", "masked_fraction", "rv_u
 
 
 # ---------------------------------------------------------------- configuration
+
+def visit_spectrum_id(star_id: str, visit: int) -> str:
+    """The row id of a star's ``visit``-th exposure: the star_id itself for the first."""
+    return str(star_id) if int(visit) == 1 else f"{star_id}_v{int(visit)}"
+
 
 def normalize_config(cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The normalize section with the schema's defaults filled in, checked for values that cannot
@@ -245,6 +255,7 @@ def normalize_star(spectra: Sequence[Spectrum], grid: WavelengthGrid,
 @dataclass
 class _Accepted:
     star_id: str
+    spectrum_id: str
     flux: np.ndarray
     ivar: np.ndarray
     info: dict[str, Any]
@@ -258,6 +269,7 @@ class _Rejected:
     reason: str
     key: str
     is_star: bool = True     # False: a whole file (its stars are unknown)
+    star_id: str | None = None
 
 
 @dataclass
@@ -312,28 +324,32 @@ def _read_unit(paths: Sequence[str], read_fn: Callable[[str], Any], out: _UnitRe
     return by_star
 
 
-def _normalize_unit(state: _SurveyState, paths: Sequence[str]) -> _UnitResult:
-    """Read one unit and normalise each of its stars; never raises for bad input."""
+def _normalize_unit(state: _SurveyState, unit: tuple[Sequence[str], int]) -> _UnitResult:
+    """Read one unit (paths, visit) and normalise each of its stars; never raises for bad
+    input."""
+    paths, visit = unit
     out = _UnitResult()
     for star_id, pairs in _read_unit(paths, state.read_fn, out).items():
         files = list(dict.fromkeys(path for _, path in pairs))
+        spectrum_id = visit_spectrum_id(star_id, visit)
         if star_id not in state.known_stars:
-            out.results.append(_Rejected(star_id, ";".join(files), "not in catalogue",
-                                         "not in catalogue"))
+            out.results.append(_Rejected(spectrum_id, ";".join(files), "not in catalogue",
+                                         "not in catalogue", star_id=star_id))
             continue
         try:
             flux, ivar, info = normalize_star([s for s, _ in pairs], state.grid, state.cfg,
                                               rv_kms=state.rv_by_star.get(star_id))
         except RejectSpectrum as exc:
-            out.results.append(_Rejected(star_id, ";".join(files), exc.reason, exc.key))
+            out.results.append(_Rejected(spectrum_id, ";".join(files), exc.reason, exc.key,
+                                         star_id=star_id))
             continue
         except Exception as exc:   # noqa: BLE001 - one broken star must not stop the survey
             text = exception_text(exc)
-            out.results.append(_Rejected(star_id, ";".join(files), f"error: {text}",
-                                         f"error: {type(exc).__name__}"))
+            out.results.append(_Rejected(spectrum_id, ";".join(files), f"error: {text}",
+                                         f"error: {type(exc).__name__}", star_id=star_id))
             continue
-        out.results.append(_Accepted(star_id, flux.astype(np.float32), ivar.astype(np.float32),
-                                     info, files))
+        out.results.append(_Accepted(star_id, spectrum_id, flux.astype(np.float32),
+                                     ivar.astype(np.float32), info, files))
     return out
 
 
@@ -373,7 +389,8 @@ def normalize_survey(units: Sequence[Sequence[str]], read_fn: Callable[[str], An
                      table_path: str | os.PathLike, rejects_path: str | os.PathLike, *,
                      rv_column: str | None = "vrad", threads: int = 1,
                      log: Callable[[str], Any] = print,
-                     metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                     metadata: Mapping[str, Any] | None = None,
+                     visits: Sequence[int] | None = None) -> dict[str, Any]:
     """Normalise a survey: groups of files → flux/ivar matrices, star table and rejects table.
 
     units    : groups of file paths read together (a star's files; one MARVELS plate file)
@@ -382,27 +399,36 @@ def normalize_survey(units: Sequence[Sequence[str]], read_fn: Callable[[str], An
     stars    : the catalogue, indexed by star_id or with a star_id column; every column is
                copied into the table; ``rv_column`` (if present) gives the rest-frame RV
 
+    visits   : the visit number of each unit (None: all 1); a star's visits become separate rows
+               (:func:`visit_spectrum_id`)
+
     Rows are in unit order, then in order of the stars' first spectrum in the unit, whatever
     ``threads``. Every star read and every unreadable file ends up either in the table or in the
-    rejects table. A star met again in a later unit is rejected as a duplicate (group a star's
-    files into one unit to coadd them). Returns counts: n_units, n_files, n_spectra, n_stars
+    rejects table. A star met again in a later unit of the same visit is rejected as a duplicate
+    (group a star's files into one unit to coadd them). Returns counts: n_units, n_files, n_spectra, n_stars
     (star occurrences), n_accepted, n_rejected, per_reason (by reason key),
     n_catalogue_unobserved (catalogue stars no unit held), elapsed_s, spectra_per_s.
     """
     c = normalize_config(cfg)
     cat = _catalogue(stars)
-    units = [[str(p) for p in unit] for unit in units]
+    visits = [1] * len(units) if visits is None else [int(v) for v in visits]
+    if len(visits) != len(units):
+        raise ValueError(f"{len(visits)} visit numbers for {len(units)} units")
+    units = [([str(p) for p in unit], visit) for unit, visit in zip(units, visits)]
     state = _SurveyState(read_fn, grid, c, frozenset(cat.index), _catalogue_rv(cat, rv_column))
     n_pixels = grid.n_pixels
     say(log, f"{STAGE}: {len(units)} units, {len(cat)} catalogue stars, grid {grid.hash()} "
               f"({n_pixels} pixels in {len(grid.segments)} segments), threads={threads}")
 
-    # one row per catalogue star at most: anything else is rejected before it is written
-    stream = MatrixRowStream([flux_path, ivar_path], capacity=len(cat), n_pixels=n_pixels)
+    # one row per catalogue star and visit at most: anything else is rejected before it is
+    # written
+    stream = MatrixRowStream([flux_path, ivar_path], capacity=len(cat) * len(set(visits) or {1}),
+                             n_pixels=n_pixels)
     records: list[dict[str, Any]] = []
     rejects: list[dict[str, Any]] = []
     per_reason: Counter[str] = Counter()
     accepted_from: dict[str, str] = {}
+    stars_seen: set[str] = set()
     n_spectra = n_files = n_stars = 0
     progress = Progress(log, STAGE, len(units), "units")
     try:
@@ -413,16 +439,19 @@ def normalize_survey(units: Sequence[Sequence[str]], read_fn: Callable[[str], An
                 if isinstance(result, _Accepted):
                     n_stars += 1
                     files = ";".join(result.files)
-                    if result.star_id in accepted_from:
-                        result = _Rejected(result.star_id, files,
+                    if result.spectrum_id in accepted_from:
+                        result = _Rejected(result.spectrum_id, files,
                                            f"duplicate: star already normalised from "
-                                           f"{accepted_from[result.star_id]}", "duplicate star")
+                                           f"{accepted_from[result.spectrum_id]}",
+                                           "duplicate star", star_id=result.star_id)
                     else:
-                        accepted_from[result.star_id] = files
+                        accepted_from[result.spectrum_id] = files
+                        stars_seen.add(result.star_id)
                         row = stream.append(result.flux, result.ivar)
                         info = result.info
                         records.append({
-                            "spectrum_id": result.star_id, "star_id": result.star_id, "row": row,
+                            "spectrum_id": result.spectrum_id, "star_id": result.star_id,
+                            "row": row,
                             "snr": info["snr"], "masked_fraction": info["masked_fraction"],
                             "rv_used": info["rv_used"], "n_spectra": info["n_spectra"],
                             "files": files, "setups": ";".join(info["setups"]),
@@ -430,6 +459,7 @@ def normalize_survey(units: Sequence[Sequence[str]], read_fn: Callable[[str], An
                         continue
                 elif result.is_star:
                     n_stars += 1
+                    stars_seen.add(result.star_id)
                 rejects.append({"spectrum_id": result.spectrum_id, "path": result.path,
                                 "stage": STAGE, "reason": result.reason})
                 per_reason[result.key] += 1
@@ -448,8 +478,7 @@ def normalize_survey(units: Sequence[Sequence[str]], read_fn: Callable[[str], An
     artifacts.save_table(rejects_path, rejects_frame(rejects), metadata=meta)
 
     elapsed = progress.elapsed()
-    seen = set(accepted_from) | {r["spectrum_id"] for r in rejects}
-    n_unobserved = sum(1 for star_id in cat.index if star_id not in seen)
+    n_unobserved = sum(1 for star_id in cat.index if star_id not in stars_seen)
     counts = {
         "n_units": len(units), "n_files": n_files, "n_spectra": n_spectra, "n_stars": n_stars,
         "n_accepted": len(records), "n_rejected": len(rejects), "per_reason": dict(per_reason),

@@ -422,10 +422,10 @@ def gradient_spectrum(wavelength: np.ndarray, gradients: np.ndarray, labels: Seq
 
 @_closes_figures
 def precision_vs_snr(summary: pd.DataFrame, path: str | os.PathLike, *, dpi: int = DPI) -> Path:
-    """Per label, the scatter sigma (and the Cramér-Rao bound if a ``crlb`` column is given)
+    """Per label, the scatter sigma (and the Cramér-Rao bounds where given)
     against S/N; each bin is drawn at its centre with its extent as a horizontal bar.
 
-    ``summary`` columns: label, snr_lo, snr_hi, sigma, crlb (optional).
+    ``summary`` columns: label, snr_lo, snr_hi, sigma, crlb and crlb_marginalised (optional).
     """
     needed = {"label", "snr_lo", "snr_hi", "sigma"}
     if not needed <= set(summary.columns):
@@ -448,11 +448,13 @@ def precision_vs_snr(summary: pd.DataFrame, path: str | os.PathLike, *, dpi: int
             continue
         ax.errorbar(centre[ok], sigma[ok], xerr=[centre[ok] - lo[ok], hi[ok] - centre[ok]],
                     fmt="o-", ms=4, lw=1, capsize=0, label="σ(pred − ref)")
-        if "crlb" in rows.columns:
-            crlb = _values(rows, "crlb")
-            good = _finite(centre, crlb)
-            if good.any():
-                ax.plot(centre[good], crlb[good], "k--", lw=1, label="CRLB")
+        for column, style, name in (("crlb", "k--", "CRLB (idealised)"),
+                                    ("crlb_marginalised", "k:", "CRLB (marginalised)")):
+            if column in rows.columns:
+                crlb = _values(rows, column)
+                good = _finite(centre, crlb)
+                if good.any():
+                    ax.plot(centre[good], crlb[good], style, lw=1, label=name)
         if np.all(lo[ok] > 0):
             ax.set_xscale("log")
         ax.set_ylim(bottom=0)

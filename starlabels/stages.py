@@ -153,15 +153,19 @@ def normalize(*, survey: str, manifest: str, catalog: str, calibration: str,
     stars = record.stars(catalog_path=catalog, calibration_path=calibration, labels=labels,
                          selection=selection, solar=solar)
     files = artifacts.load_table(manifest)
-    # a unit = files read together: one star's setups (Gaia-ESO) or one plate (MARVELS)
-    units = [list(group["path"]) for _, group in files.groupby("unit", sort=True)]
+    # a unit = files read together: one star's setups (Gaia-ESO) or one plate (MARVELS), in
+    # one visit (simulated repeat visits carry their number; a star's visits stay separate rows)
+    groups = [group for _, group in files.groupby("unit", sort=True)]
+    units = [list(group["path"]) for group in groups]
+    visits = [int(group["visit"].iloc[0]) if "visit" in group else 1 for group in groups]
     read_fn = record.reader(cfg.get("reader"))
     log(f"normalize: {len(files)} files in {len(units)} units, {len(stars)} catalogue stars, "
         f"grid {grid.n_pixels} pixels ({', '.join(s.name for s in grid.segments)})")
     meta = artifacts.provenance(None, config_hash=config_hash, stage="normalize",
                                 labels=list(labels), survey=survey)
     return normalize_survey(units, read_fn, grid, stars, cfg, flux, ivar, table, rejects,
-                            rv_column=record.rv_column, threads=threads, log=log, metadata=meta)
+                            rv_column=record.rv_column, threads=threads, log=log, metadata=meta,
+                            visits=visits)
 
 
 def clean(*, flux: str, table: str, labels: Sequence[str], cfg: Mapping[str, Any],
@@ -326,18 +330,21 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
              plots: Mapping[str, str], experiment: str, linelist: str | None = None,
              simulate_cfg: Mapping[str, Any] | None = None, log: Log = log_to_stdout,
              config_hash: str = "none", method: str | None = None,
-             method_report: str | None = None, calibration: str | None = None) -> dict:
+             method_report: str | None = None, calibration: str | None = None,
+             continuum: Mapping[str, Any] | None = None) -> dict:
     """metrics.json and the validation plots (:func:`starlabels.validate.validate`);
     ``method_report`` is the method's report (e.g. deep-REMAP's), merged into the metrics under
     the ``method``'s name; ``calibration`` the stars with literature labels (reported beside
-    them)."""
+    them); ``continuum`` the normalize stage's continuum section (the marginalised Cramér–Rao
+    bound frees its coefficients)."""
     from .validate import validate as run
 
     return run(catalog=catalog, table=table, flux=flux, ivar=ivar, clean_table=clean_table,
                rejects=rejects, truth=truth, model_dirs=model_dirs, labels=labels, survey=survey,
                grid_cfg=grid_cfg, cfg=cfg, metrics=metrics, plots=plots, experiment=experiment,
                linelist=linelist, simulate_cfg=simulate_cfg, log=log, config_hash=config_hash,
-               method=method, method_report=method_report, calibration=calibration)
+               method=method, method_report=method_report, calibration=calibration,
+               continuum=continuum)
 
 
 def remap_report(*, flux: str, table: str, catalog: str, truth: str | None,

@@ -16,13 +16,21 @@ Metrics (written to ``metrics.json``):
   published values (``validate.paper``): training precision (σ against the catalogue labels on
   the training spectra, in-sample) and internal precision (median members' scatter);
 * **clean** — fraction of injected defective training spectra the t-SNE stage rejected, per defect
-  type, and the fraction of good training spectra it rejected; normalize rejects per reason;
+  type, and the fraction of good training spectra it rejected; per chemical population (the
+  Al-rich/Mg-poor stars it must keep), per evolutionary class, and for catalogue outliers;
+  normalize rejects per reason;
+* **repeat pairs** — for stars observed more than once, z = (x₁ − x₂)/sqrt(σ₁² + σ₂²) over every
+  pair of their spectra, per label, with σ the catalogue's per-spectrum uncertainty
+  (``<label>_err`` where the catalogue has it, else ``<label>_std``): spread 1 and 68 % within
+  |z| < 1 when the uncertainties are right (how surveys check them);
 * **giant classes** (MARVELS) — giant / sub-giant / dwarf fractions of the giant candidates from
-  the predicted log g, beside the simulated truth;
+  the predicted log g, beside the simulated truth (its log g, and the classes the simulator drew
+  for this seed from its prior);
 * **network gradients** — mean |∂label/∂flux| near each element's lines relative to elsewhere;
 * **precision report** (simulated surveys) — per label and S/N bin: σ and bias of
-  (predicted − true), the median Cramér–Rao bound of the simulator's own forward model
-  (``starlabels.limits``), their ratio, and the ensemble's z-spread and 68 % coverage;
+  (predicted − true), the median idealised and marginalised Cramér–Rao bounds of the simulator's
+  own forward model (``starlabels.limits``), σ's ratio to each, and the z-spread and 68 %
+  coverage of ``<label>_err``;
 * **targets** — the experiment's acceptance targets (``validate.targets``) beside the measured
   figure, and whether each is met;
 * **reference stars** — the stars with literature labels (Gaia FGK benchmark stars, MARVELS
@@ -42,6 +50,7 @@ import pandas as pd
 from . import artifacts, scoring, surveys
 from .grid import WavelengthGrid
 
+MAD_TO_SIGMA = 1.4826
 #: the spectral lines each label is expected to be read from (element, for the gradient ratio)
 LABEL_ELEMENTS = {"fe_h": ["Fe"], "mg_fe": ["Mg"], "al_fe": ["Al"]}
 
@@ -91,25 +100,44 @@ def clean_metrics(truth: pd.DataFrame, stars: pd.DataFrame, cleaned: pd.DataFram
     """How well the clean stage removed injected defects from the training set.
 
     The sample is the training candidates that reached the clean stage (splits it cleaned);
-    normalize rejects are counted separately per defect type.
+    normalize rejects are counted separately per defect type. Good spectra are those with
+    neither an injected defect nor a catastrophic catalogue label (``catalogue_outlier``: a
+    wrong training label, rightly rejected; reported on its own).
     """
-    t = truth[["star_id", "defect"]].copy()
+    extra = [col for col in ("chemical_population", "population", "catalogue_outlier")
+             if col in truth]
+    t = truth[["star_id", "defect", *extra]].copy()
     t["defect"] = t["defect"].fillna("")
     c = pd.DataFrame({"star_id": stars["star_id"], "cleaned": cleaned["cleaned"].to_numpy(),
                       "keep": cleaned["keep"].to_numpy(), "reason": cleaned["reason"].to_numpy()})
     c = c[c["cleaned"]].merge(t, on="star_id", how="left")
     c["defect"] = c["defect"].fillna("")
     bad = c["defect"] != ""
+    wrong_label = c["catalogue_outlier"].fillna(False).astype(bool) if "catalogue_outlier" in c \
+        else pd.Series(False, index=c.index)
+    fine = ~bad & ~wrong_label
     out: dict[str, Any] = {
         "n_cleaned": int(len(c)),
         "n_defective": int(bad.sum()),
         "defective_rejected_fraction": float((~c.loc[bad, "keep"]).mean()) if bad.any() else None,
-        "good_rejected_fraction": float((~c.loc[~bad, "keep"]).mean()) if (~bad).any() else None,
+        "good_rejected_fraction": float((~c.loc[fine, "keep"]).mean()) if fine.any() else None,
         "per_defect": {},
     }
     for kind, grp in c[bad].groupby("defect"):
         out["per_defect"][kind] = {"n": int(len(grp)),
                                    "rejected_fraction": float((~grp["keep"]).mean())}
+    good = c[~bad]
+    # real stars the cleaning must keep (chemically peculiar) and the classes it might bias;
+    # catalogue outliers count here too: their spectra are fine, their labels are not
+    for column, key in (("chemical_population", "per_population"), ("population", "per_class")):
+        if column in good:
+            out[key] = {str(k): {"n": int(len(g)), "kept_fraction": float(g["keep"].mean())}
+                        for k, g in good.groupby(column)}
+    if "catalogue_outlier" in good:
+        wrong = good[good["catalogue_outlier"].fillna(False).astype(bool)]
+        out["catalogue_outliers"] = {
+            "n": int(len(wrong)),
+            "rejected_fraction": float((~wrong["keep"]).mean()) if len(wrong) else None}
     reached = set(stars["star_id"])
     lost = t[~t["star_id"].isin(reached)]
     out["normalize_rejected"] = {
@@ -134,6 +162,55 @@ def giant_fractions(logg: np.ndarray, giant_max: float, dwarf_min: float) -> dic
             "dwarf": float(np.mean(logg >= dwarf_min)), "n": int(logg.size)}
 
 
+def uncertainty_column(cat: pd.DataFrame, label: str) -> str | None:
+    """The catalogue's per-spectrum uncertainty of ``label``: ``<label>_err`` where it has one,
+    else ``<label>_std`` (the ensemble spread)."""
+    for suffix in ("err", "std"):
+        if f"{label}_{suffix}" in cat:
+            return f"{label}_{suffix}"
+    return None
+
+
+def repeat_pairs(cat: pd.DataFrame, labels: Sequence[str],
+                 exclude_stars: set[str] | None = None) -> dict[str, Any]:
+    """Repeat-pair z-scores per label, z = (x₁ − x₂)/sqrt(σ₁² + σ₂²) over every pair of spectra of
+    one star (stars in ``exclude_stars``, e.g. with injected defects, left out).
+
+    Reported for held-out spectra (not in the training split) and, separately, for training
+    spectra (in-sample: their predictions were fitted to one shared catalogue label). Per label:
+    pairs, z spread (std and 1.4826 MAD) and the fraction with |z| < 1 (0.68 when the
+    uncertainties are right), and which column gave σ.
+    """
+    exclude = exclude_stars or set()
+    out: dict[str, Any] = {}
+    for name, rows in (("held_out", ~cat["split"].eq("train")), ("training", cat["split"].eq("train"))):
+        sub = cat[rows.to_numpy() & ~cat["star_id"].isin(exclude).to_numpy()]
+        groups = [g.index.to_numpy() for _, g in sub.groupby("star_id") if len(g) > 1]
+        first = np.concatenate([np.repeat(g[:-1], np.arange(len(g) - 1, 0, -1)) for g in groups]
+                               ) if groups else np.array([], dtype=int)
+        second = np.concatenate([np.concatenate([g[i + 1:] for i in range(len(g) - 1)])
+                                 for g in groups]) if groups else np.array([], dtype=int)
+        block: dict[str, Any] = {"n_stars": len(groups), "n_pairs": int(first.size), "labels": {}}
+        for label in labels:
+            column = uncertainty_column(cat, label)
+            if column is None:
+                continue
+            x1, x2 = (cat.loc[idx, label].to_numpy(dtype=float) for idx in (first, second))
+            s1, s2 = (cat.loc[idx, column].to_numpy(dtype=float) for idx in (first, second))
+            z = (x1 - x2) / np.sqrt(s1 ** 2 + s2 ** 2)
+            z = z[np.isfinite(z)]
+            block["labels"][label] = {
+                "uncertainty": column, "n_pairs": int(z.size),
+                "z_sigma": float(np.std(z)) if z.size > 1 else float("nan"),
+                "z_robust_sigma": float(MAD_TO_SIGMA * np.median(np.abs(z - np.median(z))))
+                if z.size else float("nan"),
+                "fraction_within_1": float(np.mean(np.abs(z) < 1)) if z.size else float("nan"),
+                "rms_difference": float(np.sqrt(np.mean((x1 - x2) ** 2))) if x1.size
+                else float("nan")}
+        out[name] = block
+    return out
+
+
 def gradient_line_ratios(wavelength: np.ndarray, gradients: np.ndarray, labels: Sequence[str],
                          lines: pd.DataFrame, half_width: float = 0.5) -> dict[str, float]:
     """Mean of ``gradients`` (pass magnitudes) within ±half_width Å of the label's element lines
@@ -155,20 +232,27 @@ def gradient_line_ratios(wavelength: np.ndarray, gradients: np.ndarray, labels: 
 def precision_report(cat: pd.DataFrame, truth: pd.DataFrame, labels: Sequence[str],
                      rows: np.ndarray, simulate_cfg: Mapping[str, Any],
                      grid_cfg: Mapping[str, Any], snr_bins: Sequence[float], crlb_sample: int,
-                     log=print) -> pd.DataFrame:
-    """Per label and S/N bin: σ, bias, median CRLB, σ/CRLB, and the z-spread and 68 % coverage
-    of ``<label>_err``.
+                     log=print, continuum: Mapping[str, Any] | None = None,
+                     catalogue_rv: bool = True) -> pd.DataFrame:
+    """Per label and S/N bin: σ, bias, the median idealised and marginalised CRLB, σ over each,
+    and the z-spread and 68 % coverage of ``<label>_err``.
 
-    Only evaluation stars without injected defects count. The CRLB uses the model that made
-    the observed spectra (observed line list with the synthetic gap, each grid segment at its
-    setup's resolving power, rest frame) and photon noise at the star's measured S/N on the
-    experiment grid; it is computed for up to ``crlb_sample`` stars and its median taken per bin.
+    Only evaluation stars without injected defects count. The bounds use the model that made
+    the observed spectra (observed line list with the synthetic gap, the star's true broadening,
+    each grid segment at its setup's resolving power, rest frame) at the star's measured S/N on
+    the experiment grid; the marginalised one frees the nuisances of the simulated survey
+    (:func:`starlabels.limits.nuisances_for`: the normaliser's ``continuum`` order, the RV, with
+    the catalogue's RV error when normalize uses it (``catalogue_rv``), ...). Computed for up to
+    ``crlb_sample`` stars; the median is taken per bin.
     """
     import time
 
-    from .limits import star_crlb
-    from .simulate.physics import ForwardModel, Instrument
+    from . import config
+    from .limits import nuisances_for, star_bounds
+    from .simulate.physics import Broadening, ForwardModel, Instrument, load_telluric_lines
     from .simulate.survey import observed_linelist
+
+    continuum = config.section("normalize.continuum", continuum)
 
     sub = cat.loc[rows].merge(truth, on="star_id", how="left", suffixes=("", "_true"))
     sub = sub[sub["defect"].fillna("").eq("")].reset_index(drop=True)
@@ -179,21 +263,31 @@ def precision_report(cat: pd.DataFrame, truth: pd.DataFrame, labels: Sequence[st
         raise ValueError(f"grid segment(s) {missing} have no simulate.setups entry with the "
                          f"same name, so their resolving power is unknown")
     model = ForwardModel([Instrument(seg.name, resolution[seg.name], seg.wavelength_air)
-                          for seg in grid.segments], observed_linelist(simulate_cfg)[1])
+                          for seg in grid.segments], observed_linelist(simulate_cfg)[1],
+                         electron_donors=bool(simulate_cfg["stars"]["electron_donors"]),
+                         telluric=load_telluric_lines())
+    nuisances, exposure = nuisances_for(simulate_cfg, int(continuum["order"]), grid_cfg,
+                                        catalogue_rv)
     rng = np.random.default_rng(0)
     pick = np.sort(rng.choice(len(sub), size=min(crlb_sample, len(sub)), replace=False))
     start = time.perf_counter()
-    bounds = {label: np.full(len(sub), np.nan) for label in labels}
+    bounds = {kind: {label: np.full(len(sub), np.nan) for label in labels}
+              for kind in ("ideal", "marginalised")}
     all_labels = ("teff", "logg", "fe_h", "mg_fe", "al_fe")
     # labels the experiment predicts were suffixed _true by the merge; the others (nuisance
     # parameters of the spectrum, e.g. [Mg/Fe] for MARVELS) keep their own names
     true_col = {k: f"{k}_true" if f"{k}_true" in sub else k for k in all_labels}
     for i in pick:
         star = {k: float(sub.at[i, true_col[k]]) for k in all_labels}
-        crlb = star_crlb(model, star, float(sub.at[i, "snr"]), labels)
-        for label in labels:
-            bounds[label][i] = crlb[label]
-    log(f"validate: CRLB of {pick.size} stars in {time.perf_counter() - start:.1f} s")
+        broadening = Broadening(**{k: float(sub.at[i, k]) for k in ("vmic_kms", "vsini_kms",
+                                                                     "vmac_kms") if k in sub})
+        result = star_bounds(model, star, float(sub.at[i, "snr"]), nuisances, labels,
+                             star=broadening, exposure=exposure)
+        for kind, crlb in result.items():
+            for label in labels:
+                bounds[kind][label][i] = crlb[label]
+    log(f"validate: idealised and marginalised CRLB of {pick.size} stars in "
+        f"{time.perf_counter() - start:.1f} s")
     snr = sub["snr"].to_numpy(dtype=float)
     edges = list(snr_bins)
     out = []
@@ -204,11 +298,15 @@ def precision_report(cat: pd.DataFrame, truth: pd.DataFrame, labels: Sequence[st
             inbin = (snr >= lo) & (snr < hi) & np.isfinite(err)
             stats = label_stats(err[inbin], np.zeros(inbin.sum()))
             cal = error_calibration(err[inbin], unc[inbin], np.zeros(inbin.sum()))
-            crlb = np.nanmedian(bounds[label][inbin]) if np.isfinite(bounds[label][inbin]).any() \
-                else np.nan
+            crlb = {kind: np.nanmedian(b[label][inbin]) if np.isfinite(b[label][inbin]).any()
+                    else np.nan for kind, b in bounds.items()}
             out.append({"label": label, "snr_lo": lo, "snr_hi": hi, "n": stats["n"],
-                        "sigma": stats["sigma"], "bias": stats["bias"], "crlb": crlb,
-                        "sigma_over_crlb": stats["sigma"] / crlb if crlb > 0 else np.nan,
+                        "sigma": stats["sigma"], "bias": stats["bias"], "crlb": crlb["ideal"],
+                        "sigma_over_crlb": stats["sigma"] / crlb["ideal"]
+                        if crlb["ideal"] > 0 else np.nan,
+                        "crlb_marginalised": crlb["marginalised"],
+                        "sigma_over_crlb_marginalised": stats["sigma"] / crlb["marginalised"]
+                        if crlb["marginalised"] > 0 else np.nan,
                         "z_sigma": cal["z_sigma"], "coverage_68": cal["coverage_68"]})
     return pd.DataFrame(out)
 
@@ -315,8 +413,8 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
              plots: Mapping[str, str], experiment: str, linelist: str | None = None,
              simulate_cfg: Mapping[str, Any] | None = None, log=print,
              config_hash: str = "none", method: str | None = None,
-             method_report: str | None = None, calibration: str | None = None
-             ) -> dict[str, Any]:
+             method_report: str | None = None, calibration: str | None = None,
+             continuum: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Compute metrics.json and draw the validation plots (paths in ``plots``).
 
     ``calibration`` is the survey's table of stars with literature labels; their predictions
@@ -326,7 +424,8 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
     only, the one-to-one-with-truth plot is empty, and precision vs S/N is against the
     catalogue labels. ``cfg`` is the ``validate`` section (keys left out take the schema's
     defaults). A method's own report (``method_report``, e.g. deep-REMAP's calibration and
-    ablation) is merged in under the method's name."""
+    ablation) is merged in under the method's name. ``continuum`` is the normalize stage's
+    continuum section (its order sets the continuum nuisances of the marginalised bound)."""
     from . import config
     from . import plots as P
     from .simulate.physics import load_linelist
@@ -361,7 +460,8 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
             f"{k}={v['sigma']:.3g}" for k, v in result["precision"]["vs_true"].items()))
         cl = result["clean"]
         log(f"validate: clean rejected {cl['defective_rejected_fraction']} of defective and "
-            f"{cl['good_rejected_fraction']} of good training spectra")
+            f"{cl['good_rejected_fraction']} of good training spectra; kept per chemical "
+            f"population: {cl.get('per_population')}")
     else:
         result["clean"] = clean_summary(cleaned, rej)
         log(f"validate: no truth (real data); {eval_split} σ vs reference: " + ", ".join(
@@ -373,6 +473,13 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
         if block["n"]:
             for line in reference_stars_lines(block):
                 log(line)
+    defective = set(true.loc[true["defect"].fillna("").ne(""), "star_id"]) \
+        if "defect" in true else set()
+    result["repeat_pairs"] = repeat_pairs(cat, labels, defective)
+    held = result["repeat_pairs"]["held_out"]
+    if held["n_pairs"]:
+        log(f"validate: {held['n_pairs']} held-out repeat pairs; z spread " + ", ".join(
+            f"{k}={v['z_sigma']:.2f} ({v['uncertainty']})" for k, v in held["labels"].items()))
 
     if record.classes and truth is None and "rpm_class" in stars:
         # real MARVELS: the giant candidates are the catalogue's reduced-proper-motion giants
@@ -381,14 +488,21 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
         result["giant_candidates"] = {"predicted": giant_fractions(
             cand["logg"], cfg["giant_logg_max"], cfg["dwarf_logg_min"])}
     if record.classes and "sample" in true:
-        cand = cat.merge(true[["star_id", "sample", "logg"]].rename(columns={"logg": "logg_true"}),
-                         on="star_id")
-        cand = cand[cand["sample"] == "giant_candidate"]
+        cand = cat.merge(true[["star_id", "sample", "logg", *(["population"] if "population"
+                                                              in true else [])]]
+                         .rename(columns={"logg": "logg_true"}), on="star_id")
+        # one row per star: a repeatedly observed candidate counts once (its first visit)
+        cand = cand[cand["sample"] == "giant_candidate"].drop_duplicates("star_id")
         gmax, dmin = cfg["giant_logg_max"], cfg["dwarf_logg_min"]
         result["giant_candidates"] = {
             "predicted": giant_fractions(cand["logg"], gmax, dmin),
             "true": giant_fractions(cand["logg_true"], gmax, dmin),
         }
+        if "population" in cand:
+            # the classes the simulator drew for this seed from its prior (not fixed in code)
+            drawn = cand["population"].value_counts(normalize=True)
+            result["giant_candidates"]["true_drawn_classes"] = {
+                k: float(drawn.get(k, 0.0)) for k in ("giant", "subgiant", "dwarf")}
 
     # network gradients (the paper's gradient figure): signed, averaged over similar stars
     grid = WavelengthGrid.from_config(grid_cfg["segments"])
@@ -437,7 +551,9 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
 
     if simulate_cfg is not None and truth is not None:
         report = precision_report(cat, true, labels, rows, simulate_cfg, grid_cfg,
-                                  cfg["snr_bins"], cfg["crlb_sample"], log=log)
+                                  cfg["snr_bins"], cfg["crlb_sample"], log=log,
+                                  continuum=continuum,
+                                  catalogue_rv=record.rv_column is not None)
         result["precision_report"] = report.to_dict(orient="records")
         P.precision_vs_snr(report, plots["precision_vs_snr"])
     else:

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
 # normalize first: it fills the shared cache the others take their spectra from
 SCRIPTS = ["normalize_throughput", "tsne_clean", "predict_throughput", "train_throughput",
-           "predict_rss"]
+           "predict_rss", "realism_knobs"]
 
 
 def _committed_state() -> dict[str, float]:
@@ -180,3 +180,20 @@ def test_peer_cannon_trains_the_published_package_on_the_same_rows(tmp_path):
         assert entry["network_over_cannon"] == pytest.approx(
             entry["network"]["sigma"] / entry["cannon"]["sigma"])
     assert r["figures"]["timing"]["cannon_train_seconds"] > 0
+
+
+def test_realism_knob_bounds(quick_results):
+    rows = quick_results["realism_knobs"]["figures"]["rows"]
+    assert set(rows) == {"ideal", "rotation", "read_noise", "realistic"}
+    ideal, rotation, noise, real = (rows[k]["median"] for k in ("ideal", "rotation", "read_noise",
+                                                                "realistic"))
+    for label in ideal["ideal"]:
+        # marginalising never helps; every knob row keeps the ideal row's stars
+        for row in (ideal, rotation, noise, real):
+            assert row["marginalised"][label] >= row["ideal"][label] * (1 - 1e-9)
+        # read noise costs nothing to the noise-free-knowledge bound, something to the other
+        assert noise["ideal"][label] == pytest.approx(ideal["ideal"][label], rel=1e-9)
+        assert noise["marginalised"][label] > ideal["marginalised"][label]
+    assert rows["rotation"]["nuisances"]["broadening"] and not rows["ideal"]["nuisances"][
+        "broadening"]
+    assert real["marginalised"]["teff"] > ideal["marginalised"]["teff"]

@@ -86,7 +86,9 @@ def cleaned_survey(tmp_path_factory):
     path = tmp_path_factory.mktemp("clean") / "flux.npy"
     artifacts.save_matrix(path, flux)
     lines: list[str] = []
-    result = tsne_clean(artifacts.load_matrix(path), table, LABELS, {"seed": 7}, log=lines.append)
+    # the label-disagreement test on its own (label_support_z null): what it catches
+    result = tsne_clean(artifacts.load_matrix(path), table, LABELS,
+                        {"seed": 7, "label_support_z": None}, log=lines.append)
     return table, kind, result, lines
 
 
@@ -94,7 +96,7 @@ def test_output_layout(cleaned_survey):
     table, _, result, _ = cleaned_survey
     expected = ["spectrum_id", "row", "cleaned", "keep", "reason", "tsne_x", "tsne_y",
                 "pca_residual_z", "pca_peak_z", "label_model_z", "label_model_peak_z",
-                "embedding_outlier_z", *[f"label_z_{lab}" for lab in LABELS]]
+                "depth_scale_z", "embedding_outlier_z", *[f"label_z_{lab}" for lab in LABELS]]
     assert list(result.columns) == expected
     assert (result["spectrum_id"].to_numpy() == table["spectrum_id"].to_numpy()).all()
     assert (result["row"].to_numpy() == np.arange(len(table))).all()
@@ -128,6 +130,38 @@ def test_reasons_match_defect_kind(cleaned_survey):
     swapped = reason[kind == "label_swap"]
     assert np.mean(["label_disagreement:" in r for r in swapped]) >= 0.7
     assert not any("pca_residual" in r for r in swapped)
+
+
+def test_neighbour_tests_need_the_spectrum_to_disagree_with_its_own_labels():
+    # row 0: a peculiar star (its [Mg/Fe] unlike its neighbours', its spectrum agreeing with
+    # it); row 1: a wrong label (neighbours and label model both object); row 2: lines too
+    # shallow for a spectrum its labels otherwise fit; row 3: too shallow and poorly fitted
+    from starlabels.clean import _reasons
+
+    cfg = config.section("clean")
+    zeros = np.zeros(4)
+    z_lab = {"mg_fe": np.array([9.0, 9.0, 0.0, 0.0])}
+    z_model = np.array([0.5, 4.0, 0.3, 3.0])
+    z_depth = np.array([0.0, 0.0, 9.0, 9.0])
+    supported = _reasons(zeros, zeros, z_lab, cfg, zeros, z_model, zeros, z_depth)
+    assert list(supported) == ["", "label_disagreement:mg_fe", "", "line_depth_scale"]
+    alone = _reasons(zeros, zeros, z_lab, dict(cfg, label_support_z=None), zeros, z_model,
+                     zeros, z_depth)
+    assert list(alone) == ["label_disagreement:mg_fe", "label_disagreement:mg_fe",
+                           "line_depth_scale", "line_depth_scale"]
+
+
+def test_scattered_light_is_caught_by_the_line_depth_scale():
+    flux, table, kind = synthetic_survey(n=1500, seed=4)
+    rows = np.flatnonzero((kind == "") & np.isin(table["split"], ["train", "valid"])
+                          & table["mg_fe"].notna().to_numpy())[:15]
+    flux[rows] = (flux[rows] + 0.35) / 1.35                  # every line 26 % too shallow
+    quiet = lambda _msg: None  # noqa: E731
+    result = tsne_clean(flux, table, LABELS, {"seed": 7}, log=quiet)
+    assert result["reason"][rows].str.contains("line_depth_scale").mean() >= 0.9
+    assert (result["depth_scale_z"][rows] > 6).all()
+    off = tsne_clean(flux, table, LABELS, {"seed": 7, "depth_scale_z": None}, log=quiet)
+    assert not off["reason"].str.contains("line_depth_scale").any()
 
 
 def test_other_splits_untouched(cleaned_survey):
@@ -174,7 +208,7 @@ def test_thresholds_and_tsne_settings_come_from_config(monkeypatch):
     flux, table, _ = synthetic_survey(n=400, n_pixels=200, n_untouched=40, seed=5)
     quiet = lambda _msg: None  # noqa: E731
     strict = tsne_clean(flux, table, LABELS, {"residual_z": 1e9, "residual_peak_z": 1e9,
-                                              "label_model_z": 1e9,
+                                              "label_model_z": 1e9, "depth_scale_z": 1e9,
                                               "outlier_z": 1e9, "label_z": 1e9,
                                               "seed": 11, "perplexity": 12, "n_jobs": 2}, log=quiet)
     assert calls[-1] == {"perplexity": 12.0, "seed": 11, "n_jobs": 2}
@@ -187,7 +221,7 @@ def test_thresholds_and_tsne_settings_come_from_config(monkeypatch):
     assert (label_reasons >= 2).sum() > 10
     fewer = tsne_clean(flux, table, LABELS, {"pca_components": 3, "residual_z": 1e9,
                                              "residual_peak_z": 1e9, "label_model_z": None,
-                                             "outlier_z": 1e9,
+                                             "depth_scale_z": None, "outlier_z": 1e9,
                                              "label_z": 1e9}, log=quiet)
     assert fewer["keep"].all()
 
@@ -287,10 +321,14 @@ def test_label_model_flags_spectra_that_disagree_with_their_labels():
     labels = np.stack([teff, feh], 1).copy()
     labels[3, 1] = labels[3, 1] + 0.8               # a label that belongs to another star
     flux[5] = (flux[5] + 0.4) / 1.4                 # scattered light: every line too shallow
-    z_rms, z_peak = label_model_residuals(flux.astype(np.float32), np.arange(n), labels, snr)
+    z_rms, z_peak, scale = label_model_residuals(flux.astype(np.float32), np.arange(n), labels,
+                                                 snr)
     worst = np.maximum(z_rms, z_peak)
     assert worst[3] > 6 and worst[5] > 6
     assert np.mean(np.delete(worst, [3, 5]) > 4.5) < 0.02
+    # scattered light s = 0.4 makes every line shallower by 1/(1 + s)
+    assert scale[5] == pytest.approx(1 / 1.4, abs=0.03)
+    assert np.median(scale) == pytest.approx(1.0, abs=0.01)
     labels[7, 0] = np.nan                            # unknown labels are not judged
-    z_rms, _ = label_model_residuals(flux.astype(np.float32), np.arange(n), labels, snr)
-    assert np.isnan(z_rms[7])
+    z_rms, _, scale = label_model_residuals(flux.astype(np.float32), np.arange(n), labels, snr)
+    assert np.isnan(z_rms[7]) and np.isnan(scale[7])

@@ -38,9 +38,12 @@ EXPERIMENT = {
     "grid": {"segments": [{"name": "HR10", "start": 5342.0, "end": 5616.0, "step": 0.2},
                           {"name": "HR21", "start": 8487.0, "end": 8998.0, "step": 0.2}]},
     # no benchmark stars: the simulator lists them in its calibration table, which a real
-    # archive run takes from reference_stars instead, so the two paths' splits would differ
+    # archive run takes from reference_stars instead, so the two paths' splits would differ;
+    # one exposure per star and setup: the archive keeps the newest of each (keep: newest),
+    # so repeat visits would not come back through it
     "simulate": {"seed": 77, "n_stars": N_STARS, "defect_fraction": 0.05,
                  "broken_file_fraction": 0.01, "benchmark_stars": {"table": None},
+                 "observing": {"repeat_fraction": 0.0},
                  "setups": [{"name": "HR10", "resolution": 19800, "start": 5334.0, "end": 5624.0,
                              "step": 0.1},
                             {"name": "HR21", "resolution": 16200, "start": 8479.0, "end": 9006.0,

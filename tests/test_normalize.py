@@ -489,3 +489,32 @@ def test_survey_with_nothing_accepted_writes_empty_outputs(tmp_path):
     table = artifacts.load_table(tmp_path / "t.parquet")
     assert len(table) == 0 and "teff" in table.columns
     assert len(artifacts.load_table(tmp_path / "r.parquet")) == 1
+
+
+def test_repeat_visits_become_rows_of_their_own(tmp_path):
+    """Units with visit numbers: each visit of a star is its own row (same star_id), coadded
+    within the visit; the same visit met twice is still a duplicate."""
+    units = [[_write(tmp_path / "a1.pkl", both_setups("a", seed=1))],
+             [_write(tmp_path / "a2.pkl", both_setups("a", seed=2))],
+             [_write(tmp_path / "b1.pkl", both_setups("b", seed=3))],
+             [_write(tmp_path / "a2_again.pkl", both_setups("a", seed=4))]]
+    catalogue = pd.DataFrame({"star_id": ["a", "b"], "teff": [5000.0, 5500.0],
+                              "split": ["test", "test"]})
+    paths = {k: tmp_path / k for k in ("flux.npy", "ivar.npy", "table.parquet", "rejects.parquet")}
+    counts = normalize_survey(units, read_pickled, GRID, catalogue, {}, paths["flux.npy"],
+                              paths["ivar.npy"], paths["table.parquet"],
+                              paths["rejects.parquet"], log=lambda m: None,
+                              visits=[1, 2, 1, 2])
+    table = artifacts.load_table(paths["table.parquet"])
+    rejects = artifacts.load_table(paths["rejects.parquet"])
+    assert list(table["spectrum_id"]) == ["a", "a_v2", "b"]
+    assert list(table["star_id"]) == ["a", "a", "b"]
+    assert list(rejects["spectrum_id"]) == ["a_v2"]
+    assert rejects["reason"].iloc[0].startswith("duplicate")
+    flux = np.load(paths["flux.npy"])
+    assert flux.shape[0] == 3 and not np.array_equal(flux[0], flux[1])   # independent noise
+    assert counts["n_catalogue_unobserved"] == 0
+    with pytest.raises(ValueError, match="visit numbers"):
+        normalize_survey(units, read_pickled, GRID, catalogue, {}, paths["flux.npy"],
+                         paths["ivar.npy"], paths["table.parquet"], paths["rejects.parquet"],
+                         visits=[1])

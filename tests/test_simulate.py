@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from starlabels.artifacts import load_table
-from starlabels.config import validate_config
+from starlabels.config import section, validate_config
 from starlabels.simulate.physics import ForwardModel, Instrument, load_linelist
 from starlabels.simulate.survey import cname, draw_labels, simulate_gaia_eso, simulate_phoenix_grid
 from starlabels.spectral import C_KMS
@@ -84,14 +84,15 @@ def test_jacobian_matches_direct_difference(model):
 
 
 def test_population_matches_description():
-    labels = draw_labels(20000, np.random.default_rng(0), "ges_field")
+    ideal = section("simulate", {"realism": "ideal"})["stars"]      # fixed class fractions
+    labels = draw_labels(20000, np.random.default_rng(0), "ges_field", ideal)
     frac = labels["population"].value_counts(normalize=True)
     assert abs(frac["dwarf"] - 0.55) < 0.02 and abs(frac["giant"] - 0.35) < 0.02
     thick = labels["fe_h"] < -0.6
     assert labels.loc[thick, "mg_fe"].mean() > labels.loc[~thick, "mg_fe"].mean() + 0.1
     assert labels["teff"].between(4000, 7000).all() and labels["logg"].between(1, 5).all()
     with pytest.raises(ValueError, match="population"):
-        draw_labels(5, np.random.default_rng(0), "halo")
+        draw_labels(5, np.random.default_rng(0), "halo", ideal)
 
 
 def test_cname_format():
@@ -117,14 +118,17 @@ def test_gaia_eso_survey_is_reproducible_across_worker_counts(tmp_path):
     assert (ta["defect"] != "").sum() >= 2
     ma = load_table(tmp_path / "a" / "manifest.parquet")
     assert (ta["population"] != "benchmark").sum() == 12      # + the benchmark stars
-    assert len(ma) == 2 * len(ta) and set(ma["setup"]) == {"HR10", "HR21"}
+    # one HR10 + HR21 pair per visit; repeat visits of a star are units of their own
+    assert len(ma) == 2 * ta["n_visits"].sum() and set(ma["setup"]) == {"HR10", "HR21"}
+    assert ma.groupby("unit")["star_id"].nunique().eq(1).all()
+    assert ma["unit"].nunique() == ta["n_visits"].sum()
     for pa in ma["path"][:4]:
         sa = read_ges_spectrum(pa)
         sb = read_ges_spectrum(pa.replace(str(tmp_path / "a"), str(tmp_path / "b")))
         np.testing.assert_array_equal(sa.flux, sb.flux)
     cat = read_ges_catalog(tmp_path / "a" / "catalog.fits")
     merged = cat.merge(ta, on="star_id", suffixes=("", "_true"))
-    good = merged["defect"] != "label_mismatch"
+    good = (merged["defect"] != "label_mismatch") & ~merged["catalogue_outlier"]
     # catalogue labels = truth + errors of the configured size
     assert np.all(np.abs(merged.loc[good, "teff"] - merged.loc[good, "teff_true"]) < 5 * 80)
     assert np.all(np.abs(merged.loc[good, "mg_fe"] - merged.loc[good, "mg_fe_true"]) < 5 * 0.06)

@@ -91,3 +91,50 @@ def test_reference_stars_are_reported_beside_their_literature_labels():
     assert "2 reference stars" in lines[0] and any(line.strip().startswith("Arcturus")
                                                    for line in lines)
     assert "4300/4277" in " ".join(lines).replace(" ", "")
+
+
+def test_repeat_pair_z_scores_follow_honest_and_overconfident_uncertainties():
+    from starlabels.validate import repeat_pairs
+
+    rng = np.random.default_rng(3)
+    n_stars, visits = 3000, 2
+    star = np.repeat([f"s{i}" for i in range(n_stars)], visits)
+    true = np.repeat(rng.normal(5000, 500, n_stars), visits)
+    sigma = rng.uniform(20, 80, star.size)
+    cat = pd.DataFrame({"star_id": star, "split": "test", "teff": true + rng.normal(size=star.size)
+                        * sigma, "teff_std": sigma / 2, "teff_err": sigma})
+    out = repeat_pairs(cat, ["teff"])["held_out"]
+    assert out["n_pairs"] == n_stars and out["labels"]["teff"]["uncertainty"] == "teff_err"
+    assert out["labels"]["teff"]["z_sigma"] == pytest.approx(1.0, abs=0.04)
+    assert out["labels"]["teff"]["fraction_within_1"] == pytest.approx(0.683, abs=0.03)
+    # without _err the ensemble spread is used: here half the truth, so z spreads twice as wide
+    half = repeat_pairs(cat.drop(columns="teff_err"), ["teff"])["held_out"]["labels"]["teff"]
+    assert half["uncertainty"] == "teff_std" and half["z_sigma"] == pytest.approx(2.0, abs=0.1)
+    # three visits give three pairs; stars with defects and training rows are kept apart
+    three = pd.DataFrame({"star_id": ["a", "a", "a", "b", "b", "c"], "split": ["test"] * 5 +
+                          ["train"], "teff": [1.0, 2.0, 4.0, 0.0, 1.0, 3.0],
+                          "teff_std": [1.0] * 6})
+    res = repeat_pairs(three, ["teff"], exclude_stars={"b"})
+    assert res["held_out"]["n_pairs"] == 3 and res["training"]["n_pairs"] == 0
+    np.testing.assert_allclose(res["held_out"]["labels"]["teff"]["rms_difference"],
+                               np.sqrt((1 + 9 + 4) / 3))
+
+
+def test_clean_metrics_report_populations_the_cleaning_must_keep():
+    truth = pd.DataFrame({"star_id": list("abcdef"), "defect": ["", "", "", "", "cosmic_rays", ""],
+                          "chemical_population": ["disc", "al_rich_mg_poor", "al_rich_mg_poor",
+                                                  "disc", "al_rich_mg_poor", "disc"],
+                          "population": ["dwarf", "giant", "giant", "giant", "giant", "dwarf"],
+                          "catalogue_outlier": [False, False, False, True, False, False]})
+    stars = pd.DataFrame({"star_id": list("abcdef") + ["b"]})        # b observed twice
+    cleaned = pd.DataFrame({"cleaned": [True] * 7,
+                            "keep": [True, True, False, False, False, True, True],
+                            "reason": [""] * 7})
+    rejects = pd.DataFrame(columns=["spectrum_id", "path", "stage", "reason"])
+    m = clean_metrics(truth, stars, cleaned, rejects)
+    assert m["per_population"]["al_rich_mg_poor"] == {"n": 3, "kept_fraction": pytest.approx(2 / 3)}
+    assert m["per_population"]["disc"]["kept_fraction"] == pytest.approx(2 / 3)
+    assert m["per_class"]["giant"]["n"] == 4
+    assert m["catalogue_outliers"] == {"n": 1, "rejected_fraction": 1.0}
+    # a rejected catalogue outlier is not a good spectrum lost: b, b, f kept, c rejected
+    assert m["good_rejected_fraction"] == pytest.approx(1 / 5)

@@ -81,7 +81,10 @@ def test_catalog_content_and_metrics(tiny_run):
     missing = set(truth["star_id"]) - set(cat["star_id"])
     named = " ".join(rejects["spectrum_id"].astype(str) + " " + rejects["path"].astype(str))
     assert all(star in named for star in missing)
-    assert missing == set(truth.loc[truth["broken"] != "", "star_id"]) and missing
+    broken, once = truth["broken"] != "", truth["n_visits"] == 1
+    assert missing == set(truth.loc[broken & once, "star_id"]) and missing
+    # a star whose first visit's files are broken is catalogued from its other visits
+    assert set(truth.loc[broken & ~once, "star_id"]) <= set(cat["star_id"])
     assert (rejects["reason"].str.len() > 0).all() and set(rejects["stage"]) == {"normalize"}
     for label in ("teff", "logg", "fe_h", "mg_fe", "al_fe"):
         assert cat[label].notna().all() and (cat[f"{label}_err"] > 0).all()
@@ -129,8 +132,12 @@ def test_deep_remap_outputs(tiny_run):
         assert (results / rel).stat().st_size > 0, rel
     cat = load_table(results / "catalog" / "starlabels_tiny_marvels.parquet")
     for label in ("teff", "logg", "fe_h"):
-        assert (cat[f"{label}_q16"] <= cat[label] + 1e-9).all()
-        assert (cat[label] <= cat[f"{label}_q84"] + 1e-9).all()
+        assert (cat[f"{label}_q16"] <= cat[f"{label}_q84"]).all()
+        # the probability-weighted mean lies inside the 68 % interval unless the distribution is
+        # skewed or two-peaked (a minor peak far off pulls the mean out): most stars, not all
+        inside = (cat[f"{label}_q16"] <= cat[label] + 1e-9) & (cat[label] <= cat[f"{label}_q84"]
+                                                               + 1e-9)
+        assert inside.mean() >= 0.9
         probs = np.stack(cat[f"{label}_prob"].to_numpy())
         assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-4)
     assert cat["knn_star_id"].map(len).eq(3).all()

@@ -12,4 +12,5 @@ stages.validate(catalog=i.catalog, table=i.table, flux=i.flux, ivar=i.ivar, clea
                 metrics=o.metrics, plots={name: o[name] for name in PLOTS},
                 experiment=snakemake.wildcards.exp, linelist=p.linelist,
                 simulate_cfg=p.simulate, config_hash=job.config_hash, method=p.method,
-                method_report=i.get("method_report"), calibration=i.calibration)
+                method_report=i.get("method_report"), calibration=i.calibration,
+                continuum=p.continuum)

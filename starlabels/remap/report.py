@@ -100,7 +100,8 @@ def remap_report(*, flux: str, table: str, catalog: str, truth: str | None,
     else:
         cand_ids = set(stars.loc[stars.get("rpm_class", pd.Series(dtype=str)).eq("giant"),
                                  "star_id"])
-    cand = cat[cat["star_id"].isin(cand_ids)]
+    # one row per star: a repeatedly observed candidate counts once (its first visit)
+    cand = cat[cat["star_id"].isin(cand_ids)].drop_duplicates("star_id")
     gmax, dmin = classes["giant_logg_max"], classes["dwarf_logg_min"]
 
     classes_out: dict[str, Any] = {"n": int(len(cand)),

@@ -14,8 +14,9 @@ every verified row of the benchmark table (``simulate.benchmark_stars.table``, b
 * in the calibration table with the table's labels and reference, which selection keeps out of
   training and validate compares the predicted labels with (``metrics.json``: reference_stars).
 
-Random numbers come from streams of their own (``[seed, 3e9 + k]``), so adding or removing
-benchmark stars leaves every field star exactly as it was.
+Their nuisances (microturbulence, rotation, macroturbulence) are drawn as a field star's; each is
+observed once. Random numbers come from streams of their own (``[seed, STREAM_BENCHMARKS, k]``),
+so adding or removing benchmark stars leaves every field star exactly as it was.
 """
 from __future__ import annotations
 
@@ -26,7 +27,6 @@ import pandas as pd
 
 #: GES_TYPE of the benchmark stars in Gaia-ESO's catalogues
 BENCHMARK_GES_TYPE = "GE_SD_BM"
-_STREAM = 3 * 10**9
 
 
 class BenchmarkStars(NamedTuple):
@@ -35,15 +35,20 @@ class BenchmarkStars(NamedTuple):
     calibration: pd.DataFrame  # the calibration table (star_id, literature labels, reference)
 
 
-def disc_mean_abundances(fe_h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def disc_mean_abundances(fe_h: np.ndarray,
+                         al_fe_cfg: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
     """[Mg/Fe], [Al/Fe] of the simulated Milky-Way disc averaged over its thin and thick parts
     at this [Fe/H] (the relations :func:`starlabels.simulate.survey.draw_labels` scatters
-    around)."""
+    around; ``al_fe_cfg`` is ``simulate.stars.al_fe``)."""
+    from .survey import _disc_mg_fe
+
     fe_h = np.asarray(fe_h, dtype=float)
     thick_share = np.clip(0.15 + 0.6 * (-fe_h - 0.1) / 0.8, 0.05, 0.7)
-    thick = 0.30 - 0.2 * np.maximum(fe_h + 0.6, 0.0)
-    mg_fe = thick_share * thick + (1 - thick_share) * (-0.15 * fe_h)
-    return mg_fe, 0.8 * mg_fe + 0.05
+    mg_fe = (thick_share * _disc_mg_fe(fe_h, np.ones(fe_h.shape, bool))
+             + (1 - thick_share) * _disc_mg_fe(fe_h, np.zeros(fe_h.shape, bool)))
+    al_fe = (al_fe_cfg["mg_fe_slope"] * mg_fe + al_fe_cfg["offset"]
+             + al_fe_cfg["fe_h_slope"] * fe_h)
+    return mg_fe, al_fe
 
 
 def benchmark_stars(cfg: Mapping[str, Any], seed: int, setups: str,
@@ -52,7 +57,9 @@ def benchmark_stars(cfg: Mapping[str, Any], seed: int, setups: str,
     the module docstring); empty frames when ``benchmark_stars.table`` is null or has no
     verified row with Teff, log g and [Fe/H]."""
     from ..acquire.literature import LABEL_COLUMNS, empty_calibration, load_benchmark_stars
-    from .survey import cname, ges_catalog_frame, observe_catalog_labels
+    from .catalogue import observe_catalog_labels
+    from .stars import draw_star_nuisances
+    from .survey import STREAM_BENCHMARKS, cname, ges_catalog_frame
 
     bcfg = cfg["benchmark_stars"]
     table = load_benchmark_stars(bcfg["table"]) if bcfg["table"] else None
@@ -62,23 +69,27 @@ def benchmark_stars(cfg: Mapping[str, Any], seed: int, setups: str,
         return BenchmarkStars(pd.DataFrame(), pd.DataFrame(), empty_calibration())
     usable = usable.reset_index(drop=True)
     k = len(usable)
-    rng = np.random.default_rng([int(seed), _STREAM])
+    rng = np.random.default_rng([int(seed), STREAM_BENCHMARKS])
     ra, dec = rng.uniform(0, 360, k), rng.uniform(-70, 20, k)
-    mg_fe, al_fe = disc_mean_abundances(usable["fe_h"].to_numpy())
+    mg_fe, al_fe = disc_mean_abundances(usable["fe_h"].to_numpy(), cfg["stars"]["al_fe"])
     rv = cfg["rv_kms"]
     truth = pd.DataFrame({
         # CNAMEs from random coordinates, marked so that no field star's can coincide
         "star_id": [f"{cname(a, d)}BM{i}" for i, (a, d) in enumerate(zip(ra, dec))],
         "teff": usable["teff"].to_numpy(), "logg": usable["logg"].to_numpy(),
         "fe_h": usable["fe_h"].to_numpy(), "mg_fe": mg_fe, "al_fe": al_fe,
-        "population": "benchmark", "ra": ra, "dec": dec,
+        "population": "benchmark", "chemical_population": "disc", "ra": ra, "dec": dec,
         "snr": np.full(k, float(bcfg["snr"])),
         "rv_kms": np.clip(rng.normal(rv["mean"], rv["sigma"], k), -rv["max_abs"], rv["max_abs"]),
         "defect": "", "broken": "", "name": usable["name"].to_numpy(),
     })
-    cat = observe_catalog_labels(truth, rng, cfg["label_errors"])
-    catalog = ges_catalog_frame(truth, cat, truth["rv_kms"] + rng.normal(0, 0.3, k), setups,
-                                cfg["solar_abundances"], BENCHMARK_GES_TYPE)
+    draw_star_nuisances(truth, np.random.default_rng([int(seed), STREAM_BENCHMARKS, 1]), cfg)
+    truth["n_visits"] = np.ones(k, dtype=np.int64)
+    cat = observe_catalog_labels(truth, rng, cfg["label_errors"], cfg["catalogue"],
+                                 np.random.default_rng([int(seed), STREAM_BENCHMARKS, 2]))
+    rv_error = cfg["observing"]["catalogue_rv_error_kms"]
+    catalog = ges_catalog_frame(truth, cat, truth["rv_kms"] + rng.normal(0, rv_error, k), setups,
+                                cfg["solar_abundances"], BENCHMARK_GES_TYPE, rv_error)
     calibration = pd.DataFrame({"star_id": truth["star_id"],
                                 **{c: usable[c].to_numpy(dtype=float) for c in LABEL_COLUMNS},
                                 "reference": usable["reference"].to_numpy(),

@@ -14,15 +14,19 @@ A deliberately simple, physically motivated line-formation model (not a model at
   the Sun), f_s the fraction of X in stage s from
   the Saha equation, log(N_II/N_I) = 2.5 log T − θ χ_ion − log Pe + log(2U_II/U_I) − 0.1762, and
   κ_c ∝ Pe θ^2.5 10^(0.754 θ) the H⁻ continuous opacity. The electron pressure scales as
-  log Pe = log Pe☉ + (log g − 4.44)/3 + 0.4 (Teff − 5777)/1000 + 0.2 [Fe/H] (hotter stars ionise
-  hydrogen, metal-rich ones donate electrons). This reproduces the textbook behaviour: neutral lines
+  log Pe = log Pe☉ + (log g − 4.44)/3 + 0.4 (Teff − 5777)/1000 + 0.2 [M/H]_e (hotter stars ionise
+  hydrogen, metal-rich ones donate electrons). [M/H]_e is [Fe/H], or, with ``electron_donors``,
+  log Σ_X w_X 10^[X/H] over the metals with w_X their share of the Sun's free electrons
+  (abundance × ionised fraction; Mg, Si and Fe give ≈90 %), so [Mg/Fe] changes the continuous
+  opacity of cool atmospheres as it does in real ones. This reproduces the textbook behaviour: neutral lines
   of mostly-ionised metals barely feel gravity, ionised lines weaken as g^(−1/3), low-excitation
   neutral lines strengthen steeply in cool stars. A(X) = A☉(X) + [Fe/H] + [X/Fe] with [Mg/Fe] and
   [Al/Fe] free and every other element following [Fe/H]. Z is fixed so that a solar Fe I line with
   χ = 2.5 eV and log gf = −2.8 has τ₀ = 1 (solar line depths at R ≈ 20 000 then come out close to
   the observed ones for the diagnostic lines).
 * **Line shape.** Voigt profiles (scipy.special.voigt_profile) with a Gaussian core from thermal +
-  micro-turbulent velocity v_D = sqrt(2kT/m + ξ²) (ξ from log g) and a Lorentzian pressure-damping
+  micro-turbulent velocity v_D = sqrt(2kT/m + ξ²) (ξ from a Teff/log g relation, or the star's
+  own value) and a Lorentzian pressure-damping
   half-width a = a₀ · broadening · 10^(0.6 (log g − 4.44)) (Teff/5777)^0.3 that grows with gravity
   (van der Waals damping ∝ P_gas^0.7, P_gas ∝ g^0.85),
   so the wings of the strong lines (Ca II triplet, Mg b, Paschen) carry log g.
@@ -30,8 +34,11 @@ A deliberately simple, physically motivated line-formation model (not a model at
   This is exp(−Σ τ) for weak lines; D_max = 0.92 (Minnaert's maximum depth) stands for the
   non-zero source function where saturated cores form, so the Ca II triplet cores keep the
   residual flux seen in real stars instead of reaching zero.
-* **Instrument**: Doppler shift by the radial velocity, Gaussian LSF with FWHM = λ/R, flux-conserving
-  resampling onto the instrument's pixels.
+* **Star and instrument** (:meth:`ForwardModel.observe`): rotation (Gray's profile, linear limb
+  darkening ε = 0.6) and isotropic Gaussian macroturbulence on the rest-frame grid; Doppler shift
+  by the radial velocity; telluric H2O absorption (optional, in the observer's frame); Gaussian
+  LSF with FWHM = λ/R, R constant or varying along the setup; flux-conserving resampling onto the
+  instrument's pixels.
 
 Everything needed to reproduce a spectrum exactly (line list, labels, RV, R, grid) is explicit, so
 the same model gives the Cramér–Rao bound by differentiation.
@@ -46,7 +53,9 @@ import numpy as np
 import pandas as pd
 from scipy.special import voigt_profile
 
-from ..spectral import C_KMS, convolve_resolution, doppler_shift, log_lambda_grid, resample_flux
+from ..spectral import (C_KMS, FWHM_TO_SIGMA, broaden_velocity, convolve_resolution,
+                        convolve_variable_resolution, doppler_shift, log_lambda_grid,
+                        macroturbulence_kernel, resample_flux, rotation_kernel)
 
 RESOURCES = Path(__file__).resolve().parents[2] / "resources"
 DEFAULT_LINELIST = RESOURCES / "linelist.csv"
@@ -83,6 +92,9 @@ DAMPING_KMS = 0.15          # default Lorentzian half-width of a metal line in t
 EXCITATION_TEMPERATURE_SCALE = 1.15   # T_exc = 1.15 Teff (see module docstring)
 MAX_DEPTH = 0.92            # Minnaert maximum line depth of saturated cores
 REFERENCE_LINE = dict(excitation_potential=2.5, log_gf=-2.8)  # solar Fe I line with τ₀ = 1
+LIMB_DARKENING = 0.6        # linear limb-darkening coefficient of the rotation profile (optical)
+TELLURIC_FWHM_KMS = 4.0     # intrinsic width of an H2O line (Doppler + pressure, lower troposphere)
+DEFAULT_TELLURIC = RESOURCES / "telluric_h2o.csv"
 
 
 # ------------------------------------------------------------------ line list
@@ -145,8 +157,9 @@ def as_label_dict(labels: Mapping[str, float] | Sequence[float]) -> dict[str, fl
     return out
 
 
-def log_electron_pressure(teff: float, logg: float, fe_h: float) -> float:
-    return LOG_PE_SUN + (logg - 4.44) / 3.0 + 0.4 * (teff - 5777.0) / 1000.0 + 0.2 * fe_h
+def log_electron_pressure(teff: float, logg: float, metallicity: float) -> float:
+    """log Pe; ``metallicity`` is [Fe/H] or the electron donors' [M/H]_e (module docstring)."""
+    return LOG_PE_SUN + (logg - 4.44) / 3.0 + 0.4 * (teff - 5777.0) / 1000.0 + 0.2 * metallicity
 
 
 def log_continuum_opacity(teff: float, log_pe: float) -> float:
@@ -169,14 +182,45 @@ def _log_stage_fraction(teff: float, log_pe: float, chi_ion: np.ndarray, log_u_r
     return np.where(ion == 1, -log1p_r, log_ratio - log1p_r)
 
 
+def _donor_weights() -> dict[str, float]:
+    """Each metal's share of the free electrons in the solar photosphere: abundance × ionised
+    fraction at the Sun's Teff and Pe, normalised over the metals."""
+    lpe = log_electron_pressure(SUN["teff"], SUN["logg"], 0.0)
+    metals = [e for e in ELEMENTS if e != "H"]
+    share = {}
+    for e in metals:
+        p = ELEMENTS[e]
+        log_f2 = _log_stage_fraction(SUN["teff"], lpe, np.array([p["chi_ion"]]),
+                                     np.array([p["log_u_ratio"]]), np.array([2]))[0]
+        share[e] = 10.0 ** (p["solar"] + log_f2)
+    total = sum(share.values())
+    return {e: v / total for e, v in share.items()}
+
+
+def donor_metallicity(labels: Mapping[str, float] | Sequence[float]) -> float:
+    """[M/H]_e = log Σ_X w_X 10^[X/H]: the electron donors' abundance relative to the Sun, with
+    Mg and Al from their own labels and the other metals following [Fe/H]."""
+    lab = as_label_dict(labels)
+    total = 0.0
+    for element, weight in _DONOR_WEIGHTS.items():
+        label = ABUNDANCE_LABEL.get(element)
+        total += weight * 10.0 ** (lab["fe_h"] + (lab[label] if label else 0.0))
+    return float(np.log10(total))
+
+
 def _solar_reference() -> tuple[float, float]:
     lpe = log_electron_pressure(SUN["teff"], SUN["logg"], 0.0)
     return log_continuum_opacity(SUN["teff"], lpe), lpe
 
 
-def line_parameters(labels: Mapping[str, float] | Sequence[float], lines: pd.DataFrame
+def line_parameters(labels: Mapping[str, float] | Sequence[float], lines: pd.DataFrame, *,
+                    vmic_kms: float | None = None, electron_donors: bool = False
                     ) -> dict[str, np.ndarray]:
-    """Per-line log τ₀, Doppler velocity v_D (km/s) and Lorentz half-width a (km/s)."""
+    """Per-line log τ₀, Doppler velocity v_D (km/s) and Lorentz half-width a (km/s).
+
+    ``vmic_kms``: the star's microturbulence (None: :func:`microturbulence_kms`);
+    ``electron_donors``: electron pressure from the donor metals' own abundances.
+    """
     lab = as_label_dict(labels)
     teff, logg, fe_h = lab["teff"], lab["logg"], lab["fe_h"]
     el = lines["element"].to_numpy()
@@ -188,12 +232,12 @@ def line_parameters(labels: Mapping[str, float] | Sequence[float], lines: pd.Dat
         x_fe[el == element] = lab[label]
     log_eps = props["solar"] + np.where(el == "H", 0.0, fe_h + x_fe)
 
-    log_pe = log_electron_pressure(teff, logg, fe_h)
+    log_pe = log_electron_pressure(teff, logg, donor_metallicity(lab) if electron_donors else fe_h)
     log_kappa = log_continuum_opacity(teff, log_pe)
     ion = lines["ion"].to_numpy()
     log_f = _log_stage_fraction(teff, log_pe, props["chi_ion"], props["log_u_ratio"], ion)
 
-    xi = microturbulence_kms(teff, logg)
+    xi = microturbulence_kms(teff, logg) if vmic_kms is None else float(vmic_kms)
     v_doppler = np.sqrt(K_BOLTZMANN_AMU * teff / props["mass"] + xi ** 2)
     v_doppler_sun = np.sqrt(K_BOLTZMANN_AMU * SUN["teff"] / props["mass"]
                             + microturbulence_kms(SUN["teff"], SUN["logg"]) ** 2)
@@ -218,20 +262,22 @@ def _zero_point() -> float:
 
 
 _ZERO_POINT = _zero_point()
+_DONOR_WEIGHTS = _donor_weights()
 
 
 # ------------------------------------------------------------------ spectra
 
 def intrinsic_flux(labels: Mapping[str, float] | Sequence[float], lines: pd.DataFrame,
                    wavelength: np.ndarray, *, min_tau: float = 1e-4,
-                   max_window_kms: float = 3000.0, max_depth: float = MAX_DEPTH) -> np.ndarray:
+                   max_window_kms: float = 3000.0, max_depth: float = MAX_DEPTH,
+                   vmic_kms: float | None = None, electron_donors: bool = False) -> np.ndarray:
     """Rest-frame normalised flux 1 − D_max(1 − exp(−Σ τ)) on ``wavelength`` (air Å, uniform in ln λ).
 
     Each line is evaluated only where its optical depth can exceed ``min_tau``: within 5 v_D of
     the core, or out to where the damping wing falls to min_tau (capped at max_window_kms).
     """
     wavelength = np.asarray(wavelength, dtype=np.float64)
-    par = line_parameters(labels, lines)
+    par = line_parameters(labels, lines, vmic_kms=vmic_kms, electron_donors=electron_donors)
     tau = np.zeros_like(wavelength)
     lnw = np.log(wavelength)
     dlnw = lnw[1] - lnw[0]
@@ -266,18 +312,86 @@ class Instrument:
     wavelength: np.ndarray
 
 
+@dataclass(frozen=True)
+class Broadening:
+    """The star's own velocity fields beyond thermal motion (km/s).
+
+    ``vmic_kms`` None takes the Teff/log g relation (:func:`microturbulence_kms`)."""
+    vmic_kms: float | None = None
+    vsini_kms: float = 0.0
+    vmac_kms: float = 0.0
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """What one observation does to the light besides the Doppler shift.
+
+    ``resolution_scale`` multiplies every setup's R (this fibre's focus); ``resolution_taper`` is
+    the fractional loss of R from a setup's centre to its ends, R(x) = R₀ s (1 − t x²) with x the
+    position along the detector in [−1, 1]; ``telluric_strength`` scales the H2O optical depths of
+    the model's telluric table (airmass × water vapour relative to the table's)."""
+    resolution_scale: float = 1.0
+    resolution_taper: float = 0.0
+    telluric_strength: float = 0.0
+
+
+def load_telluric_lines(path: str | Path | None = None) -> pd.DataFrame:
+    """Telluric line table (wavelength_air in Å, species, tau = central optical depth at the
+    reference airmass and water vapour)."""
+    path = Path(path) if path else DEFAULT_TELLURIC
+    table = pd.read_csv(path, comment="#")
+    missing = {"wavelength_air", "tau"} - set(table.columns)
+    if missing:
+        raise ValueError(f"{path}: telluric table lacks columns {sorted(missing)}")
+    return table.sort_values("wavelength_air").reset_index(drop=True)
+
+
+def telluric_depth(wavelength: np.ndarray, telluric: pd.DataFrame) -> np.ndarray:
+    """Σ τ_k g_k(λ) at native resolution, g_k a Gaussian of FWHM TELLURIC_FWHM_KMS; only lines
+    within the wavelength range contribute."""
+    wavelength = np.asarray(wavelength, dtype=np.float64)
+    tau = np.zeros_like(wavelength)
+    sigma_v = TELLURIC_FWHM_KMS * FWHM_TO_SIGMA
+    inside = telluric["wavelength_air"].between(wavelength[0], wavelength[-1])
+    for w0, t0 in zip(telluric.loc[inside, "wavelength_air"], telluric.loc[inside, "tau"]):
+        sigma = w0 * sigma_v / C_KMS
+        lo, hi = np.searchsorted(wavelength, [w0 - 6 * sigma, w0 + 6 * sigma])
+        tau[lo:hi] += t0 * np.exp(-0.5 * ((wavelength[lo:hi] - w0) / sigma) ** 2)
+    return tau
+
+
+def telluric_transmission(wavelength: np.ndarray, telluric: pd.DataFrame,
+                          strength: float) -> np.ndarray:
+    """exp(−strength Σ τ_k g_k(λ)) (:func:`telluric_depth`)."""
+    return np.exp(-strength * telluric_depth(wavelength, telluric))
+
+
+def detector_position(wavelength: np.ndarray, instrument: Instrument) -> np.ndarray:
+    """Position along the setup's detector, −1 at its first pixel and +1 at its last."""
+    lo, hi = instrument.wavelength[0], instrument.wavelength[-1]
+    return np.clip(2.0 * (np.asarray(wavelength) - lo) / (hi - lo) - 1.0, -1.0, 1.0)
+
+
 class ForwardModel:
-    """Labels (+ RV) → normalised flux on an instrument's pixels, for one or more setups.
+    """Labels (+ the star's broadening, RV and the exposure) → normalised flux on an instrument's
+    pixels, for one or more setups.
 
     ``sampling_kms`` is the velocity step of the intrinsic (pre-LSF) grid; 1 km/s resolves the
     thermal cores of metal lines (v_D ≈ 1.5–2.5 km/s) well enough for line areas.
+    ``electron_donors``: electron pressure from the donor metals' own abundances (module
+    docstring); ``telluric``: a telluric line table (:func:`load_telluric_lines`) for exposures
+    with ``telluric_strength`` > 0.
     """
 
     def __init__(self, instruments: Sequence[Instrument], lines: pd.DataFrame, *,
-                 sampling_kms: float = 1.0, max_rv_kms: float = 300.0):
+                 sampling_kms: float = 1.0, max_rv_kms: float = 300.0,
+                 electron_donors: bool = False, telluric: pd.DataFrame | None = None):
         self.instruments = list(instruments)
         self.lines = lines
         self.sampling_kms = sampling_kms
+        self.electron_donors = electron_donors
+        self.telluric = telluric
+        self._telluric_cache: dict[int, np.ndarray] = {}
         self._rest_grids = []
         for inst in self.instruments:
             margin = (max_rv_kms + 10.0 * C_KMS / inst.resolution) / C_KMS
@@ -289,18 +403,65 @@ class ForwardModel:
         return np.concatenate([inst.wavelength for inst in self.instruments])
 
     def flux(self, labels: Mapping[str, float] | Sequence[float], rv_kms: float = 0.0,
-             lines: pd.DataFrame | None = None) -> np.ndarray:
+             lines: pd.DataFrame | None = None, *, star: Broadening | None = None,
+             exposure: Exposure | None = None) -> np.ndarray:
         """Normalised flux on the concatenated instrument pixels (observed frame for rv ≠ 0)."""
-        return np.concatenate(self.flux_per_setup(labels, rv_kms, lines))
+        return np.concatenate(self.flux_per_setup(labels, rv_kms, lines, star=star,
+                                                  exposure=exposure))
 
-    def flux_per_setup(self, labels, rv_kms: float = 0.0, lines: pd.DataFrame | None = None
+    def flux_per_setup(self, labels, rv_kms: float = 0.0, lines: pd.DataFrame | None = None, *,
+                       star: Broadening | None = None, exposure: Exposure | None = None
                        ) -> list[np.ndarray]:
+        star = star or Broadening()
+        return self.observe(self.intrinsic_per_setup(labels, lines, star.vmic_kms), rv_kms,
+                            star=star, exposure=exposure)
+
+    def intrinsic_per_setup(self, labels, lines: pd.DataFrame | None = None,
+                            vmic_kms: float | None = None) -> list[np.ndarray]:
+        """The star's rest-frame normalised flux on each setup's intrinsic grid."""
         lines = self.lines if lines is None else lines
+        return [intrinsic_flux(labels, lines, rest, vmic_kms=vmic_kms,
+                               electron_donors=self.electron_donors) for rest in self._rest_grids]
+
+    def _telluric_depth(self, k: int, rv_kms: float, observed: np.ndarray) -> np.ndarray:
+        """Telluric optical depth on setup k's observed grid: the table's lines are laid on the
+        setup's (wider) rest grid once, then read off at the observed wavelengths."""
+        if k not in self._telluric_cache:
+            self._telluric_cache[k] = telluric_depth(self._rest_grids[k], self.telluric)
+        if not rv_kms:
+            return self._telluric_cache[k]
+        return np.interp(observed, self._rest_grids[k], self._telluric_cache[k])
+
+    def resolution_profile(self, k: int, wavelength: np.ndarray, exposure: Exposure
+                           ) -> float | np.ndarray:
+        """R of setup ``k`` at ``wavelength``: one number when it does not vary along the setup."""
+        base = self.instruments[k].resolution * exposure.resolution_scale
+        if exposure.resolution_taper == 0:
+            return base
+        x = detector_position(wavelength, self.instruments[k])
+        return base * (1.0 - exposure.resolution_taper * x ** 2)
+
+    def observe(self, intrinsic: Sequence[np.ndarray], rv_kms: float = 0.0, *,
+                star: Broadening | None = None, exposure: Exposure | None = None
+                ) -> list[np.ndarray]:
+        """Intrinsic spectra (:meth:`intrinsic_per_setup`) → normalised flux on the pixels."""
+        star = star or Broadening()
+        exposure = exposure or Exposure()
+        kernel = np.convolve(rotation_kernel(star.vsini_kms, self.sampling_kms, LIMB_DARKENING),
+                             macroturbulence_kernel(star.vmac_kms, self.sampling_kms))
         out = []
-        for inst, rest in zip(self.instruments, self._rest_grids):
-            f = intrinsic_flux(labels, lines, rest)
-            f = convolve_resolution(rest, f, inst.resolution)
+        for k, (inst, rest, f) in enumerate(zip(self.instruments, self._rest_grids, intrinsic)):
+            f = broaden_velocity(f, kernel)
             observed = doppler_shift(rest, rv_kms) if rv_kms else rest
+            resolution = self.resolution_profile(k, observed, exposure)
+            if self.telluric is not None and exposure.telluric_strength > 0:
+                # the atmosphere absorbs in the observer's frame, before the spectrograph's LSF
+                f = f * np.exp(-exposure.telluric_strength * self._telluric_depth(k, rv_kms,
+                                                                                   observed))
+            if np.ndim(resolution) == 0:
+                f = convolve_resolution(rest, f, resolution)
+            else:
+                f = convolve_variable_resolution(rest, f, resolution)
             fo, _, _ = resample_flux(observed, f, inst.wavelength)
             out.append(fo)
         return out
@@ -308,7 +469,8 @@ class ForwardModel:
     def jacobian(self, labels: Mapping[str, float] | Sequence[float],
                  steps: Mapping[str, float] | None = None,
                  label_names: Sequence[str] = LABEL_ORDER,
-                 lines: pd.DataFrame | None = None) -> np.ndarray:
+                 lines: pd.DataFrame | None = None, *, star: Broadening | None = None,
+                 exposure: Exposure | None = None) -> np.ndarray:
         """∂flux/∂label by central differences; shape (n_pixels, n_labels)."""
         steps = dict(DEFAULT_STEPS, **(steps or {}))
         base = as_label_dict(labels)
@@ -317,7 +479,8 @@ class ForwardModel:
             up, down = dict(base), dict(base)
             up[name] += steps[name]
             down[name] -= steps[name]
-            cols.append((self.flux(up, lines=lines) - self.flux(down, lines=lines))
+            cols.append((self.flux(up, lines=lines, star=star, exposure=exposure)
+                         - self.flux(down, lines=lines, star=star, exposure=exposure))
                         / (2.0 * steps[name]))
         return np.stack(cols, axis=1)
 

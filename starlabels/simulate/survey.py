@@ -33,8 +33,13 @@ import pandas as pd
 
 from ..artifacts import save_table
 from ..spectral import C_KMS, air_to_vacuum, resample_flux, log_lambda_grid
-from .physics import (ELEMENTS, Instrument, ForwardModel, LABEL_ORDER, blackbody_flux_per_cm,
-                      intrinsic_flux, load_linelist, perturbed_linelist)
+from .catalogue import observe_catalog_labels
+from .instrument import (Conditions, DetectorEffects, correlate_noise, detector_effects,
+                         draw_conditions, load_sky_lines, wavelength_distortion)
+from .physics import (ELEMENTS, Broadening, Instrument, ForwardModel, LABEL_ORDER,
+                      blackbody_flux_per_cm, intrinsic_flux, load_linelist, load_telluric_lines,
+                      perturbed_linelist)
+from .stars import draw_star_nuisances
 
 DEFECT_TYPES = ("cosmic_rays", "zeroed_run", "bad_continuum", "double_lined_binary",
                 "emission_cores", "label_mismatch")
@@ -47,26 +52,46 @@ Log = Callable[[str], None]
 
 # ------------------------------------------------------------------ stellar populations
 
+#: the simulated labels stay inside the synthetic grids' ranges
+TEFF_LIMITS, LOGG_LIMITS, FE_H_LIMITS = (4000.0, 7000.0), (1.0, 5.0), (-1.5, 0.5)
+
+
 def _main_sequence_logg(teff: np.ndarray) -> np.ndarray:
     return 4.65 - 0.5 * ((teff - 4600.0) / 2200.0) ** 1.5
 
 
-def draw_labels(n: int, rng: np.random.Generator, population: str = "ges_field",
-                teff_range=(4000.0, 7000.0), logg_range=(1.0, 5.0), fe_h_range=(-1.5, 0.5)
-                ) -> pd.DataFrame:
+def draw_labels(n: int, rng: np.random.Generator, population: str,
+                stars_cfg: Mapping[str, Any] | None = None,
+                extra_rng: np.random.Generator | None = None) -> pd.DataFrame:
     """True labels of a Milky-Way-disc-like sample.
 
-    ``ges_field``: 55% main-sequence dwarfs, 10% subgiants, 35% giants (40% of them red clump);
-    ``dwarfs``: FGK main sequence only; ``giant_candidates``: 80% giants/subgiants, 20% dwarfs
-    (the deep-REMAP giant-candidate sample). [Fe/H] ~ N(−0.15, 0.3); [Mg/Fe] follows a thin disc
-    (slightly decreasing with [Fe/H]) or, with a probability rising at low metallicity, a thick
-    disc (α-enhanced knee); [Al/Fe] tracks [Mg/Fe] with extra scatter.
+    Class fractions [dwarf, subgiant, giant] come from ``stars_cfg['class_fractions']``
+    (``ges_field``: 55/10/35 %, giants 40 % red clump; ``dwarfs``: FGK main sequence only;
+    ``giant_candidates``: the deep-REMAP giant-candidate sample); with
+    ``class_fraction_concentration`` κ > 0 each seed draws its own fractions from Dir(κ × mean).
+    [Fe/H] ~ N(−0.15, 0.3); [Mg/Fe] follows a thin disc (slightly decreasing with [Fe/H]) or,
+    with a probability rising at low metallicity, a thick disc (α-enhanced knee); [Al/Fe] from
+    the ``al_fe`` relation. A fraction ``al_rich_mg_poor.fraction`` of the stars (in populations
+    with giants) are metal-poor red giants with raised [Al/Fe] and lowered [Mg/Fe], like
+    second-generation globular-cluster stars; column ``chemical_population`` says which.
+
+    ``rng`` draws today's sample in a fixed order; ``extra_rng`` (the populations' own stream)
+    draws the class fractions and the Al-rich stars, so those knobs move nothing else.
     """
-    fractions = {"ges_field": (0.55, 0.10, 0.35), "dwarfs": (1.0, 0.0, 0.0),
-                 "giant_candidates": (0.20, 0.15, 0.65)}
+    from .. import config
+
+    stars_cfg = config.section("simulate.stars", stars_cfg)
+    extra_rng = rng.spawn(1)[0] if extra_rng is None else extra_rng
+    fractions = stars_cfg["class_fractions"]
     if population not in fractions:
         raise ValueError(f"population {population!r}: choose one of {sorted(fractions)}")
-    kind = rng.choice(3, size=n, p=fractions[population])
+    mean = np.asarray(fractions[population], dtype=float)
+    p = fractions[population]
+    concentration = float(stars_cfg["class_fraction_concentration"])
+    if concentration > 0:
+        p = np.zeros(3)
+        p[mean > 0] = extra_rng.dirichlet(concentration * mean[mean > 0] / mean.sum())
+    kind = rng.choice(3, size=n, p=p)
     teff = np.empty(n)
     logg = np.empty(n)
     dw, sg, gi = kind == 0, kind == 1, kind == 2
@@ -82,16 +107,49 @@ def draw_labels(n: int, rng: np.random.Generator, population: str = "ges_field",
     logg[clump] = rng.normal(2.45, 0.1, clump.sum())
     fe_h = rng.normal(-0.15, 0.3, n)
     thick = rng.random(n) < np.clip(0.15 + 0.6 * (-fe_h - 0.1) / 0.8, 0.05, 0.7)
-    mg_fe = np.where(thick, 0.30 - 0.2 * np.maximum(fe_h + 0.6, 0.0), -0.15 * fe_h)
-    mg_fe = mg_fe + rng.normal(0.0, 0.04, n)
-    al_fe = 0.8 * mg_fe + 0.05 + rng.normal(0.0, 0.06, n)
+    mg_fe = _disc_mg_fe(fe_h, thick) + rng.normal(0.0, 0.04, n)
+    al = stars_cfg["al_fe"]
+    al_fe = al["mg_fe_slope"] * mg_fe + al["offset"] + al["fe_h_slope"] * fe_h \
+        + rng.normal(0.0, al["scatter"], n)
     labels = pd.DataFrame({
-        "teff": np.clip(teff, *teff_range), "logg": np.clip(logg, *logg_range),
-        "fe_h": np.clip(fe_h, *fe_h_range), "mg_fe": np.clip(mg_fe, -0.3, 0.5),
+        "teff": np.clip(teff, *TEFF_LIMITS), "logg": np.clip(logg, *LOGG_LIMITS),
+        "fe_h": np.clip(fe_h, *FE_H_LIMITS), "mg_fe": np.clip(mg_fe, -0.3, 0.5),
         "al_fe": np.clip(al_fe, -0.4, 0.6),
     })
     labels["population"] = np.array(["dwarf", "subgiant", "giant"])[kind]
+    labels["chemical_population"] = "disc"
+    rich = stars_cfg["al_rich_mg_poor"]
+    if rich["fraction"] > 0 and mean[2] > 0:
+        _make_al_rich(labels, extra_rng, rich, al)
     return labels
+
+
+def _disc_mg_fe(fe_h: np.ndarray, thick: np.ndarray) -> np.ndarray:
+    return np.where(thick, 0.30 - 0.2 * np.maximum(fe_h + 0.6, 0.0), -0.15 * fe_h)
+
+
+def _make_al_rich(labels: pd.DataFrame, rng: np.random.Generator, rich: Mapping[str, Any],
+                  al: Mapping[str, float]) -> None:
+    """Turn a random ``rich['fraction']`` of the stars into Al-rich/Mg-poor metal-poor red giants
+    (in place): α-rich halo/thick-disc chemistry at their [Fe/H], then Mg burnt into Al."""
+    n = len(labels)
+    hit = np.flatnonzero(rng.random(n) < rich["fraction"])
+    k = hit.size
+    teff = rng.uniform(4000.0, 5100.0, k)
+    logg = 1.2 + 2.2 * (teff - 4000.0) / 1300.0 + rng.normal(0, 0.15, k)
+    fe_h = rng.uniform(*rich["fe_h"], k)
+    mg_fe = _disc_mg_fe(fe_h, np.ones(k, dtype=bool)) + rng.normal(0.0, 0.04, k)
+    al_fe = al["mg_fe_slope"] * mg_fe + al["offset"] + al["fe_h_slope"] * fe_h \
+        + rng.normal(0.0, al["scatter"], k)
+    mg_fe = mg_fe - rng.uniform(*rich["mg_fe_drop"], k)
+    al_fe = al_fe + rng.uniform(*rich["al_fe_raise"], k)
+    labels.loc[hit, "teff"] = np.clip(teff, *TEFF_LIMITS)
+    labels.loc[hit, "logg"] = np.clip(logg, *LOGG_LIMITS)
+    labels.loc[hit, "fe_h"] = fe_h
+    labels.loc[hit, "mg_fe"] = np.clip(mg_fe, -0.3, 0.5)
+    labels.loc[hit, "al_fe"] = np.clip(al_fe, -0.4, 1.0)
+    labels.loc[hit, "population"] = "giant"
+    labels.loc[hit, "chemical_population"] = "al_rich_mg_poor"
 
 
 def cname(ra_deg: float, dec_deg: float) -> str:
@@ -114,18 +172,6 @@ def draw_snr(n: int, rng: np.random.Generator, cfg: Mapping[str, float]) -> np.n
     """S/N per pixel: log-normal around ``median`` with ``log_sigma``, clipped to [min, max]."""
     snr = np.exp(rng.normal(np.log(cfg["median"]), cfg["log_sigma"], n))
     return np.clip(snr, cfg["min"], cfg["max"])
-
-
-def observe_catalog_labels(truth: pd.DataFrame, rng: np.random.Generator,
-                           label_errors: Mapping[str, list[float]]) -> pd.DataFrame:
-    """Catalogue labels = truth + Gaussian error, error per star drawn from [lo, hi]."""
-    out = {}
-    for label in LABEL_ORDER:
-        lo, hi = label_errors[label]
-        err = rng.uniform(lo, hi, len(truth))
-        out[label] = truth[label].to_numpy() + rng.normal(0.0, 1.0, len(truth)) * err
-        out[f"e_{label}"] = err
-    return pd.DataFrame(out, index=truth.index)
 
 
 # ------------------------------------------------------------------ defects and instrument
@@ -167,18 +213,40 @@ def apply_spectral_defect(kind: str, wavelength: np.ndarray, flux: np.ndarray,
 
 
 def raw_counts(wavelength: np.ndarray, flux: np.ndarray, snr: float, rng: np.random.Generator,
-               defect: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Normalised flux → detector-like counts with a blaze continuum, photon noise and defects.
+               defect: str = "", effects: DetectorEffects | None = None,
+               extra_rng: np.random.Generator | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Normalised flux → detector-like counts with a blaze continuum, noise and defects.
 
-    Returns (counts, sigma, qual). S/N is per pixel at the mean continuum level.
+    Returns (counts, sigma, qual). S/N is per pixel at the mean continuum level, read noise and
+    sky photons included: the continuum holds n electrons with n²/(n + r²) = S/N², so read noise
+    (r) and sky photons weigh most where counts are low (line cores, blaze edges, faint stars).
+    ``effects`` (:class:`~starlabels.simulate.instrument.DetectorEffects`) adds flat-field and
+    blaze residuals (multiplying the counts), sky emission left by the subtraction, read noise
+    and pixel-correlated noise (``extra_rng`` pads the correlated noise's ends); sigma stays the
+    per-pixel σ, as reduction pipelines report it.
     """
+    effects = effects or DetectorEffects()
     x = np.linspace(-1.0, 1.0, wavelength.size)
     blaze = 1.0 + rng.uniform(-0.25, 0.25) * x + rng.uniform(-0.35, 0.05) * x ** 2
     level = 10 ** rng.uniform(2.7, 4.3)
+    if effects.throughput is not None:
+        blaze = blaze * effects.throughput
     expected = level * blaze * flux
     mean_cont = level * blaze.mean()
-    sigma = (mean_cont / snr) * np.sqrt(np.clip(blaze * flux / blaze.mean(), 0.01, None))
-    counts = expected + rng.normal(0.0, 1.0, wavelength.size) * sigma
+    read2 = effects.read_noise_electrons ** 2
+    extra = effects.extra_variance
+    # electrons at the mean continuum (n = S/N² for pure photon noise) and their S/N-per-√n
+    n_cont = snr ** 2 if read2 == 0 else 0.5 * (snr ** 2 + np.sqrt(snr ** 4 + 4 * snr ** 2 * read2))
+    photon_snr = snr if read2 == 0 else np.sqrt(n_cont)
+    sigma = (mean_cont / photon_snr) * np.sqrt(np.clip(blaze * flux / blaze.mean(), 0.01, None)
+                                               + extra / n_cont)
+    noise = rng.normal(0.0, 1.0, wavelength.size)
+    if effects.correlation_pixels > 0:
+        noise = correlate_noise(noise, effects.correlation_pixels, extra_rng)
+    counts = expected + noise * sigma
+    if effects.sky_residual_electrons is not None:
+        counts = counts + effects.sky_residual_electrons * (mean_cont / n_cont)
     qual = np.zeros(wavelength.size, dtype=np.int32)
     # a few genuinely flagged hot pixels: QUAL set, value garbage — normalize must mask them
     hot = rng.random(wavelength.size) < 5e-4
@@ -252,30 +320,44 @@ def observed_linelist(cfg: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFram
     log gf errors and extra lines, drawn from the survey seed so every stage rebuilds it alike."""
     lines = load_linelist(cfg.get("linelist"))
     gap = cfg["synthetic_gap"]
-    obs_lines = perturbed_linelist(lines, np.random.default_rng([int(cfg["seed"]), 10**9]),
+    obs_lines = perturbed_linelist(lines, np.random.default_rng([int(cfg["seed"]),
+                                                                  STREAM_LINE_LIST]),
                                    log_gf_sigma=gap["log_gf_sigma"],
                                    extra_fraction=gap["extra_line_fraction"])
     return lines, obs_lines
 
 
 def prepare_workers(cfg: Mapping[str, Any], seed: int, spectra_dir: Path) -> list[Instrument]:
-    """Set the state forked simulation workers read: instrument model and the observed stars'
-    line list (clean list + the synthetic gap's log gf errors and extra lines)."""
+    """Set the state forked simulation workers read: instrument model (with the electron-donor
+    physics and telluric table the config asks for), the observed stars' line list (clean list +
+    the synthetic gap's log gf errors and extra lines) and the sky lines."""
     lines, obs_lines = observed_linelist(cfg)
     instruments = _setup_instruments(cfg["setups"])
+    model = ForwardModel(instruments, lines, sampling_kms=cfg["sampling_kms"],
+                         electron_donors=bool(cfg["stars"]["electron_donors"]),
+                         telluric=load_telluric_lines())
     _WORKER_STATE.clear()
-    _WORKER_STATE.update(seed=seed, model=ForwardModel(instruments, lines,
-                                                       sampling_kms=cfg["sampling_kms"]),
-                         lines=obs_lines, spectra_dir=spectra_dir,
-                         emission=_emission_lines(lines))
+    _WORKER_STATE.update(seed=seed, model=model, lines=obs_lines, spectra_dir=spectra_dir,
+                         emission=_emission_lines(lines), cfg=cfg, sky_lines=load_sky_lines())
     return instruments
 
 
-# ------------------------------------------------------------------ Gaia-ESO
+# ------------------------------------------------------------------ one exposure
 
 # Forked simulation workers read the instrument model and line list from here (set by
 # prepare_workers just before the pool starts) instead of pickling them for every star.
 _WORKER_STATE: dict[str, Any] = {}
+
+# Independent random streams, numpy SeedSequence entropy [seed, STREAM] (surveys) or
+# [seed, star, visit, STREAM] (exposures): the draws of one knob never move another's.
+STREAM_LINE_LIST = 10**9
+STREAM_BROKEN = 2 * 10**9
+STREAM_POPULATIONS = 3 * 10**9
+STREAM_NUISANCES = 4 * 10**9
+STREAM_CATALOGUE = 5 * 10**9
+STREAM_PLATES = 6 * 10**9
+STREAM_BENCHMARKS = 8 * 10**9
+STREAM_EXPOSURE = 7
 
 
 def _setup_instruments(setups: list[Mapping[str, Any]]) -> list[Instrument]:
@@ -284,50 +366,103 @@ def _setup_instruments(setups: list[Mapping[str, Any]]) -> list[Instrument]:
             for s in setups]
 
 
+def _star_rngs(seed: int, index: int, visit: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """(the star's stream as before repeat visits existed, for its first visit; the exposure's
+    own stream for the realism knobs)."""
+    base = [seed, index] if visit == 1 else [seed, index, visit]
+    return np.random.default_rng(base), np.random.default_rng([seed, index, visit, STREAM_EXPOSURE])
+
+
+def _broadening(row: Mapping[str, Any]) -> Broadening:
+    return Broadening(vmic_kms=float(row["vmic_kms"]), vsini_kms=float(row["vsini_kms"]),
+                      vmac_kms=float(row["vmac_kms"]))
+
+
+def _observe_star(row: Mapping[str, Any], conditions: Conditions) -> list[np.ndarray]:
+    """The star's normalised spectrum per setup in this exposure (defect-free)."""
+    st = _WORKER_STATE
+    model: ForwardModel = st["model"]
+    labels = {k: row[k] for k in LABEL_ORDER}
+    rv = row["rv_kms"] + conditions.residual_rv_kms
+    per_setup = model.flux_per_setup(labels, rv, lines=st["lines"], star=_broadening(row),
+                                     exposure=conditions.exposure)
+    return per_setup
+
+
+def _companion(row: Mapping[str, Any], rng: np.random.Generator, conditions: Conditions,
+               raise_logg: bool) -> list[np.ndarray]:
+    """A double-lined binary's companion through the same exposure: cooler (and, for Gaia-ESO,
+    higher gravity), offset by an orbital RV; drawn from the star's ``rng`` in the order the
+    simulator always drew it."""
+    st = _WORKER_STATE
+    model: ForwardModel = st["model"]
+    labels = {k: row[k] for k in LABEL_ORDER}
+    comp = dict(labels, teff=max(4000.0, labels["teff"] - rng.uniform(0, 800)))
+    if raise_logg:
+        comp["logg"] = min(4.8, labels["logg"] + rng.uniform(0, 0.5))
+    drv = rng.choice([-1, 1]) * rng.uniform(40.0, 100.0)
+    return model.flux_per_setup(comp, row["rv_kms"] + conditions.residual_rv_kms + drv,
+                                lines=st["lines"], exposure=conditions.exposure)
+
+
+def _detector(k: int, wavelength: np.ndarray, conditions: Conditions,
+              rng: np.random.Generator) -> DetectorEffects:
+    st = _WORKER_STATE
+    resolution = st["model"].resolution_profile(k, wavelength, conditions.exposure)
+    return detector_effects(wavelength, resolution, conditions, st["cfg"], rng, st["sky_lines"])
+
+
+# ------------------------------------------------------------------ Gaia-ESO
+
 def _ges_star(task: tuple) -> dict:
     from ..io.gaia_eso import ges_spectrum_filename, write_ges_spectrum
 
-    index, row = task
+    index, row, visit = task
     st = _WORKER_STATE
-    rng = np.random.default_rng([st["seed"], index])
-    labels = {k: row[k] for k in LABEL_ORDER}
+    rng, xrng = _star_rngs(st["seed"], index, visit)
+    conditions = draw_conditions(xrng, st["cfg"])
     model: ForwardModel = st["model"]
-    per_setup = model.flux_per_setup(labels, row["rv_kms"], lines=st["lines"])
+    per_setup = _observe_star(row, conditions)
     companion = None
     if row["defect"] == "double_lined_binary":
-        comp = dict(labels, teff=max(4000.0, labels["teff"] - rng.uniform(0, 800)),
-                    logg=min(4.8, labels["logg"] + rng.uniform(0, 0.5)))
-        drv = rng.choice([-1, 1]) * rng.uniform(40.0, 100.0)
-        companion = model.flux_per_setup(comp, row["rv_kms"] + drv, lines=st["lines"])
+        companion = _companion(row, rng, conditions, raise_logg=True)
     files = []
     zero_setup = rng.integers(len(per_setup))
-    broken = row["broken"]
+    broken = row["broken"] if visit == 1 else ""    # an archive failure hits one file set
+    folder = st["spectra_dir"] if visit == 1 else st["spectra_dir"] / f"visit{visit}"
     for k, (inst, flux) in enumerate(zip(model.instruments, per_setup)):
         if broken == "missing_setup" and k == len(per_setup) - 1:
             continue                      # the archive holds no spectrum in this setup
-        f = apply_spectral_defect(row["defect"], inst.wavelength, flux, rng, rv_kms=row["rv_kms"],
+        f = apply_spectral_defect(row["defect"], inst.wavelength, flux, rng,
+                                  rv_kms=row["rv_kms"] + conditions.residual_rv_kms,
                                   emission_wavelengths=st["emission"],
                                   companion=None if companion is None else companion[k])
         defect = row["defect"] if (row["defect"] != "zeroed_run" or k == zero_setup) else ""
-        counts, sigma, qual = raw_counts(inst.wavelength, f, row["snr"], rng, defect)
+        effects = _detector(k, inst.wavelength, conditions, xrng)
+        counts, sigma, qual = raw_counts(inst.wavelength, f, row["snr"], rng, defect, effects,
+                                         xrng)
         if broken == "all_nan_flux":
             counts[:] = np.nan
         elif broken == "zero_flux":
             counts[:] = 0.0
-        path = st["spectra_dir"] / ges_spectrum_filename(row["star_id"], inst.name)
+        path = folder / ges_spectrum_filename(row["star_id"], inst.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
         write_ges_spectrum(path, inst.wavelength, counts, sigma, cname=row["star_id"],
                            setup=inst.name, snr=float(row["snr"]), resolution=inst.resolution,
                            vrad_kms=float(row["rv_kms"]), qual=qual)
         if broken == "truncated_file" and k == 0:
             truncate_file(path)
-        files.append({"path": str(path), "star_id": row["star_id"], "setup": inst.name})
+        files.append({"path": str(path), "star_id": row["star_id"], "setup": inst.name,
+                      "visit": visit})
     return {"files": files}
 
 
 def ges_catalog_frame(truth: pd.DataFrame, cat: pd.DataFrame, vrad: np.ndarray,
-                      setups: str, solar: Mapping[str, float], ges_type: str) -> pd.DataFrame:
+                      setups: str, solar: Mapping[str, float], ges_type: str,
+                      rv_error_kms: float) -> pd.DataFrame:
     """DR5.1-like catalogue rows of simulated stars: ``cat`` holds their catalogue labels and
-    errors, ``truth`` their star_id, coordinates and S/N."""
+    errors, ``truth`` their star_id, coordinates and S/N; ``vrad`` the catalogue RVs, off the
+    truth by N(0, ``rv_error_kms``)."""
     return pd.DataFrame({
         "OBJECT": truth["star_id"].to_numpy(), "RA": truth["ra"].to_numpy(),
         "DECLINATION": truth["dec"].to_numpy(),
@@ -340,22 +475,30 @@ def ges_catalog_frame(truth: pd.DataFrame, cat: pd.DataFrame, vrad: np.ndarray,
         "AL1": (solar["al"] + cat["al_fe"] + cat["fe_h"]).to_numpy(),
         "E_AL1": cat["e_al_fe"].to_numpy(),
         "SNR": truth["snr"].to_numpy(), "VRAD": np.asarray(vrad, dtype=float),
-        "E_VRAD": np.full(len(truth), 0.3), "SETUP": setups, "GES_TYPE": ges_type,
+        "E_VRAD": np.full(len(truth), float(rv_error_kms)), "SETUP": setups, "GES_TYPE": ges_type,
     })
 
 
-def simulate_gaia_eso(cfg: Mapping[str, Any], raw_dir: str | Path, truth_path: str | Path, *,
-                      threads: int = 1, log: Log = print, metadata: Mapping | None = None) -> dict:
-    """Write a simulated Gaia-ESO GIRAFFE survey: spectra, parameter catalogue, manifest, truth."""
-    from ..io.gaia_eso import write_ges_catalog
+def _visit_tasks(truth: pd.DataFrame) -> list[tuple[int, dict, int]]:
+    """(star index, row, visit) for every exposure, each star's visits together."""
+    return [(i, row, visit) for i, row in enumerate(truth.to_dict("records"))
+            for visit in range(1, int(row["n_visits"]) + 1)]
 
-    raw_dir = Path(raw_dir)
-    spectra_dir = raw_dir / "spectra"
-    spectra_dir.mkdir(parents=True, exist_ok=True)
+
+def _unit(star_or_plate: str, visit: int) -> str:
+    """Files read together by normalize: one star's setups (Gaia-ESO) or one plate, per visit."""
+    return star_or_plate if visit == 1 else f"{star_or_plate}/visit{visit}"
+
+
+def draw_ges_stars(cfg: Mapping[str, Any]) -> tuple[pd.DataFrame, np.random.Generator]:
+    """The stars of a simulated Gaia-ESO survey before any spectrum is made: true labels,
+    CNAMEs and coordinates, S/N, RV, defects, broken files and nuisances; and the survey's random
+    generator, positioned where the catalogue draws continue."""
     seed = int(cfg["seed"])
     rng = np.random.default_rng(seed)
     n = int(cfg["n_stars"])
-    truth = draw_labels(n, rng, cfg["population"])
+    truth = draw_labels(n, rng, cfg["population"], cfg["stars"],
+                        np.random.default_rng([seed, STREAM_POPULATIONS]))
     ra, dec = rng.uniform(0, 360, n), rng.uniform(-70, 20, n)
     ids = [cname(a, d) for a, d in zip(ra, dec)]
     # CNAMEs are coordinates; make them unique deterministically if two stars coincide
@@ -367,33 +510,60 @@ def simulate_gaia_eso(cfg: Mapping[str, Any], raw_dir: str | Path, truth_path: s
     truth.insert(0, "star_id", ids)
     truth["ra"], truth["dec"] = ra, dec
     draw_observing_conditions(truth, rng, cfg)
-    truth["broken"] = choose_broken(n, np.random.default_rng([seed, 2 * 10**9]),
+    truth["broken"] = choose_broken(n, np.random.default_rng([seed, STREAM_BROKEN]),
                                     cfg["broken_file_fraction"])
+    draw_star_nuisances(truth, np.random.default_rng([seed, STREAM_NUISANCES]), cfg)
+    return truth, rng
+
+
+def simulate_gaia_eso(cfg: Mapping[str, Any], raw_dir: str | Path, truth_path: str | Path, *,
+                      threads: int = 1, log: Log = print, metadata: Mapping | None = None) -> dict:
+    """Write a simulated Gaia-ESO GIRAFFE survey: spectra, parameter catalogue, manifest, truth.
+
+    Stars observed more than once (``observing.repeat_fraction``) get one HR10 + HR21 pair per
+    visit (visits after the first in ``spectra/visit<k>/``); the manifest's ``visit`` column
+    tells normalize to keep each visit a spectrum of its own.
+    """
+    from ..io.gaia_eso import write_ges_catalog
+
+    raw_dir = Path(raw_dir)
+    spectra_dir = raw_dir / "spectra"
+    spectra_dir.mkdir(parents=True, exist_ok=True)
+    seed = int(cfg["seed"])
+    n = int(cfg["n_stars"])
+    truth, rng = draw_ges_stars(cfg)
     instruments = prepare_workers(cfg, seed, spectra_dir)
     setups = "|".join(i.name for i in instruments)
     log(f"simulate gaia_eso: {(truth.broken != '').sum()} stars with broken archive files "
         f"({dict(truth.loc[truth.broken != '', 'broken'].value_counts())})")
-    log(f"simulate gaia_eso: {n} stars, setups {[i.name for i in instruments]}, "
-        f"{(truth.defect != '').sum()} with defects, threads={threads}")
     # the benchmark stars draw from random streams of their own: the field stars do not change
     from .benchmarks import benchmark_stars
 
     bench = benchmark_stars(cfg, seed, setups, log=log)
     observed = pd.concat([truth, bench.truth], ignore_index=True) if len(bench.truth) else truth
-    results = _run_parallel(_ges_star, list(observed.iterrows()), threads, log, "gaia_eso stars")
+    tasks = _visit_tasks(observed)
+    log(f"simulate gaia_eso: {n} stars ({len(tasks)} exposures: {int((truth.n_visits > 1).sum())} "
+        f"stars observed more than once), setups {[i.name for i in instruments]}, "
+        f"{(truth.defect != '').sum()} with defects, "
+        f"{int((truth.chemical_population != 'disc').sum())} Al-rich/Mg-poor, threads={threads}")
+    results = _run_parallel(_ges_star, tasks, threads, log, "gaia_eso exposures")
     manifest = pd.DataFrame([f for r in results for f in r["files"]])
-    manifest["unit"] = manifest["star_id"]
+    manifest["unit"] = [_unit(s, v) for s, v in zip(manifest["star_id"], manifest["visit"])]
 
-    cat = observe_catalog_labels(truth, rng, cfg["label_errors"])
+    cat = observe_catalog_labels(truth, rng, cfg["label_errors"], cfg["catalogue"],
+                                 np.random.default_rng([seed, STREAM_CATALOGUE]))
     mismatch = np.flatnonzero(truth["defect"].to_numpy() == "label_mismatch")
     if mismatch.size:
         donors = rng.integers(0, n, mismatch.size)
         for label in LABEL_ORDER:
             cat.loc[cat.index[mismatch], label] = cat[label].to_numpy()[donors]
-    catalog = ges_catalog_frame(truth, cat, truth["rv_kms"] + rng.normal(0, 0.3, n), setups,
-                                cfg["solar_abundances"], "GE_MW")
+    rv_error = cfg["observing"]["catalogue_rv_error_kms"]
+    catalog = ges_catalog_frame(truth, cat, truth["rv_kms"] + rng.normal(0, rv_error, n), setups,
+                                cfg["solar_abundances"], "GE_MW", rv_error)
     write_ges_catalog(raw_dir / "catalog.fits", pd.concat([catalog, bench.catalog],
                                                           ignore_index=True))
+    # again: the catalogue draw added truth columns (catalogue_outlier) to the field stars
+    observed = pd.concat([truth, bench.truth], ignore_index=True) if len(bench.truth) else truth
     meta = dict(metadata or {}, survey="gaia_eso", n_stars=len(observed))
     # the benchmark stars' literature labels, as a real run takes them from the resource table
     save_table(raw_dir / "calibration_stars.parquet", bench.calibration, meta)
@@ -408,33 +578,55 @@ def simulate_gaia_eso(cfg: Mapping[str, Any], raw_dir: str | Path, truth_path: s
 def _marvels_plate(task: tuple) -> dict:
     from ..io.marvels import marvels_plate_filename, write_marvels_plate
 
-    plate, rows = task
+    plate, visit, rows = task
     st = _WORKER_STATE
     model: ForwardModel = st["model"]
     inst = model.instruments[0]
+    # one wavelength solution per plate, shared by its stars
+    plate_rng = np.random.default_rng([st["seed"], int(plate.removeprefix("PLATE")),
+                                       STREAM_PLATES])
+    wavelength = wavelength_distortion(inst.wavelength, st["cfg"], plate_rng)
     beams = []
-    for _, row in rows.iterrows():
-        rng = np.random.default_rng([st["seed"], int(row["index"])])
-        labels = {k: row[k] for k in LABEL_ORDER}
-        flux = model.flux(labels, row["rv_kms"], lines=st["lines"])
+    for row in rows:
+        rng, xrng = _star_rngs(st["seed"], int(row["index"]), visit)
+        conditions = draw_conditions(xrng, st["cfg"])
+        flux = _observe_star(row, conditions)[0]
         companion = None
         if row["defect"] == "double_lined_binary":
-            comp = dict(labels, teff=max(4000.0, labels["teff"] - rng.uniform(0, 800)))
-            companion = model.flux(comp, row["rv_kms"] + rng.choice([-1, 1]) * rng.uniform(40, 100),
-                                   lines=st["lines"])
+            companion = _companion(row, rng, conditions, raise_logg=False)[0]
         flux = apply_spectral_defect(row["defect"], inst.wavelength, flux, rng,
-                                     rv_kms=row["rv_kms"], emission_wavelengths=st["emission"],
-                                     companion=companion)
+                                     rv_kms=row["rv_kms"] + conditions.residual_rv_kms,
+                                     emission_wavelengths=st["emission"], companion=companion)
         for beam in (1, 2):
             # the two interferometer beams share the star but not the noise (S/N split in two)
+            effects = _detector(0, inst.wavelength, conditions, xrng)
             counts, sigma, qual = raw_counts(inst.wavelength, flux, row["snr"] / np.sqrt(2), rng,
-                                             row["defect"] if beam == 1 else "")
-            beams.append(dict(starname=row["star_id"], beam=beam, wavelength=inst.wavelength,
+                                             row["defect"] if beam == 1 else "", effects, xrng)
+            beams.append(dict(starname=row["star_id"], beam=beam, wavelength=wavelength,
                               flux=counts, ivar=1.0 / sigma ** 2, mask=qual.astype(np.int16),
                               snr=float(row["snr"] / np.sqrt(2)), vrad_kms=float(row["rv_kms"])))
     path = st["spectra_dir"] / marvels_plate_filename(plate)
     write_marvels_plate(path, plate, beams, inst.resolution)
-    return {"path": str(path), "plate": plate, "stars": list(rows["star_id"])}
+    return {"path": str(path), "plate": plate, "visit": visit,
+            "stars": [row["star_id"] for row in rows]}
+
+
+def _plates(truth: pd.DataFrame, per_plate: int) -> tuple[list[str], list[tuple[str, int, list]]]:
+    """First-visit plate of every star, and (plate, visit, rows) for every plate observed: later
+    visits fill plates of their own, numbered after the first-visit plates."""
+    n = len(truth)
+    first = [f"PLATE{1000 + i // per_plate}" for i in range(n)]
+    records = truth.assign(plate=first).to_dict("records")
+    tasks = []
+    for name in dict.fromkeys(first):
+        tasks.append((name, 1, [r for r in records if r["plate"] == name]))
+    number = 1000 + (n + per_plate - 1) // per_plate
+    for visit in range(2, int(truth["n_visits"].max()) + 1 if n else 2):
+        again = [r for r in records if r["n_visits"] >= visit]
+        for start in range(0, len(again), per_plate):
+            tasks.append((f"PLATE{number}", visit, again[start:start + per_plate]))
+            number += 1
+    return first, tasks
 
 
 def simulate_marvels(cfg: Mapping[str, Any], raw_dir: str | Path, truth_path: str | Path, *,
@@ -443,8 +635,10 @@ def simulate_marvels(cfg: Mapping[str, Any], raw_dir: str | Path, truth_path: st
     stars' literature table, manifest and truth.
 
     Samples: ``n_dwarfs`` labelled FGK dwarfs (for fine-tuning), ``n_calibration`` calibration
-    stars with literature labels, ``n_giant_candidates`` unlabelled giant candidates (80% truly
-    giants/subgiants).
+    stars with literature labels, ``n_giant_candidates`` unlabelled giant candidates (class
+    fractions from ``stars.class_fractions.giant_candidates``, drawn per seed). Stars observed
+    more than once appear on later plates (manifest column ``visit``); each plate has its own
+    wavelength-solution error.
     """
     from ..io.marvels import write_marvels_star_catalog
 
@@ -453,9 +647,13 @@ def simulate_marvels(cfg: Mapping[str, Any], raw_dir: str | Path, truth_path: st
     spectra_dir.mkdir(parents=True, exist_ok=True)
     seed = int(cfg["seed"])
     rng = np.random.default_rng(seed)
-    parts = [("dwarf_sample", draw_labels(cfg["n_dwarfs"], rng, "dwarfs")),
-             ("calibration", draw_labels(cfg["n_calibration"], rng, "dwarfs")),
-             ("giant_candidate", draw_labels(cfg["n_giant_candidates"], rng, "giant_candidates"))]
+    populations = np.random.default_rng([seed, STREAM_POPULATIONS])
+    parts = [("dwarf_sample", draw_labels(cfg["n_dwarfs"], rng, "dwarfs", cfg["stars"],
+                                          populations)),
+             ("calibration", draw_labels(cfg["n_calibration"], rng, "dwarfs", cfg["stars"],
+                                         populations)),
+             ("giant_candidate", draw_labels(cfg["n_giant_candidates"], rng, "giant_candidates",
+                                             cfg["stars"], populations))]
     truth = pd.concat([p.assign(sample=name) for name, p in parts], ignore_index=True)
     n = len(truth)
     truth.insert(0, "star_id", [f"TYC {4000 + i // 997}-{i % 997 + 1:05d}-1" for i in range(n)])
@@ -464,14 +662,18 @@ def simulate_marvels(cfg: Mapping[str, Any], raw_dir: str | Path, truth_path: st
     truth["plate"] = [f"PLATE{1000 + i // cfg['stars_per_plate']}" for i in range(n)]
     draw_observing_conditions(truth, rng, cfg)
     truth["index"] = np.arange(n)
+    draw_star_nuisances(truth, np.random.default_rng([seed, STREAM_NUISANCES]), cfg)
     prepare_workers(cfg, seed, spectra_dir)
-    tasks = list(truth.groupby("plate", sort=True))
-    log(f"simulate marvels: {n} stars on {len(tasks)} plates, threads={threads}")
+    _, tasks = _plates(truth, int(cfg["stars_per_plate"]))
+    log(f"simulate marvels: {n} stars on {len(tasks)} plates "
+        f"({int((truth.n_visits > 1).sum())} stars observed more than once), threads={threads}")
     results = _run_parallel(_marvels_plate, tasks, threads, log, "marvels plates")
-    manifest = pd.DataFrame([{"path": r["path"], "unit": r["plate"], "plate": r["plate"],
-                              "setup": "MARVELS"} for r in results])
+    manifest = pd.DataFrame([{"path": r["path"], "unit": _unit(r["plate"], r["visit"]),
+                              "plate": r["plate"], "setup": "MARVELS", "visit": r["visit"]}
+                             for r in results])
 
-    cat = observe_catalog_labels(truth, rng, cfg["label_errors"])
+    cat = observe_catalog_labels(truth, rng, cfg["label_errors"], cfg["catalogue"],
+                                 np.random.default_rng([seed, STREAM_CATALOGUE]))
     labelled = truth["sample"].eq("dwarf_sample").to_numpy()
     mismatch = np.flatnonzero(labelled & (truth["defect"].to_numpy() == "label_mismatch"))
     donors = rng.choice(np.flatnonzero(labelled), mismatch.size) if mismatch.size else []
@@ -568,4 +770,4 @@ def simulate_phoenix_grid(cfg: Mapping[str, Any], raw_dir: str | Path, *, thread
 
 
 __all__ = ["simulate_gaia_eso", "simulate_marvels", "simulate_phoenix_grid", "draw_labels",
-           "DEFECT_TYPES", "ELEMENTS"]
+           "observe_catalog_labels", "DEFECT_TYPES", "ELEMENTS"]
