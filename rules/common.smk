@@ -7,9 +7,11 @@ sys.path.insert(0, workflow.basedir)  # the workflow's own starlabels/ wins over
 
 from snakemake.exceptions import WorkflowError
 from starlabels import methods, surveys
-from starlabels.config import ConfigError, canonical, validate_config
+from starlabels.config import ConfigError, canonical, check_config_files, validate_config
 
 try:
+    # Snakemake read the config files keeping the last of two equal keys: read them as written
+    check_config_files(workflow.configfiles)
     _validated = validate_config(config)
 except ConfigError as err:
     raise WorkflowError(str(err))

@@ -178,6 +178,24 @@ def test_config_error_stops_before_any_job(repo, tmp_path, tiny_config_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("text, words", [
+    # Snakemake's own loader keeps the last of two equal keys: 40 members would run
+    ("run: [e]\nexperiments:\n  e:\n    train: {members: 4}\n    train: {members: 40}\n",
+     ["found the key 'train' twice (first on line 4)"]),
+    ("run: [x]\nexperiments:\n  ../../x: {}\n", ["experiments.../../x", "not a safe folder name"]),
+])
+def test_config_files_snakemake_reads_are_checked_as_written(repo, tmp_path, text, words):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    proc = snakemake(repo, "-n", "--configfile", str(bad), "--config",
+                     f"results={tmp_path / 'r'}")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output
+    for word in words:
+        assert word in output, output
+    assert not (tmp_path / "r").exists() and not (tmp_path.parent / "x").exists()
+
+
 def test_report_includes_plots_with_captions(repo, tiny_run, tmp_path):
     report = tmp_path / "report.html"
     proc = snakemake(repo, *tiny_run["args"], "--report", str(report))
