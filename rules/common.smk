@@ -1,12 +1,14 @@
 # Config validation and the path/params helpers every rule uses. No rules here.
+import os
 import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, workflow.basedir)  # the workflow's own starlabels/ wins over an installed one
 
 from snakemake.exceptions import WorkflowError
-from starlabels import methods, surveys
+from starlabels import methods, runlock, surveys
 from starlabels.config import ConfigError, canonical, check_config_files, validate_config
 
 try:
@@ -20,6 +22,34 @@ config.update(canonical(_validated))  # key order must not decide what reruns
 
 R = config["results"]
 EXPERIMENTS = config["experiments"]
+
+
+# ---- one run per results folder (starlabels.runlock): Snakemake's own lock covers only this
+# checkout's working directory, not a results folder another checkout also writes
+
+
+def take_results_folders():
+    """onstart: lock results/<exp>/ for every experiment with jobs to run, after the DAG is
+    built and before Snakemake deletes any output; the jobs join with STARLABELS_RUN_ID."""
+    jobs = workflow.dag.needrun_jobs()
+    experiments = sorted({job.wildcards_dict.get("exp") for job in jobs} - {None})
+    try:
+        runlock.hold_for_run([f"{R}/{exp}" for exp in experiments])
+    except runlock.RunLockError as err:
+        raise WorkflowError(str(err))
+
+
+if workflow.is_main_process:
+    os.environ[runlock.RUN_ENV] = ""  # an id inherited from elsewhere is not this run's
+else:
+    # a job run by Snakemake on another machine (Slurm): its Snakemake deletes the job's
+    # outputs before running it, so the folder must still be its run's first
+    try:
+        runlock.join_run(
+            [f"{R}/{t.wildcards_dict['exp']}/logs" for t in workflow.dag_settings.target_jobs
+             if "exp" in t.wildcards_dict])
+    except runlock.RunLockError as err:
+        raise WorkflowError(str(err))
 
 
 wildcard_constraints:

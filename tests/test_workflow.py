@@ -196,6 +196,36 @@ def test_config_files_snakemake_reads_are_checked_as_written(repo, tmp_path, tex
     assert not (tmp_path / "r").exists() and not (tmp_path.parent / "x").exists()
 
 
+def test_a_second_checkout_cannot_write_a_results_folder_in_use(repo, tmp_path,
+                                                                tiny_config_path):
+    """Snakemake's lock covers one working directory: a run from another checkout (here
+    another working directory) would delete the raw spectra the first run is reading."""
+    from test_runlock import Actor
+
+    results = tmp_path / "results"
+    spectra = results / "tiny_ges" / "raw" / "observed" / "spectra"
+    spectra.mkdir(parents=True)
+    (spectra / "being_read.fits").write_bytes(b"a file the first run is reading")
+    first = Actor("run", results / "tiny_ges", tmp_path)     # the first run holds the folder
+    assert first.first.startswith("RUN ")
+    other = tmp_path / "other_checkout"
+    other.mkdir()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "snakemake", "--snakefile", str(repo / "Snakefile"),
+             "--directory", str(other), "--cores", "1", "--configfile", str(tiny_config_path),
+             "--config", f"results={results}", "run=[tiny_ges]",
+             "--forcerun", "acquire_observed", "--until", "acquire_observed"],
+            capture_output=True, text=True, timeout=600)
+    finally:
+        assert first.stop() == 0
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output
+    assert "is in use by run" in output and f"pid {first.proc.pid}" in output, output
+    assert (spectra / "being_read.fits").exists()
+    assert not (results / "tiny_ges" / "logs" / "acquire_observed.log").exists()
+
+
 def test_report_includes_plots_with_captions(repo, tiny_run, tmp_path):
     report = tmp_path / "report.html"
     proc = snakemake(repo, *tiny_run["args"], "--report", str(report))
