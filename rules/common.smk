@@ -241,6 +241,49 @@ def evolutionary_classes(wildcards):
     return {k: v[k] for k in ("giant_logg_max", "dwarf_logg_min")}
 
 
+def stage_outputs(exp):
+    """Every file the experiment's jobs write before the catalogue, as `rule all` asks for them.
+
+    Snakemake deletes a job's outputs when the job starts and, on the next run, rebuilds a
+    missing file only when something it must run needs it: after a killed `--forcerun
+    normalize` the later stages' outputs still exist, so without these targets the normalized
+    matrices would stay missing and the plain rerun would say "Nothing to be done". As
+    targets, a missing one is rebuilt and everything downstream of it reruns."""
+    w = SimpleNamespace(exp=exp)
+    e = EXPERIMENTS[exp]
+    raw = f"{R}/{exp}/raw"
+    files = [f"{raw}/observed/{n}" for n in
+             ("manifest.parquet", "catalog.fits", "calibration_stars.parquet", "spectra")]
+    if _observed_source(exp) == "simulate":
+        files.append(f"{R}/{exp}/truth/truth.parquet")
+    else:
+        files += [f"{raw}/observed/download/remote.parquet",
+                  f"{raw}/observed/download/catalog.fits", *download_shard_files("observed")(w)]
+    inputs = trainset_inputs(w)
+    if "synthetic_flux" in inputs:
+        files += [f"{raw}/phoenix/manifest.parquet", f"{raw}/phoenix/HiResFITS",
+                  *[f"{R}/{exp}/synthetic/{n}" for n in
+                    ("flux.npy", "ivar.npy", "spectra.parquet", "rejects.parquet")]]
+        if _synthetic_source(exp) == "phoenix":
+            files += [f"{raw}/phoenix/download/remote.parquet",
+                      *download_shard_files("phoenix")(w)]
+    files += [f"{R}/{exp}/normalized/{n}" for n in
+              ("flux.npy", "ivar.npy", "stars.parquet", "rejects.parquet")]
+    files += [f"{R}/{exp}/clean/clean.parquet", f"{R}/{exp}/clean/tsne_clean.png"]
+    files += [f"{R}/{exp}/trainset/flux.npy", f"{R}/{exp}/trainset/spectra.parquet"]
+    for folder in [*parent_folders(model_files(w)),
+                   *(parent_folders(ablation_files(w)) if method(exp).report else [])]:
+        files += [f"{folder}/{n}" for n in ("model.pt", "model.json", "history.csv")]
+    files += list(ensemble_calibration_input(w).values())
+    files += list(method_report_input(w).values())
+    files += shard_files(w)
+    return files
+
+
+def parent_folders(paths):
+    return [str(Path(p).parent) for p in paths]
+
+
 def final_targets():
     targets = []
     for exp in config["run"]:
@@ -251,4 +294,5 @@ def final_targets():
             f"{R}/{exp}/metrics.json",
         ]
         targets += [f"{R}/{exp}/plots/{p}.png" for p in PLOTS]
+        targets += stage_outputs(exp)
     return targets

@@ -196,6 +196,63 @@ def test_config_files_snakemake_reads_are_checked_as_written(repo, tmp_path, tex
     assert not (tmp_path / "r").exists() and not (tmp_path.parent / "x").exists()
 
 
+def _all_inputs(repo: Path, *args: str) -> set[str]:
+    """The input files of `rule all` as a forced dry run prints them."""
+    proc = snakemake(repo, "-n", "-f", "all", *args)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    block = proc.stdout.split("rule all:", 1)[1]
+    line = next(ln for ln in block.splitlines() if ln.strip().startswith("input:"))
+    return set(line.split("input:", 1)[1].strip().split(", "))
+
+
+def _written(repo: Path, *args: str) -> set[str]:
+    """Every file a job of the workflow writes (Snakemake's --summary)."""
+    proc = snakemake(repo, "--summary", *args)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("output_file"))
+    return {ln.split("\t")[0] for ln in lines[start + 1:] if "\t" in ln}
+
+
+@pytest.mark.parametrize("config", ["tests/configs/tiny.yaml", "configs/gaia_eso.yaml"])
+def test_rule_all_names_every_file_the_workflow_writes(repo, tmp_path, config):
+    args = ["--configfile", str(repo / config), "--config", f"results={tmp_path / 'r'}"]
+    written = _written(repo, *args)
+    assert written and _all_inputs(repo, *args) == written
+
+
+def test_plain_rerun_after_killing_a_forcerun_rebuilds_what_it_deleted(repo, tiny_run, tmp_path):
+    """Snakemake deletes a job's outputs when it starts it; killed then, the deleted files are
+    missing while every later stage's outputs still exist. The plain rerun must rebuild them
+    (and what depends on them), not report 'Nothing to be done'."""
+    import signal
+
+    results = tmp_path / "results"
+    shutil.copytree(tiny_run["results"], results, copy_function=shutil.copy2)
+    args = [a if not a.startswith("results=") else f"results={results}" for a in tiny_run["args"]]
+    shard = results / "tiny_ges" / "predictions" / "shard_0.parquet"
+    output = tmp_path / "killed_run.txt"
+    with open(output, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "snakemake", *args, "--forcerun",
+                                 "predict"], cwd=repo, start_new_session=True, stdout=out,
+                                stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while shard.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)   # Snakemake and its jobs, as kill -9 or a lost node
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, output.read_text()[-4000:]
+    assert not shard.exists(), "the forced predict job never started"
+    snakemake(repo, "--unlock", *args)     # what the README says to do after killing Snakemake
+    plan = snakemake(repo, "-n", *args)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    counts = job_counts(plan.stdout)
+    assert counts.get("predict", 0) >= 1, plan.stdout[-3000:]
+    assert counts.get("catalog", 0) >= 1 and counts.get("validate", 0) >= 1, counts
+    assert "Nothing to be done" not in plan.stdout + plan.stderr
+
+
 def test_a_second_checkout_cannot_write_a_results_folder_in_use(repo, tmp_path,
                                                                 tiny_config_path):
     """Snakemake's lock covers one working directory: a run from another checkout (here
