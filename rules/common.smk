@@ -39,15 +39,30 @@ def take_results_folders():
         raise WorkflowError(str(err))
 
 
+def job_experiments():
+    """The experiments of the jobs a job-side Snakemake (a Slurm job) runs, from its
+    --target-jobs: Snakemake hands the targets over on that command line and sets
+    workflow.dag_settings only after it has read the Snakefile."""
+    from snakemake.target_jobs import parse_target_jobs_cli_args
+
+    argv = sys.argv[1:]
+    values = []
+    if "--target-jobs" in argv:
+        for arg in argv[argv.index("--target-jobs") + 1 :]:
+            if arg.startswith("--"):
+                break
+            values.append(arg)
+    specs = parse_target_jobs_cli_args(values) or []
+    return sorted({t.wildcards_dict["exp"] for t in specs if "exp" in t.wildcards_dict})
+
+
 if workflow.is_main_process:
     os.environ[runlock.RUN_ENV] = ""  # an id inherited from elsewhere is not this run's
 else:
     # a job run by Snakemake on another machine (Slurm): its Snakemake deletes the job's
     # outputs before running it, so the folder must still be its run's first
     try:
-        runlock.join_run(
-            [f"{R}/{t.wildcards_dict['exp']}/logs" for t in workflow.dag_settings.target_jobs
-             if "exp" in t.wildcards_dict])
+        runlock.join_run([f"{R}/{exp}/logs" for exp in job_experiments()])
     except runlock.RunLockError as err:
         raise WorkflowError(str(err))
 

@@ -283,6 +283,36 @@ def test_a_second_checkout_cannot_write_a_results_folder_in_use(repo, tmp_path,
     assert not (results / "tiny_ges" / "logs" / "acquire_observed.log").exists()
 
 
+def test_a_cluster_job_of_another_run_deletes_nothing(repo, tmp_path, tiny_config_path):
+    """A Slurm job runs its own Snakemake (``--mode remote --target-jobs ...``), which deletes
+    the job's outputs before running it: a job whose run no longer owns the folder (it was
+    pending when its run was killed, and another run has taken the folder since) must stop
+    first. Run here as Slurm would start it, without Slurm."""
+    from starlabels import runlock
+    from test_runlock import Actor
+
+    results = tmp_path / "results"
+    spectra = results / "tiny_ges" / "raw" / "observed" / "spectra"
+    spectra.mkdir(parents=True)
+    (spectra / "of_the_new_run.fits").write_bytes(b"written by the run that owns the folder")
+    owner = Actor("run", results / "tiny_ges", tmp_path)
+    assert owner.first.startswith("RUN ")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "snakemake", "--snakefile", str(repo / "Snakefile"),
+             "--target-jobs", "acquire_observed:exp=tiny_ges", "--mode", "remote", "--force",
+             "--nolock", "--cores", "1", "--configfiles", str(tiny_config_path), "--config",
+             f"results={results}", "run=[tiny_ges]"],
+            cwd=repo, capture_output=True, text=True, timeout=600,
+            env={**os.environ, runlock.RUN_ENV: "a-killed-run"})
+    finally:
+        assert owner.stop() == 0
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output
+    assert "this job of run a-killed-run stops without touching it" in output, output
+    assert (spectra / "of_the_new_run.fits").exists()
+
+
 def test_report_includes_plots_with_captions(repo, tiny_run, tmp_path):
     report = tmp_path / "report.html"
     proc = snakemake(repo, *tiny_run["args"], "--report", str(report))
