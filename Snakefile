@@ -22,6 +22,10 @@ include: "rules/validate.smk"
 include: "rules/remap.smk"
 
 
+onstart:
+    take_results_folders()
+
+
 rule all:
     input:
         final_targets(),

@@ -1,15 +1,19 @@
 # Config validation and the path/params helpers every rule uses. No rules here.
+import os
 import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, workflow.basedir)  # the workflow's own starlabels/ wins over an installed one
 
 from snakemake.exceptions import WorkflowError
-from starlabels import methods, surveys
-from starlabels.config import ConfigError, canonical, validate_config
+from starlabels import methods, runlock, surveys
+from starlabels.config import ConfigError, canonical, check_config_files, validate_config
 
 try:
+    # Snakemake read the config files keeping the last of two equal keys: read them as written
+    check_config_files(workflow.configfiles)
     _validated = validate_config(config)
 except ConfigError as err:
     raise WorkflowError(str(err))
@@ -18,6 +22,49 @@ config.update(canonical(_validated))  # key order must not decide what reruns
 
 R = config["results"]
 EXPERIMENTS = config["experiments"]
+
+
+# ---- one run per results folder (starlabels.runlock): Snakemake's own lock covers only this
+# checkout's working directory, not a results folder another checkout also writes
+
+
+def take_results_folders():
+    """onstart: lock results/<exp>/ for every experiment with jobs to run, after the DAG is
+    built and before Snakemake deletes any output; the jobs join with STARLABELS_RUN_ID."""
+    jobs = workflow.dag.needrun_jobs()
+    experiments = sorted({job.wildcards_dict.get("exp") for job in jobs} - {None})
+    try:
+        runlock.hold_for_run([f"{R}/{exp}" for exp in experiments])
+    except runlock.RunLockError as err:
+        raise WorkflowError(str(err))
+
+
+def job_experiments():
+    """The experiments of the jobs a job-side Snakemake (a Slurm job) runs, from its
+    --target-jobs: Snakemake hands the targets over on that command line and sets
+    workflow.dag_settings only after it has read the Snakefile."""
+    from snakemake.target_jobs import parse_target_jobs_cli_args
+
+    argv = sys.argv[1:]
+    values = []
+    if "--target-jobs" in argv:
+        for arg in argv[argv.index("--target-jobs") + 1 :]:
+            if arg.startswith("--"):
+                break
+            values.append(arg)
+    specs = parse_target_jobs_cli_args(values) or []
+    return sorted({t.wildcards_dict["exp"] for t in specs if "exp" in t.wildcards_dict})
+
+
+if workflow.is_main_process:
+    os.environ[runlock.RUN_ENV] = ""  # an id inherited from elsewhere is not this run's
+else:
+    # a job run by Snakemake on another machine (Slurm): its Snakemake deletes the job's
+    # outputs before running it, so the folder must still be its run's first
+    try:
+        runlock.join_run([f"{R}/{exp}/logs" for exp in job_experiments()])
+    except runlock.RunLockError as err:
+        raise WorkflowError(str(err))
 
 
 wildcard_constraints:
@@ -218,6 +265,49 @@ def evolutionary_classes(wildcards):
     return {k: v[k] for k in ("giant_logg_max", "dwarf_logg_min")}
 
 
+def stage_outputs(exp):
+    """Every file the experiment's jobs write before the catalogue, as `rule all` asks for them.
+
+    Snakemake deletes a job's outputs when the job starts and, on the next run, rebuilds a
+    missing file only when something it must run needs it: after a killed `--forcerun
+    normalize` the later stages' outputs still exist, so without these targets the normalized
+    matrices would stay missing and the plain rerun would say "Nothing to be done". As
+    targets, a missing one is rebuilt and everything downstream of it reruns."""
+    w = SimpleNamespace(exp=exp)
+    e = EXPERIMENTS[exp]
+    raw = f"{R}/{exp}/raw"
+    files = [f"{raw}/observed/{n}" for n in
+             ("manifest.parquet", "catalog.fits", "calibration_stars.parquet", "spectra")]
+    if _observed_source(exp) == "simulate":
+        files.append(f"{R}/{exp}/truth/truth.parquet")
+    else:
+        files += [f"{raw}/observed/download/remote.parquet",
+                  f"{raw}/observed/download/catalog.fits", *download_shard_files("observed")(w)]
+    inputs = trainset_inputs(w)
+    if "synthetic_flux" in inputs:
+        files += [f"{raw}/phoenix/manifest.parquet", f"{raw}/phoenix/HiResFITS",
+                  *[f"{R}/{exp}/synthetic/{n}" for n in
+                    ("flux.npy", "ivar.npy", "spectra.parquet", "rejects.parquet")]]
+        if _synthetic_source(exp) == "phoenix":
+            files += [f"{raw}/phoenix/download/remote.parquet",
+                      *download_shard_files("phoenix")(w)]
+    files += [f"{R}/{exp}/normalized/{n}" for n in
+              ("flux.npy", "ivar.npy", "stars.parquet", "rejects.parquet")]
+    files += [f"{R}/{exp}/clean/clean.parquet", f"{R}/{exp}/clean/tsne_clean.png"]
+    files += [f"{R}/{exp}/trainset/flux.npy", f"{R}/{exp}/trainset/spectra.parquet"]
+    for folder in [*parent_folders(model_files(w)),
+                   *(parent_folders(ablation_files(w)) if method(exp).report else [])]:
+        files += [f"{folder}/{n}" for n in ("model.pt", "model.json", "history.csv")]
+    files += list(ensemble_calibration_input(w).values())
+    files += list(method_report_input(w).values())
+    files += shard_files(w)
+    return files
+
+
+def parent_folders(paths):
+    return [str(Path(p).parent) for p in paths]
+
+
 def final_targets():
     targets = []
     for exp in config["run"]:
@@ -228,4 +318,5 @@ def final_targets():
             f"{R}/{exp}/metrics.json",
         ]
         targets += [f"{R}/{exp}/plots/{p}.png" for p in PLOTS]
+        targets += stage_outputs(exp)
     return targets

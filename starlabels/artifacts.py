@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import platform
+import secrets
 import subprocess
-import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -27,25 +30,98 @@ import pyarrow.parquet as pq
 PROVENANCE_KEY = b"starlabels"
 
 
+#: ending of the temporary files :func:`atomic_path` writes (a pattern nothing else uses, so
+#: the sweep of leftovers never touches a file of someone else's)
+TEMP_SUFFIX = ".starlabels-tmp"
+_SWEPT_DIRS: set[str] = set()
+_SWEPT_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
     The temporary file lives in the same directory so the final ``os.replace`` is atomic on
     POSIX file systems. On error the temporary file is removed and ``path`` is left untouched.
+
+    The file is created with mode 0666 less the process umask, as ``open`` would create it
+    (0644 under the usual umask 022), so outputs are as readable as any other file of the user.
+    Its writer holds an exclusive ``flock`` on it until the rename: a process killed inside the
+    block leaves its temporary file unlocked, and the first atomic write into that directory
+    by a later process removes it (see :func:`sweep_temporaries`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    parent = os.path.abspath(path.parent)
+    with _SWEPT_LOCK:
+        first_visit = parent not in _SWEPT_DIRS
+        _SWEPT_DIRS.add(parent)
+    if first_visit:
+        sweep_temporaries(parent)
+    while True:
+        tmp_path = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+        try:
+            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
+        _try_flock(fd, fcntl.LOCK_EX)
         yield tmp_path
         os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+    finally:
+        os.close(fd)
+
+
+def _try_flock(fd: int, operation: int) -> bool:
+    """flock ``fd``; False where the file system refuses locks (the sweep then keeps the file)."""
+    try:
+        fcntl.flock(fd, operation)
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            return False
+        raise
+    return True
+
+
+def sweep_temporaries(folder: str | os.PathLike) -> list[str]:
+    """Remove the temporary files of :func:`atomic_path` in ``folder`` whose writer is gone.
+
+    A live writer holds an exclusive lock on its file; a file nobody holds a lock on was left
+    by a killed process and can never be renamed into place. Returns the names removed.
+    """
+    removed = []
+    try:
+        entries = [e.name for e in os.scandir(folder)
+                   if e.name.startswith(".") and e.name.endswith(TEMP_SUFFIX)]
+    except FileNotFoundError:
+        return removed
+    for name in entries:
+        candidate = os.path.join(folder, name)
+        try:
+            fd = os.open(candidate, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            if not _try_flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB):
+                continue
+            held = os.fstat(fd)
+            try:
+                now = os.lstat(candidate)
+            except FileNotFoundError:
+                continue  # renamed into place by its writer in the meantime
+            if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+                os.unlink(candidate)
+                removed.append(name)
+        finally:
+            os.close(fd)
+    return removed
 
 
 def _jsonable(value: Any) -> Any:

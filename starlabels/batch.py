@@ -183,6 +183,21 @@ class Progress:
                       f"{elapsed:.1f} s elapsed")
 
 
+def no_finite_flux(flux: np.ndarray, wavelength: np.ndarray) -> str:
+    """Why no pixel has both a finite wavelength and a finite flux, in the file's own terms: a
+    reject reason that says +inf where the file holds +inf, not 'all-NaN'."""
+    n_nan = int(np.isnan(flux).sum())
+    if n_nan == flux.size:
+        return "all-NaN flux"
+    n_pos, n_neg = int(np.isposinf(flux).sum()), int(np.isneginf(flux).sum())
+    if n_nan + n_pos + n_neg == flux.size:
+        parts = [f"{n} {what}" for n, what in ((n_pos, "+inf"), (n_neg, "-inf"), (n_nan, "NaN"))
+                 if n]
+        return f"no finite flux ({', '.join(parts)} of {flux.size} pixels)"
+    return (f"no pixel has both a finite wavelength and a finite flux "
+            f"({int((~np.isfinite(wavelength)).sum())} of {flux.size} wavelengths not finite)")
+
+
 def rejects_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """Rejects rows in the layout of :func:`artifacts.empty_rejects`."""
     empty = artifacts.empty_rejects()

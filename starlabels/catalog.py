@@ -377,6 +377,11 @@ def write_catalog(df: pd.DataFrame, fits_path: str | os.PathLike | None,
 
 # ---------------------------------------------------------------- the catalogue's columns
 
+def _inf_as_nan(values: pd.Series) -> np.ndarray:
+    values = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    return np.where(np.isinf(values), np.nan, values)
+
+
 def catalog_tables(*, shards: Sequence[str | os.PathLike], table: str | os.PathLike,
                    clean_table: str | os.PathLike, model_dirs: Sequence[str | os.PathLike],
                    labels: Sequence[str], cfg: Mapping[str, Any],
@@ -394,12 +399,14 @@ def catalog_tables(*, shards: Sequence[str | os.PathLike], table: str | os.PathL
     out = pd.DataFrame({"spectrum_id": stars["spectrum_id"], "star_id": stars["star_id"],
                         "split": stars["split"], "snr": stars["snr"]})
     for label in labels:
-        out[label] = pred[label].to_numpy()
+        # a network can overflow to ±inf: the catalogue says "no value" (NaN, flagged
+        # PREDICTION_NAN) rather than print an infinite temperature
+        out[label] = _inf_as_nan(pred[label])
         # every method: the uncertainty and the members' disagreement; the regression CNN: the
         # uncertainty before calibration; deep_remap: its distribution's 16th/84th percentiles
         for suffix in ("err", "err_raw", "err_members", "q16", "q84"):
             if f"{label}_{suffix}" in pred:
-                out[f"{label}_{suffix}"] = pred[f"{label}_{suffix}"].to_numpy()
+                out[f"{label}_{suffix}"] = _inf_as_nan(pred[f"{label}_{suffix}"])
     if classes is not None:
         out["evolutionary_class"] = evolutionary_class(out["logg"].to_numpy(),
                                                        classes["giant_logg_max"],

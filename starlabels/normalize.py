@@ -45,7 +45,7 @@ import pandas as pd
 
 from . import artifacts, config
 from .batch import (MatrixRowStream, Progress, RejectSpectrum, exception_text, log_reject_counts,
-                    ordered_map, rejects_frame, say)
+                    no_finite_flux, ordered_map, rejects_frame, say)
 from .grid import WavelengthGrid
 from .io.spectrum import Spectrum, SpectrumFormatError
 from .spectral import (MASKED_FLUX, air_to_vacuum, check_continuum_config, doppler_shift,
@@ -77,6 +77,8 @@ def normalize_config(cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
         raise ValueError("normalize.min_coverage must be in [0, 1]")
     if not 0.0 <= float(c["max_masked_fraction"]) <= 1.0:
         raise ValueError("normalize.max_masked_fraction must be in [0, 1]")
+    if not float(c["max_pixel_snr"]) > 0:
+        raise ValueError("normalize.max_pixel_snr must be > 0")
     return c
 
 
@@ -117,20 +119,42 @@ def _rest_frame_rv(spectrum: Spectrum, rv_kms: float | None, rest_frame: bool) -
     return 0.0
 
 
+def _why_no_valid_pixels(flagged, flux, ivar, implausible) -> str:
+    """The reasons pixels were unusable, largest first, for a spectrum none of whose pixels is."""
+    counts = {"flagged bad by the archive": int(flagged.sum()),
+              "flux not finite": int((~np.isfinite(flux)).sum()),
+              "error not positive or not finite": int((~np.isfinite(ivar) | (ivar <= 0)).sum()),
+              "flux ≤ 0": int((np.isfinite(flux) & (flux <= 0)).sum()),
+              "error implying an impossible S/N (normalize.max_pixel_snr)":
+                  int(implausible.sum())}
+    parts = [f"{n} {what}" for what, n in sorted(counts.items(), key=lambda kv: -kv[1]) if n]
+    return f"no valid pixels of {flux.size}: {'; '.join(parts)}"
+
+
 def _prepare(spectrum: Spectrum, cfg: Mapping[str, Any], rv_kms: float | None) -> _Prepared:
-    """Validate one spectrum, move it to the grid's medium and the rest frame."""
+    """Validate one spectrum, move it to the grid's medium and the rest frame.
+
+    Pixels carry no weight when the archive flags them, their flux or inverse variance is not
+    finite or not positive, or their error implies an S/N per pixel above
+    ``normalize.max_pixel_snr``: an error column near zero (ERR = 1e-30) would otherwise give
+    the pixel all the weight of any coadd and overflow the float32 ivar matrix.
+    """
     wavelength = np.asarray(spectrum.wavelength, dtype=np.float64)
     flux = np.asarray(spectrum.flux, dtype=np.float64)
     ivar = np.asarray(spectrum.ivar, dtype=np.float64)
     flagged = np.asarray(spectrum.mask, dtype=bool)
     defined = np.isfinite(wavelength) & np.isfinite(flux)
     if not defined.any():
-        raise RejectSpectrum("all-NaN flux")
+        raise RejectSpectrum(no_finite_flux(flux, wavelength), key="no finite flux")
     if not (flux[defined] > 0).any():
         raise RejectSpectrum("zero flux")
-    bad = flagged | ~defined | ~np.isfinite(ivar) | (ivar <= 0) | (flux <= 0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        implausible = np.isfinite(ivar) & (ivar > 0) & (
+            np.abs(flux) * np.sqrt(ivar) > float(cfg["max_pixel_snr"]))
+    bad = (flagged | ~defined | ~np.isfinite(ivar) | (ivar <= 0) | (flux <= 0) | implausible)
     if bad.all():
-        raise RejectSpectrum("no valid pixels (all flagged or ivar ≤ 0)")
+        raise RejectSpectrum(_why_no_valid_pixels(flagged, flux, ivar, implausible),
+                             key="no valid pixels")
     # a pixel without a wavelength cannot be placed anywhere: drop it (dead-beam rows are all-NaN)
     keep = np.isfinite(wavelength)
     wavelength, flux, ivar, bad = wavelength[keep], flux[keep], ivar[keep], bad[keep]
@@ -160,6 +184,12 @@ def _piece(prepared: _Prepared, segment_wavelength: np.ndarray, min_coverage: fl
     if not usable.any():
         return None
     return flux, ivar, usable
+
+
+def _with_dropped(reason: str, dropped: Sequence[str]) -> str:
+    """A star's reject reason followed by what was wrong with the spectra it lost on the way,
+    which is often the real cause (a segment without coverage because its file was all NaN)."""
+    return f"{reason} (dropped: {'; '.join(dropped)})" if dropped else reason
 
 
 def normalize_star(spectra: Sequence[Spectrum], grid: WavelengthGrid,
@@ -218,9 +248,10 @@ def normalize_star(spectra: Sequence[Spectrum], grid: WavelengthGrid,
             used[k] = True
         if not weight.any():
             if fit_failed:
-                raise RejectSpectrum(f"continuum fit failed in segment {name}",
-                                     key="continuum fit failed")
-            raise RejectSpectrum(f"no coverage of grid segment {name}")
+                raise RejectSpectrum(_with_dropped(f"continuum fit failed in segment {name}",
+                                                   dropped), key="continuum fit failed")
+            raise RejectSpectrum(_with_dropped(f"no coverage of grid segment {name}", dropped),
+                                 key=f"no coverage of grid segment {name}")
         has_data = weight > 0
         flux[columns] = np.where(has_data, weighted_flux / np.where(has_data, weight, 1.0),
                                  MASKED_FLUX)
@@ -230,9 +261,10 @@ def normalize_star(spectra: Sequence[Spectrum], grid: WavelengthGrid,
     masked_fraction = float(masked.mean())
     limit = float(c["max_masked_fraction"])
     if masked_fraction > limit:
-        raise RejectSpectrum(f"masked fraction {masked_fraction:.2f} > {limit:.2f}",
-                             key=f"masked fraction > {limit:.2f}")
-    snr = float(np.median(flux[~masked] * np.sqrt(ivar[~masked])))
+        raise RejectSpectrum(_with_dropped(f"masked fraction {masked_fraction:.2f} > {limit:.2f}",
+                                           dropped), key=f"masked fraction > {limit:.2f}")
+    per_pixel = flux[~masked] * np.sqrt(ivar[~masked])
+    snr = float(np.median(per_pixel[np.isfinite(per_pixel)]))
 
     for k, piece in enumerate(prepared):
         if not used[k] and k not in failed_fit:
@@ -286,13 +318,17 @@ class _SurveyState:
     cfg: dict[str, Any]
     known_stars: frozenset[str]
     rv_by_star: dict[str, float]
+    file_stars: dict[str, str] = field(default_factory=dict)
 
 
-def _read_unit(paths: Sequence[str], read_fn: Callable[[str], Any], out: _UnitResult
-               ) -> dict[str, list[tuple[Spectrum, str]]]:
+def _read_unit(paths: Sequence[str], read_fn: Callable[[str], Any], out: _UnitResult,
+               file_stars: Mapping[str, str]) -> dict[str, list[tuple[Spectrum, str]]]:
     """Read every file of a unit; spectra grouped by star in order of first appearance.
 
-    A file that cannot be read becomes one reject row: which stars it held is unknowable.
+    A file that cannot be read becomes one reject row: which stars it held is unknowable. A
+    file the manifest lists for one star (``file_stars``) whose header names another is
+    rejected too, under the manifest's star: trusting the header would give that other star's
+    row this spectrum and leave the file's own star nowhere.
     """
     by_star: dict[str, list[tuple[Spectrum, str]]] = {}
     for path in paths:
@@ -318,6 +354,14 @@ def _read_unit(paths: Sequence[str], read_fn: Callable[[str], Any], out: _UnitRe
             out.results.append(_Rejected(file_name, path, "no spectra in file",
                                          "no spectra in file", is_star=False))
             continue
+        listed_for = file_stars.get(path)
+        named = sorted({str(s.star_id) for s in spectra} - {listed_for})
+        if listed_for is not None and named:
+            out.results.append(_Rejected(
+                listed_for, path, f"the file's header names star(s) {named}, but the manifest "
+                                  f"lists it for star {listed_for}", "header names another star",
+                is_star=False))
+            continue
         out.n_spectra += len(spectra)
         for spectrum in spectra:
             by_star.setdefault(str(spectrum.star_id), []).append((spectrum, path))
@@ -329,7 +373,7 @@ def _normalize_unit(state: _SurveyState, unit: tuple[Sequence[str], int]) -> _Un
     input."""
     paths, visit = unit
     out = _UnitResult()
-    for star_id, pairs in _read_unit(paths, state.read_fn, out).items():
+    for star_id, pairs in _read_unit(paths, state.read_fn, out, state.file_stars).items():
         files = list(dict.fromkeys(path for _, path in pairs))
         spectrum_id = visit_spectrum_id(star_id, visit)
         if star_id not in state.known_stars:
@@ -348,8 +392,14 @@ def _normalize_unit(state: _SurveyState, unit: tuple[Sequence[str], int]) -> _Un
             out.results.append(_Rejected(spectrum_id, ";".join(files), f"error: {text}",
                                          f"error: {type(exc).__name__}", star_id=star_id))
             continue
-        out.results.append(_Accepted(star_id, spectrum_id, flux.astype(np.float32),
-                                     ivar.astype(np.float32), info, files))
+        flux32, ivar32 = flux.astype(np.float32), ivar.astype(np.float32)
+        if not (np.isfinite(flux32).all() and np.isfinite(ivar32).all()):
+            out.results.append(_Rejected(spectrum_id, ";".join(files),
+                                         "flux or ivar not finite in float32 after "
+                                         "normalisation", "not finite after normalisation",
+                                         star_id=star_id))
+            continue
+        out.results.append(_Accepted(star_id, spectrum_id, flux32, ivar32, info, files))
     return out
 
 
@@ -383,6 +433,36 @@ def _star_table(records: list[dict[str, Any]], cat: pd.DataFrame) -> pd.DataFram
     return pd.concat([base, extra], axis=1)
 
 
+def _listed_once(units: Sequence[Sequence[str]], file_problems: Mapping[str, str]
+                 ) -> tuple[list[list[str]], list[_Rejected]]:
+    """The units with every file once and without the files that are not there to read, and a
+    reject for each file left out (in manifest order)."""
+    seen: dict[str, int] = {}
+    problems = {os.path.normpath(os.path.abspath(str(k))): str(v)
+                for k, v in file_problems.items()}
+    kept: list[list[str]] = []
+    early: list[_Rejected] = []
+    for number, unit in enumerate(units):
+        paths = []
+        for path in (str(p) for p in unit):
+            key = os.path.normpath(os.path.abspath(path))
+            name = Path(path).name
+            if key in seen:
+                early.append(_Rejected(name, path, f"listed twice in the manifest (also in unit "
+                                                   f"{seen[key]}): read once, never coadded "
+                                                   f"with itself", "listed twice in the manifest",
+                                       is_star=False))
+                continue
+            seen[key] = number
+            if key in problems:
+                early.append(_Rejected(name, path, f"not downloaded: {problems[key]}",
+                                       "not downloaded", is_star=False))
+                continue
+            paths.append(path)
+        kept.append(paths)
+    return kept, early
+
+
 def normalize_survey(units: Sequence[Sequence[str]], read_fn: Callable[[str], Any],
                      grid: WavelengthGrid, stars: pd.DataFrame, cfg: Mapping[str, Any] | None,
                      flux_path: str | os.PathLike, ivar_path: str | os.PathLike,
@@ -390,7 +470,9 @@ def normalize_survey(units: Sequence[Sequence[str]], read_fn: Callable[[str], An
                      rv_column: str | None = "vrad", threads: int = 1,
                      log: Callable[[str], Any] = print,
                      metadata: Mapping[str, Any] | None = None,
-                     visits: Sequence[int] | None = None) -> dict[str, Any]:
+                     visits: Sequence[int] | None = None,
+                     file_stars: Mapping[str, str] | None = None,
+                     file_problems: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Normalise a survey: groups of files → flux/ivar matrices, star table and rejects table.
 
     units    : groups of file paths read together (a star's files; one MARVELS plate file)
@@ -398,6 +480,13 @@ def normalize_survey(units: Sequence[Sequence[str]], read_fn: Callable[[str], An
                (a module-level function or functools.partial) when threads > 1
     stars    : the catalogue, indexed by star_id or with a star_id column; every column is
                copied into the table; ``rv_column`` (if present) gives the rest-frame RV
+    file_stars    : path → the star the manifest lists the file for (surveys with one star per
+                    file); a file whose header names another star is rejected
+    file_problems : path → why the file is not there to read (a download the archive could not
+                    serve); such a file becomes a reject with that reason, unread
+
+    A file listed twice (in one unit or two) is read once; the second listing is a reject
+    ("listed twice"), so a spectrum is never coadded with itself.
 
     visits   : the visit number of each unit (None: all 1); a star's visits become separate rows
                (:func:`visit_spectrum_id`)
@@ -414,8 +503,10 @@ def normalize_survey(units: Sequence[Sequence[str]], read_fn: Callable[[str], An
     visits = [1] * len(units) if visits is None else [int(v) for v in visits]
     if len(visits) != len(units):
         raise ValueError(f"{len(visits)} visit numbers for {len(units)} units")
-    units = [([str(p) for p in unit], visit) for unit, visit in zip(units, visits)]
-    state = _SurveyState(read_fn, grid, c, frozenset(cat.index), _catalogue_rv(cat, rv_column))
+    kept, early = _listed_once(units, file_problems or {})
+    units = list(zip(kept, visits))
+    state = _SurveyState(read_fn, grid, c, frozenset(cat.index), _catalogue_rv(cat, rv_column),
+                         {str(k): str(v) for k, v in (file_stars or {}).items()})
     n_pixels = grid.n_pixels
     say(log, f"{STAGE}: {len(units)} units, {len(cat)} catalogue stars, grid {grid.hash()} "
               f"({n_pixels} pixels in {len(grid.segments)} segments), threads={threads}")
@@ -427,9 +518,14 @@ def normalize_survey(units: Sequence[Sequence[str]], read_fn: Callable[[str], An
     records: list[dict[str, Any]] = []
     rejects: list[dict[str, Any]] = []
     per_reason: Counter[str] = Counter()
+    for result in early:
+        rejects.append({"spectrum_id": result.spectrum_id, "path": result.path, "stage": STAGE,
+                        "reason": result.reason})
+        per_reason[result.key] += 1
     accepted_from: dict[str, str] = {}
     stars_seen: set[str] = set()
-    n_spectra = n_files = n_stars = 0
+    n_spectra = n_stars = 0
+    n_files = len(early)
     progress = Progress(log, STAGE, len(units), "units")
     try:
         for done, unit in enumerate(ordered_map(_normalize_unit, state, units, threads), 1):

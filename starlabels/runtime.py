@@ -22,9 +22,14 @@ class Job:
 
 def job(snakemake: Any) -> Job:
     """Send stdout and stderr to the rule's log (line-buffered), install
-    :func:`concise_excepthook`, and hash the rule's params."""
+    :func:`concise_excepthook`, join the job's run (:func:`starlabels.runlock.join_run`: the
+    results folder must still be its run's, and stays held while the job runs), and hash the
+    rule's params."""
+    from .runlock import join_run
+
     sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)
     sys.excepthook = concise_excepthook
+    join_run([*snakemake.output, *snakemake.log])
     return Job(config_hash=params_hash(dict(snakemake.params.items())))
 
 
@@ -57,8 +62,9 @@ def _concise_errors() -> tuple[type[BaseException], ...]:
     from .acquire.http import DownloadError
     from .acquire.literature import LiteratureTableError
     from .acquire.remote import ArchiveConfigError
+    from .runlock import RunLockError
 
-    return (DownloadError, ArchiveConfigError, LiteratureTableError)
+    return (DownloadError, ArchiveConfigError, LiteratureTableError, RunLockError)
 
 
 def concise_excepthook(kind, value, traceback) -> None:

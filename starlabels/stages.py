@@ -159,13 +159,20 @@ def normalize(*, survey: str, manifest: str, catalog: str, calibration: str,
     units = [list(group["path"]) for group in groups]
     visits = [int(group["visit"].iloc[0]) if "visit" in group else 1 for group in groups]
     read_fn = record.reader(cfg.get("reader"))
+    # the star a one-star file belongs to is the manifest's (the header must agree), and a
+    # file the download could not get carries its reason
+    file_stars = (dict(zip(files["path"], files["star_id"].astype(str)))
+                  if "star_id" in files else None)
+    file_problems = ({p: e for p, e in zip(files["path"], files["download_error"])
+                      if isinstance(e, str) and e} if "download_error" in files else None)
     log(f"normalize: {len(files)} files in {len(units)} units, {len(stars)} catalogue stars, "
         f"grid {grid.n_pixels} pixels ({', '.join(s.name for s in grid.segments)})")
     meta = artifacts.provenance(None, config_hash=config_hash, stage="normalize",
                                 labels=list(labels), survey=survey)
     return normalize_survey(units, read_fn, grid, stars, cfg, flux, ivar, table, rejects,
                             rv_column=record.rv_column, threads=threads, log=log, metadata=meta,
-                            visits=visits)
+                            visits=visits, file_stars=file_stars,
+                            file_problems=file_problems)
 
 
 def clean(*, flux: str, table: str, labels: Sequence[str], cfg: Mapping[str, Any],

@@ -34,7 +34,7 @@ import pandas as pd
 
 from . import artifacts, config
 from .batch import (MatrixRowStream, Progress, RejectSpectrum, exception_text, log_reject_counts,
-                    ordered_map, rejects_frame, say)
+                    no_finite_flux, ordered_map, rejects_frame, say)
 from .grid import WavelengthGrid
 from .io.spectrum import Spectrum, SpectrumFormatError
 from .spectral import (C_KMS, MASKED_FLUX, check_continuum_config, convolve_resolution,
@@ -163,7 +163,7 @@ def degrade(spec: Spectrum, grid: WavelengthGrid, resolution: float | Mapping[st
     good = (np.isfinite(flux_model) & np.isfinite(wavelength)
             & ~np.asarray(spec.mask, dtype=bool))
     if not good.any():
-        raise RejectSpectrum("all-NaN flux")
+        raise RejectSpectrum(no_finite_flux(flux_model, wavelength), key="no finite flux")
     out = np.full(grid.n_pixels, np.nan)
     for name, seg_w, columns in grid_segments(grid):
         r = _segment_resolution(resolution, name)

@@ -2,11 +2,13 @@
 standards (TAP 1.1 over UWS 1.1, VOTable results), and a fake ESO login (OIDC token) endpoint.
 
 The archives (ESO, SDSS SAS, PHOENIX) are unreachable from our machines, so the download code
-is proven against this server instead. It serves the files of a folder with Range support and
-Content-Length, and a test injects faults per path: dropped connections, 5xx/429 answers,
-other bodies (an HTML page), truncated or wrong bodies, slow answers, a required bearer token.
-It records every request (path, Range header, bytes sent, time) and the largest number of
-requests in flight at once.
+is proven against this server instead. It serves the files of a folder with Range support,
+Content-Length and validators (a strong ETag and Last-Modified, honoured in If-Range), and a test
+injects faults per path: dropped connections, 5xx/429 answers, truncated or wrong bodies, slow
+or trickling answers, an HTML page with status 200, a gzip Content-Encoding nobody asked for, a
+416 that contradicts the file's length, a required bearer token, and a change of the file between attempts
+(``then``). It records every request (path, Range and If-Range headers, bytes sent, time) and the
+largest number of requests in flight at once.
 
 Use from a test module::
 
@@ -19,6 +21,9 @@ Use from a test module::
 from __future__ import annotations
 
 import base64
+import email.utils
+import gzip
+import hashlib
 import io
 import itertools
 import json
@@ -47,7 +52,12 @@ class Fault:
     connection after ``after_bytes`` of the body), 'truncate' (announce the full length, send
     ``after_bytes``, close cleanly), 'corrupt' (same length, different bytes), 'slow' (sleep
     ``delay_s`` before the headers, or halfway through the body when ``during``), 'ignore_range'
-    (answer 200 with the whole file even when a Range was asked for).
+    (answer 200 with the whole file even when a Range was asked for), 'trickle' (send the body
+    ``after_bytes`` at a time, ``delay_s`` apart), 'html' (status 200 with an HTML error page),
+    'gzip' (the whole file gzip-compressed with Content-Encoding: gzip, cut after
+    ``after_bytes`` compressed bytes when that is set), 'lie_416' (answer a Range request with
+    416 and Content-Range ``*/<first byte asked for>``, as if the file ended there).
+    ``then`` is called once the faulty answer has been sent (e.g. to change the file).
     """
 
     kind: str
@@ -60,6 +70,7 @@ class Fault:
     body: bytes | None = None
     content_type: str = "text/plain"
     used: int = 0
+    then: Callable[[], None] | None = None
 
     @classmethod
     def http_status(cls, status: int, times: int | None = 1, headers: dict | None = None,
@@ -68,8 +79,9 @@ class Fault:
                    body=body, content_type=content_type)
 
     @classmethod
-    def drop(cls, after_bytes: int, times: int | None = 1) -> "Fault":
-        return cls("drop", times=times, after_bytes=after_bytes)
+    def drop(cls, after_bytes: int, times: int | None = 1,
+             then: Callable[[], None] | None = None) -> "Fault":
+        return cls("drop", times=times, after_bytes=after_bytes, then=then)
 
     @classmethod
     def truncate(cls, after_bytes: int, times: int | None = 1) -> "Fault":
@@ -87,6 +99,22 @@ class Fault:
     def ignore_range(cls, times: int | None = None) -> "Fault":
         return cls("ignore_range", times=times)
 
+    @classmethod
+    def trickle(cls, piece_bytes: int, every_s: float, times: int | None = None) -> "Fault":
+        return cls("trickle", times=times, after_bytes=piece_bytes, delay_s=every_s)
+
+    @classmethod
+    def html(cls, times: int | None = 1) -> "Fault":
+        return cls("html", times=times)
+
+    @classmethod
+    def gzip(cls, times: int | None = 1, cut_after: int = 0) -> "Fault":
+        return cls("gzip", times=times, after_bytes=cut_after)
+
+    @classmethod
+    def lie_416(cls, times: int | None = 1) -> "Fault":
+        return cls("lie_416", times=times)
+
     def take(self) -> bool:
         """Whether this fault applies to the current request (and count it if so)."""
         if self.times is not None and self.used >= self.times:
@@ -102,6 +130,7 @@ class RequestRecord:
     range: str | None
     time: float
     authorization: bool
+    if_range: str | None = None
     status: int | None = None
     bytes_sent: int = 0
 
@@ -119,6 +148,7 @@ class FaultServer:
         self.active = 0
         self.max_active = 0
         self.tokens: list[tuple[str, str]] = []  # (bearer token, path prefix it opens)
+        self.send_validators = True   # ETag and Last-Modified on every file answer
         self.mounts: dict[str, "FakeTap"] = {}
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
@@ -245,7 +275,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = unquote(urlsplit(self.path).path)
         self.record = RequestRecord(method=method, path=path, range=self.headers.get("Range"),
                                     time=time.monotonic(),
-                                    authorization="Authorization" in self.headers)
+                                    authorization="Authorization" in self.headers,
+                                    if_range=self.headers.get("If-Range"))
         self.owner._begin(self.record)
         try:
             body = self._read_body()
@@ -269,6 +300,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._serve_file(path, fault, head=(method == "HEAD"))
             else:
                 self.reply(405, b"method not allowed\n")
+            if fault is not None and fault.then is not None:
+                fault.then()
         finally:
             self.owner._end()
 
@@ -309,13 +342,36 @@ class _Handler(BaseHTTPRequestHandler):
         if self.owner.root.resolve() not in target.parents or not target.is_file():
             self.reply(404, b"not found\n")
             return
+        kind = fault.kind if fault is not None else None
+        if kind == "html":
+            self.reply(200, b"<!DOCTYPE html>\n<html><head><title>Service unavailable</title>"
+                            b"</head><body>The archive is busy; try later.</body></html>\n",
+                       content_type="text/html")
+            return
         data = target.read_bytes()
-        if fault is not None and fault.kind == "corrupt":
+        validators = {}
+        if self.owner.send_validators:
+            validators = {"ETag": '"' + hashlib.sha1(data).hexdigest()[:16] + '"',
+                          "Last-Modified": email.utils.formatdate(target.stat().st_mtime,
+                                                                  usegmt=True)}
+        if kind == "corrupt":
             data = bytes(b ^ 0x5A for b in data)
         size = len(data)
         status, first = 200, 0
         requested = self.headers.get("Range")
-        if requested and not (fault is not None and fault.kind == "ignore_range"):
+        if_range = self.headers.get("If-Range")
+        if requested and if_range is not None and if_range not in validators.values():
+            requested = None  # RFC 9110: a stale validator gets the whole current file
+        extra = {}
+        if kind == "gzip":
+            data = gzip.compress(data, mtime=0)
+            size, requested = len(data), None
+            extra["Content-Encoding"] = "gzip"
+        if requested and kind == "lie_416":
+            first, _ = _parse_range(requested, size)
+            self.reply(416, b"", {"Content-Range": f"bytes */{first}"})
+            return
+        if requested and kind != "ignore_range":
             first, last = _parse_range(requested, size)
             if first >= size:
                 self.reply(416, b"", {"Content-Range": f"bytes */{size}"})
@@ -327,6 +383,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Accept-Ranges", "bytes")
+        for name, value in {**validators, **extra}.items():
+            self.send_header(name, value)
         if status == 206:
             self.send_header("Content-Range", f"bytes {first}-{first + len(data) - 1}/{size}")
         self.end_headers()
@@ -335,6 +393,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_body(self, data: bytes, fault: Fault | None) -> None:
         kind = fault.kind if fault is not None else None
+        if kind == "gzip" and fault.after_bytes:
+            kind = "truncate"
+        if kind == "trickle":
+            for start in range(0, len(data), max(1, fault.after_bytes)):
+                self._write(data[start:start + fault.after_bytes])
+                time.sleep(fault.delay_s)
+            return
         if kind in ("drop", "truncate"):
             self._write(data[:fault.after_bytes])
             if kind == "drop":

@@ -292,12 +292,14 @@ def test_adql_strings_and_table_names_cannot_break_out():
 # ------------------------------------------------------------------ download shards + assemble
 
 def served_eso_files(server, tmp_path) -> tuple[pd.DataFrame, dict]:
-    """Serve the five spectra of the manifest test under the ESO path layout."""
+    """Serve the five spectra of the manifest test under the ESO path layout (each file a
+    FITS header block naming its dp_id: the download engine accepts nothing else)."""
     FakeEso(server)
     _, remote, _ = eso_manifest(server, tmp_path, mirror=server.base_url)
     content = {}
     for dp in remote["dp_id"]:
-        content[dp] = f"spectrum {dp}".encode() * 50
+        cards = [b"SIMPLE  =                    T", f"COMMENT spectrum {dp}".encode(), b"END"]
+        content[dp] = b"".join(card.ljust(80) for card in cards).ljust(2880)
         server.put(f"dataPortal/file/{dp}", content[dp])
     return remote, content
 
@@ -363,6 +365,7 @@ def test_missing_archive_file_reaches_the_normalize_rejects_not_oblivion(fault_s
     assert counts["n_missing"] == 1
     lost = manifest[manifest["download_status"] == "missing"]
     assert lost["dp_id"].tolist() == [gone] and not Path(lost["path"].iloc[0]).exists()
+    assert "HTTP 404" in lost["download_error"].iloc[0]          # normalize's reject reason
 
 
 def test_login_comes_from_the_environment_and_never_reaches_the_tables(fault_server, tmp_path,

@@ -81,3 +81,77 @@ def test_matrix_row_reader_reads_blocks_exactly(tmp_path):
     np.save(tmp_path / "f8.npy", matrix.astype(np.float64))
     with pytest.raises(ValueError, match="float32"):
         MatrixRowReader(tmp_path / "f8.npy", 2)
+
+
+# ---------------------------------------------------------------- atomic writes: modes, leftovers
+
+_WRITER = """
+import os, sys, time
+from pathlib import Path
+from starlabels import artifacts
+target, mode = Path(sys.argv[1]), sys.argv[2]
+with artifacts.atomic_path(target) as tmp:
+    tmp.write_bytes(b"half of it")
+    Path(str(target) + ".inside").write_text(str(tmp))
+    if mode == "die":
+        os.kill(os.getpid(), 9)
+    while not Path(str(target) + ".go").exists():
+        time.sleep(0.02)
+    tmp.write_bytes(b"all of it")
+"""
+
+
+def _start_writer(target, mode):
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(target), mode],
+                            cwd=Path(__file__).resolve().parent.parent)
+    marker = Path(str(target) + ".inside")
+    deadline = time.time() + 60
+    while not marker.exists() and time.time() < deadline:
+        time.sleep(0.02)
+    assert marker.exists(), "the writer never entered its atomic block"
+    return proc, Path(marker.read_text())
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_outputs_follow_the_process_umask(tmp_path, umask, mode):
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        artifacts.save_table(tmp_path / "t.parquet", pd.DataFrame({"a": [1]}))
+        artifacts.save_json(tmp_path / "j.json", {"a": 1})
+        artifacts.save_matrix(tmp_path / "m.npy", np.zeros((2, 2)))
+    finally:
+        os.umask(old)
+    for name in ("t.parquet", "j.json", "m.npy"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
+
+
+def test_temporary_file_of_a_killed_writer_is_removed_by_the_next_write(tmp_path):
+    target = tmp_path / "out" / "stars.parquet"
+    proc, leftover = _start_writer(target, "die")
+    assert proc.wait(timeout=60) == -9
+    assert leftover.exists() and not target.exists()
+    artifacts.save_json(tmp_path / "out" / "other.json", {"a": 1})   # a later run writes here
+    assert not leftover.exists()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "other.json", "stars.parquet.inside"]
+
+
+def test_temporary_file_of_a_live_writer_is_left_alone(tmp_path):
+    target = tmp_path / "out" / "flux.bin"
+    proc, working = _start_writer(target, "wait")
+    try:
+        assert artifacts.sweep_temporaries(tmp_path / "out") == []
+        artifacts.save_json(tmp_path / "out" / "other.json", {"a": 1})
+        assert working.exists()
+    finally:
+        (tmp_path / "out" / "flux.bin.go").write_text("")
+        assert proc.wait(timeout=60) == 0
+    assert target.read_bytes() == b"all of it" and not working.exists()

@@ -245,3 +245,35 @@ def test_column_units():
     assert column_unit("fe_h_ref") == "dex"
     assert column_unit("rv") == "km/s"
     assert column_unit("snr") is None and column_unit("teff_flag") is None
+
+
+def test_infinite_predictions_reach_the_catalogue_as_nan_and_flagged(tmp_path):
+    from starlabels.catalog import catalog_tables
+
+    df = predictions(6)
+    df.loc[1, "teff"] = np.inf
+    df.loc[2, "logg"] = -np.inf
+    df.loc[4, "fe_h_err"] = np.inf
+    df["n_members"] = 2
+    shard = tmp_path / "shard_0.parquet"
+    artifacts.save_table(shard, df.drop(columns=["star_id", "split", "snr"]))
+    stars = df[["spectrum_id", "star_id", "split", "snr"]].copy()
+    for label in CAT_LABELS:
+        stars[label] = 0.0
+    artifacts.save_table(tmp_path / "stars.parquet", stars)
+    artifacts.save_table(tmp_path / "clean.parquet",
+                         pd.DataFrame({"keep": [True] * 6, "reason": [""] * 6,
+                                       "cleaned": [False] * 6}))
+    member = tmp_path / "member_0"
+    artifacts.save_json(member / "model.json", {"labels": CAT_LABELS,
+                                                "label_min": [0.0, -10, -10, -10, -10],
+                                                "label_max": [1e5, 10, 10, 10, 10]})
+    out, full = catalog_tables(shards=[shard], table=tmp_path / "stars.parquet",
+                               clean_table=tmp_path / "clean.parquet", model_dirs=[member],
+                               labels=CAT_LABELS, cfg={"snr_min": None, "max_err": {}})
+    for frame in (out, full):
+        assert not np.isinf(frame.select_dtypes("number").to_numpy(dtype=float)).any()
+    assert np.isnan(out.loc[1, "teff"]) and np.isnan(out.loc[2, "logg"])
+    assert np.isnan(out.loc[4, "fe_h_err"])
+    bad = (out["flags"] & FLAG_BITS["PREDICTION_NAN"]) != 0
+    assert bad.tolist() == [False, True, True, False, False, False]

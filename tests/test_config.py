@@ -85,3 +85,69 @@ def test_canonical_sorts_keys_recursively_so_params_compare_equal():
     b = {"a": {"x": 2, "y": [{"p": 2, "q": 1}]}, "b": 1}
     assert repr(canonical(a)) == repr(canonical(b))
     assert list(canonical(a)) == ["a", "b"]
+
+
+# ---------------------------------------------------------------- values the schema's types let through
+
+def _experiment(**sections) -> dict:
+    return {"experiments": {"e": sections}, "run": ["e"]}
+
+
+@pytest.mark.parametrize("bad, words", [
+    (_experiment(grid={"segments": [{"name": "HR10", "start": 5616.0, "end": 5342.0,
+                                     "step": 0.1}]}),
+     ["experiments.e.grid.segments[0]", "start 5616.0 is not below end 5342.0"]),
+    (_experiment(simulate={"setups": [{"name": "HR10", "resolution": 19800, "start": 5624.0,
+                                       "end": 5334.0, "step": 0.05}]}),
+     ["experiments.e.simulate.setups[0]", "start 5624.0"]),
+    (_experiment(grid={"segments": [{"name": "A", "start": 1.0, "end": 2.0, "step": 0.1},
+                                    {"name": "A", "start": 3.0, "end": 4.0, "step": 0.1}]}),
+     ["experiments.e.grid.segments", "['A'] used twice"]),
+    (_experiment(selection={"valid_fraction": 0.5, "test_fraction": 0.5}),
+     ["experiments.e.selection", "leaves no training stars"]),
+    (_experiment(selection={"valid_fraction": float("nan")}),
+     ["experiments.e.selection.valid_fraction", "NaN"]),
+    (_experiment(normalize={"continuum": {"upper_sigma": float("nan")}}),
+     ["experiments.e.normalize.continuum.upper_sigma", "NaN"]),
+    (_experiment(selection={"teff_range": [7000.0, 4000.0]}),
+     ["experiments.e.selection.teff_range", "runs backwards"]),
+    (_experiment(synthetic={"phoenix": {"grid": {"teff": [7000, 4000, 100]}}}),
+     ["experiments.e.synthetic.phoenix.grid.teff", "first 7000 > last 4000"]),
+    (_experiment(synthetic={"synthesize": {"valid_fraction": 1.0}}),
+     ["synthetic.synthesize.valid_fraction", "leaves no training models"]),
+    ({"experiments": {"../../x": {}}, "run": ["../../x"]},
+     ["experiments.../../x", "not a safe folder name"]),
+    ({"experiments": {"a.b": {}}, "run": []}, ["experiments.a.b", "not a safe folder name"]),
+    (_experiment(train={"members": 100_000}), ["experiments.e.train.members", "100000"]),
+    (_experiment(predict={"shards": 100_000}), ["experiments.e.predict.shards", "100000"]),
+    (_experiment(download={"shards": 100_000}), ["experiments.e.download.shards", "100000"]),
+])
+def test_cross_field_and_non_finite_values_are_refused(bad, words):
+    with pytest.raises(ConfigError) as err:
+        validate_config(bad)
+    for word in words:
+        assert word in str(err.value), str(err.value)
+
+
+def test_upper_bounds_say_why():
+    schema = load_schema()["$defs"]["experiment"]["properties"]
+    for section, key in (("train", "members"), ("predict", "shards"), ("download", "shards")):
+        spec = schema[section]["properties"][key]
+        assert "maximum" in spec and "job" in spec["description"], (section, key)
+
+
+def test_duplicate_yaml_keys_are_refused_naming_key_and_lines(tmp_path):
+    from starlabels.config import check_config_files, load_yaml
+
+    path = tmp_path / "dup.yaml"
+    path.write_text("run: [e]\nexperiments:\n  e:\n    train:\n      members: 4\n"
+                    "      epochs: 3\n      members: 40\n")
+    for load in (load_config, load_yaml, lambda p: check_config_files([p])):
+        with pytest.raises(ConfigError) as err:
+            load(path)
+        text = str(err.value)
+        assert str(path) in text and "'members' twice (first on line 5)" in text
+        assert "line 7" in text
+    merged = tmp_path / "merge.yaml"     # a << merge may be overridden: that is YAML's intent
+    merged.write_text("base: &b {members: 4, epochs: 3}\nother:\n  <<: *b\n  members: 8\n")
+    assert load_yaml(merged)["other"] == {"members": 8, "epochs": 3}

@@ -18,7 +18,8 @@ import pytest
 from httpfaults import FakeOidc, Fault, closed_port
 
 from starlabels.acquire.auth import LoginError, login_headers
-from starlabels.acquire.fetch import RemoteFile, fetch_files, safe_relpath, with_mirror
+from starlabels.acquire.fetch import (RemoteFile, fetch_files, part_path, safe_relpath,
+                                      with_mirror)
 from starlabels.acquire.http import (ArchiveUnreachable, DownloadError, credentials_env_names,
                                      credentials_from_env)
 
@@ -57,7 +58,8 @@ def fast(lines: list | None = None, **overrides) -> dict:
 
 
 def assert_clean(dest: Path) -> None:
-    assert not list(Path(dest).rglob("*.part")), "a .part file was left behind"
+    left = [p.name for p in Path(dest).rglob("*") if p.name.startswith(".")]
+    assert not left, f"temporary files were left behind: {left}"
 
 
 # ---------------------------------------------------------------- names and mirrors
@@ -140,7 +142,7 @@ def test_part_file_of_an_interrupted_run_is_resumed_by_the_rerun(fault_server, t
     with pytest.raises(DownloadError, match="b.fits: HTTP 503"):
         fetch_files([item], tmp_path, **fast(retries=0))
     assert not (tmp_path / "b.fits").exists()
-    part = tmp_path / "b.fits.part"
+    part = part_path(tmp_path / "b.fits")
     kept = part.stat().st_size
     assert 0 < kept <= 50_000
     fault_server.clear_faults()
@@ -155,7 +157,7 @@ def test_server_that_ignores_range_makes_the_client_restart_from_zero(fault_serv
     data = payload(50_000, seed=4)
     item = served(fault_server, "c.fits", data)
     fault_server.add_fault("/c.fits", Fault.ignore_range())
-    (tmp_path / "c.fits.part").write_bytes(b"stale bytes from an older version")
+    part_path(tmp_path / "c.fits").write_bytes(b"stale bytes from an older version")
     lines: list[str] = []
     fetch_files([item], tmp_path, **fast(lines))
     assert fault_server.ranges("/c.fits") == ["bytes=33-"]
@@ -165,19 +167,31 @@ def test_server_that_ignores_range_makes_the_client_restart_from_zero(fault_serv
 
 def test_416_accepts_a_complete_part_and_restarts_a_wrong_one(fault_server, tmp_path):
     data = payload(10_000, seed=5)
-    item = served(fault_server, "d.fits", data, known=False)
-    (tmp_path / "d.fits.part").write_bytes(data)  # complete, server says 416 */10000
+    url = fault_server.put("d.fits", data)
+    item = RemoteFile(url, "d.fits", sha256=sha256(data))  # a checksum, but no size
+    part_path(tmp_path / "d.fits").write_bytes(data)  # complete, server says 416 */10000
     fetch_files([item], tmp_path, **fast())
     assert (tmp_path / "d.fits").read_bytes() == data
     assert fault_server.ranges("/d.fits") == ["bytes=10000-"]
 
     other = tmp_path / "again"
     other.mkdir()
-    (other / "d.fits.part").write_bytes(data + b"junk")  # longer than the file: wrong
+    part_path(other / "d.fits").write_bytes(data + b"junk")  # longer than the file: wrong
     fault_server.reset_records()
     fetch_files([item], other, **fast())
     assert (other / "d.fits").read_bytes() == data
     assert fault_server.ranges("/d.fits") == ["bytes=10004-", None]
+
+    # a part nothing can vouch for (no checksum, no validator recorded when its bytes
+    # arrived) might hold another version of the file: it is fetched again from zero
+    unknown = tmp_path / "unknown"
+    unknown.mkdir()
+    part_path(unknown / "d.fits").write_bytes(data)
+    fault_server.reset_records()
+    fetch_files([RemoteFile(url, "d.fits")], unknown, **fast())
+    assert (unknown / "d.fits").read_bytes() == data
+    assert fault_server.ranges("/d.fits") == [None]
+    assert_clean(unknown)
 
 
 def test_500_is_retried_then_verified(fault_server, tmp_path):
@@ -503,3 +517,179 @@ def test_local_mirror_copies_and_verifies(tmp_path):
     with pytest.raises(DownloadError, match="not found"):
         fetch_files([missing], tmp_path / "missing", **fast())
     assert not (tmp_path / "wrong/w.fits").exists() and not (tmp_path / "missing/m.fits").exists()
+
+
+# ---------------------------------------------------------------- what a hostile or broken server does
+
+def fits_payload(blocks: int, seed: int = 0) -> bytes:
+    """Bytes that look like a FITS file: a primary header card block, then random blocks."""
+    header = (b"SIMPLE  =                    T".ljust(80) + b"END".ljust(80)).ljust(2880)
+    return header + payload(2880 * (blocks - 1), seed=seed)
+
+
+_DOWNLOADER = """
+import sys
+from starlabels.acquire.fetch import RemoteFile, fetch_files
+frame = fetch_files([RemoteFile(sys.argv[1], "same.fits")], sys.argv[2], retries=3,
+                    backoff_s=0.01, max_backoff_s=0.05, timeout_s=10.0, rate_limit_per_host=0,
+                    log=lambda text: print(text, flush=True))
+print("STATUS", frame.loc[0, "status"], flush=True)
+"""
+
+
+def test_two_downloaders_of_one_file_into_one_folder_never_mix_their_bytes(fault_server,
+                                                                           tmp_path):
+    import subprocess
+    import sys
+
+    data = payload(60_000, seed=21)
+    item = served(fault_server, "same.fits", data, known=False)   # nothing to verify against
+    fault_server.add_fault("/same.fits", Fault.trickle(3_000, 0.1, times=None))  # 2 s each
+    dest = tmp_path / "dest"
+    repo = Path(__file__).resolve().parent.parent
+    first = subprocess.Popen([sys.executable, "-c", _DOWNLOADER, item.url, str(dest)], cwd=repo,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 30
+    while not fault_server.requests_for("/same.fits") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    second = subprocess.Popen([sys.executable, "-c", _DOWNLOADER, item.url, str(dest)], cwd=repo,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    outputs = [proc.communicate(timeout=50)[0] for proc in (first, second)]
+    assert [proc.returncode for proc in (first, second)] == [0, 0], outputs
+    assert all("STATUS fetched" in out for out in outputs), outputs
+    assert "waiting: another process is downloading same.fits" in outputs[1], outputs[1]
+    assert (dest / "same.fits").read_bytes() == data
+    assert_clean(dest)
+
+
+def test_a_remote_file_named_like_a_part_file_does_not_collide(fault_server, tmp_path):
+    partlike = served(fault_server, "spec/a.fits.part", payload(30_000, seed=22), known=False)
+    plain = served(fault_server, "spec/a.fits", payload(40_000, seed=23), known=False)
+    frame = fetch_files([partlike, plain], tmp_path, concurrency=1, **fast())
+    assert list(frame["status"]) == ["fetched", "fetched"]
+    assert (tmp_path / "spec/a.fits.part").read_bytes() == payload(30_000, seed=22)
+    assert (tmp_path / "spec/a.fits").read_bytes() == payload(40_000, seed=23)
+    assert sorted(p.name for p in (tmp_path / "spec").iterdir()) == ["a.fits", "a.fits.part"]
+
+
+def test_html_page_served_with_200_is_never_accepted_as_a_fits_file(fault_server, tmp_path):
+    from starlabels.io.fitstools import fits_problem
+
+    data = fits_payload(3, seed=24)
+    item = served(fault_server, "h/spec.fits", data, known=False)
+    fault_server.add_fault("/h/spec.fits", Fault.html(times=1))
+    lines: list[str] = []
+    fetch_files([item], tmp_path / "once", content_check=fits_problem, **fast(lines))
+    assert (tmp_path / "once/h/spec.fits").read_bytes() == data
+    assert any("an HTML or XML document" in line for line in lines), lines
+
+    fault_server.add_fault("/h/spec.fits", Fault.html(times=None))
+    with pytest.raises(DownloadError, match="an HTML or XML document, not a FITS file"):
+        fetch_files([item], tmp_path / "always", content_check=fits_problem, **fast(retries=1))
+    assert not (tmp_path / "always/h/spec.fits").exists()
+    assert_clean(tmp_path / "always")
+
+
+def test_an_html_page_an_earlier_run_recorded_as_fetched_is_fetched_again(fault_server, tmp_path):
+    from starlabels.io.fitstools import fits_problem
+
+    data = fits_payload(2, seed=25)
+    item = served(fault_server, "spec.fits", data, known=False)
+    fault_server.add_fault("/spec.fits", Fault.html(times=1))
+    manifest = tmp_path / "m.parquet"
+    fetch_files([item], tmp_path / "dest", manifest_path=manifest, **fast())  # no check: stored
+    page = (tmp_path / "dest/spec.fits").read_bytes()
+    assert page.startswith(b"<!DOCTYPE html>")
+    assert pd.read_parquet(manifest).loc[0, "status"] == "fetched"
+    fault_server.reset_records()
+    frame = fetch_files([item], tmp_path / "dest", manifest_path=manifest,
+                        content_check=fits_problem, **fast())
+    assert list(frame["status"]) == ["fetched"] and fault_server.count("/spec.fits") == 1
+    assert (tmp_path / "dest/spec.fits").read_bytes() == data
+
+
+def test_a_file_that_changes_between_attempts_is_not_spliced(fault_server, tmp_path):
+    old, new = payload(80_000, seed=26), payload(80_000, seed=27)
+    item = served(fault_server, "v.fits", old, known=False)
+    fault_server.add_fault("/v.fits", Fault.drop(after_bytes=30_000,
+                                                 then=lambda: fault_server.put("v.fits", new)))
+    fetch_files([item], tmp_path, **fast())
+    assert (tmp_path / "v.fits").read_bytes() == new
+    first, second = fault_server.requests_for("/v.fits")
+    assert second.range.startswith("bytes=") and second.if_range  # asked to resume if unchanged
+    assert second.status == 200                                    # changed: the whole new file
+    assert_clean(tmp_path)
+
+
+def test_without_validators_or_checksums_a_part_is_never_continued(fault_server, tmp_path):
+    old, new = payload(80_000, seed=28), payload(80_000, seed=29)
+    fault_server.send_validators = False   # no ETag, no Last-Modified
+    item = served(fault_server, "w.fits", old, known=False)
+    fault_server.add_fault("/w.fits", Fault.drop(after_bytes=30_000,
+                                                 then=lambda: fault_server.put("w.fits", new)))
+    fetch_files([item], tmp_path, **fast())
+    assert (tmp_path / "w.fits").read_bytes() == new
+    assert fault_server.ranges("/w.fits") == [None, None]
+
+
+def test_gzip_content_encoding_is_decoded(fault_server, tmp_path):
+    data = fits_payload(4, seed=30)
+    item = served(fault_server, "z.fits", data, known=False)
+    fault_server.add_fault("/z.fits", Fault.gzip(times=1))
+    frame = fetch_files([item], tmp_path / "whole", **fast())
+    assert (tmp_path / "whole/z.fits").read_bytes() == data
+    assert frame.loc[0, "bytes"] == len(data) and frame.loc[0, "sha256"] == sha256(data)
+
+    import gzip
+    fault_server.add_fault("/z.fits", Fault.gzip(times=1, cut_after=len(gzip.compress(data)) // 2))
+    fetch_files([item], tmp_path / "cut", **fast())
+    assert (tmp_path / "cut/z.fits").read_bytes() == data
+    assert_clean(tmp_path / "cut")
+
+
+def test_416_that_contradicts_the_announced_length_restarts(fault_server, tmp_path):
+    data = payload(20_000, seed=31)
+    item = served(fault_server, "r.fits", data, known=False)
+    fault_server.add_fault("/r.fits", Fault.drop(after_bytes=5_000))
+    fault_server.add_fault("/r.fits", Fault.lie_416())   # "the file ends where your part ends"
+    lines: list[str] = []
+    fetch_files([item], tmp_path, **fast(lines))
+    assert (tmp_path / "r.fits").read_bytes() == data
+    assert fault_server.ranges("/r.fits")[-1] is None
+    assert any("but the server announced 20000 bytes" in line for line in lines), lines
+
+
+def test_trickling_server_is_cut_off_by_the_per_file_deadline_and_resumed(fault_server, tmp_path):
+    data = payload(30_000, seed=32)
+    item = served(fault_server, "t.fits", data, known=False)
+    fault_server.add_fault("/t.fits", Fault.trickle(1_000, 0.1, times=None))  # 3 s for the file
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match=r"t.fits: gave up after \d+ s, the per-file deadline "
+                                            r"of 0.6 s"):
+        fetch_files([item], tmp_path, deadline_s=0.6, **fast(timeout_s=2.0))
+    assert time.monotonic() - started < 2.0
+    kept = part_path(tmp_path / "t.fits").stat().st_size
+    assert 0 < kept < len(data)
+    fault_server.clear_faults()
+    fault_server.reset_records()
+    fetch_files([item], tmp_path, deadline_s=0.6, **fast())
+    assert fault_server.ranges("/t.fits") == [f"bytes={kept}-"]
+    assert (tmp_path / "t.fits").read_bytes() == data
+
+
+@pytest.mark.parametrize("climb", ["../../../../../../etc/hostname",
+                                   "%2e%2e/%2E%2E/%2e%2e/%2e%2e/%2e%2e/etc/hostname",
+                                   "a/./../../../../../../etc/hostname"])
+def test_a_folder_mirror_never_serves_a_file_from_outside_itself(tmp_path, climb):
+    from starlabels.acquire.remote import remote_table
+
+    mirror = tmp_path / "mirror"
+    (mirror / "dataPortal/file").mkdir(parents=True)
+    url = f"https://dataportal.eso.org/dataPortal/file/{climb}"
+    with pytest.raises(ValueError, match="would leave the mirror's folder"):
+        with_mirror(url, str(mirror))
+    rows = pd.DataFrame({"archive_url": [url], "relpath": ["x.fits"]})
+    with pytest.raises(ValueError, match="dataportal.eso.org"):
+        remote_table(rows, 2, str(mirror))
+    with pytest.raises(ValueError, match="would leave"):
+        with_mirror(url, "http://mirror.example.org/base")

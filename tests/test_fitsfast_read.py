@@ -516,3 +516,27 @@ def test_card_values_match_astropy_cards():
             assert type(mine) is type(theirs.value), card
             assert mine == theirs.value, card
     assert accepted > 400
+
+
+# ---------------------------------------------------------------- not a regular file
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("reader", ["gaia_eso", "marvels", "phoenix_wave", "fits_problem"])
+def test_a_fifo_named_like_a_fits_file_is_refused_at_once(tmp_path, reader):
+    import os
+
+    from starlabels.io.fitstools import fits_problem
+    from starlabels.io.gaia_eso import read_ges_spectrum
+    from starlabels.io.marvels import read_marvels_plate
+    from starlabels.io.phoenix import read_phoenix_wave
+    from starlabels.io.spectrum import SpectrumFormatError
+
+    fifo = tmp_path / "star_HR10.fits"
+    os.mkfifo(fifo)                     # nobody ever writes into it: opening it would block
+    if reader == "fits_problem":
+        assert fits_problem(fifo) == "cannot read it (a FIFO, not a regular file)"
+        return
+    read = {"gaia_eso": read_ges_spectrum, "marvels": read_marvels_plate,
+            "phoenix_wave": read_phoenix_wave}[reader]
+    with pytest.raises(SpectrumFormatError, match="a FIFO, not a regular file"):
+        read(fifo)

@@ -518,3 +518,95 @@ def test_repeat_visits_become_rows_of_their_own(tmp_path):
         normalize_survey(units, read_pickled, GRID, catalogue, {}, paths["flux.npy"],
                          paths["ivar.npy"], paths["table.parquet"], paths["rejects.parquet"],
                          visits=[1])
+
+
+# ---------------------------------------------------------------- inputs that lie or repeat
+
+def run_small_survey(tmp_path: Path, units, stars, **kw):
+    paths = [tmp_path / name for name in ("flux.npy", "ivar.npy", "table.parquet",
+                                          "rejects.parquet")]
+    catalogue = pd.DataFrame({"star_id": stars, "teff": 5000.0, "split": "train"})
+    counts = normalize_survey(units, read_pickled, GRID, catalogue, {}, *paths,
+                              log=lambda _: None, **kw)
+    return (counts, artifacts.load_table(paths[2]), artifacts.load_table(paths[3]),
+            artifacts.load_matrix(paths[0]), artifacts.load_matrix(paths[1]))
+
+
+def test_a_header_naming_another_star_is_rejected_under_the_manifest_star(tmp_path):
+    # b_HR10's header says "a": trusted, a's row would get b's spectrum, a's own files would be
+    # rejected as a duplicate and b would be nowhere
+    a = [_write(tmp_path / f"a_{s.setup}.pkl", [s]) for s in both_setups("a", seed=1)]
+    b_hr10 = make_spectrum("a", "HR10", seed=50)            # OBJECT names star a
+    b = [_write(tmp_path / "b_HR10.pkl", [b_hr10]),
+         _write(tmp_path / "b_HR21.pkl", [make_spectrum("b", "HR21", seed=51)])]
+    file_stars = {**{p: "a" for p in a}, **{p: "b" for p in b}}
+    counts, table, rejects, flux, _ = run_small_survey(tmp_path, [a, b], ["a", "b"],
+                                                        file_stars=file_stars)
+    alone, _, _ = normalize_star(both_setups("a", seed=1), GRID, {})
+    assert table["star_id"].tolist() == ["a"]
+    np.testing.assert_array_equal(flux[0], alone.astype(np.float32))  # a's own spectrum only
+    reasons = dict(zip(rejects["spectrum_id"] + "|" + rejects["path"], rejects["reason"]))
+    assert "header names star(s) ['a'], but the manifest lists it for star b" in \
+        reasons[f"b|{b[0]}"]
+    assert reasons[f"b|{b[1]}"].startswith("no coverage of grid segment HR10")
+    assert counts["n_catalogue_unobserved"] == 0
+
+
+def test_a_file_listed_twice_is_read_once_and_not_coadded_with_itself(tmp_path):
+    files = [_write(tmp_path / f"s_{s.setup}.pkl", [s]) for s in both_setups("s", seed=3)]
+    counts, table, rejects, _, ivar = run_small_survey(
+        tmp_path, [files + [files[0]], [files[1]]], ["s"])
+    _, alone_ivar, _ = normalize_star(both_setups("s", seed=3), GRID, {})
+    np.testing.assert_allclose(ivar[0], alone_ivar.astype(np.float32))   # not ×2
+    assert table["star_id"].tolist() == ["s"]
+    assert sorted(rejects["path"]) == sorted(files)
+    assert rejects["reason"].str.startswith("listed twice in the manifest").all()
+    assert counts["per_reason"] == {"listed twice in the manifest": 2}
+
+
+def test_a_file_the_download_could_not_get_is_rejected_with_its_reason(tmp_path):
+    files = [_write(tmp_path / f"s_{s.setup}.pkl", [s]) for s in both_setups("s", seed=3)]
+    gone = str(tmp_path / "t_HR10.pkl")
+    problems = {gone: "http://x/t: not the file asked for: an HTML or XML document"}
+    _, table, rejects, _, _ = run_small_survey(tmp_path, [files, [gone]], ["s", "t"],
+                                               file_problems=problems)
+    assert table["star_id"].tolist() == ["s"]
+    assert rejects.loc[0, "path"] == gone
+    assert rejects.loc[0, "reason"] == f"not downloaded: {problems[gone]}"
+
+
+def test_an_error_column_near_zero_never_reaches_the_matrix_as_inf(tmp_path):
+    spectra = both_setups("tiny_err", seed=5)
+    spectra[0].ivar[:] = 1e60                               # ERR = 1e-30
+    with pytest.raises(RejectSpectrum, match=r"no valid pixels of \d+: \d+ error implying an "
+                                             r"impossible S/N"):
+        normalize_star(spectra, GRID, {})
+    # a few such pixels are masked; the coadd and its S/N stay finite and sane
+    spectra = both_setups("few", seed=6)
+    spectra[0].ivar[100:110] = 1e60
+    flux, ivar, info = normalize_star(spectra, GRID, {})
+    assert np.isfinite(ivar.astype(np.float32)).all() and 100 < info["snr"] < 125
+    files = [_write(tmp_path / f"z_{s.setup}.pkl", [s]) for s in spectra]
+    _, table, _, _, ivar32 = run_small_survey(tmp_path, [files], ["few"])
+    assert np.isfinite(ivar32).all() and table.loc[0, "snr"] < 125
+
+
+@pytest.mark.parametrize("fill, reason", [
+    (np.inf, r"no finite flux \(\d+ \+inf of \d+ pixels\)"),
+    (-np.inf, r"no finite flux \(\d+ -inf of \d+ pixels\)"),
+])
+def test_infinite_flux_is_reported_as_such(fill, reason):
+    spectrum = make_spectrum("inf", "HR10")
+    spectrum.flux[:] = fill
+    with pytest.raises(RejectSpectrum, match=reason):
+        normalize_star([spectrum], GRID, {})
+
+
+def test_a_star_rejected_for_a_gap_names_the_file_that_caused_it():
+    hr10, hr21 = both_setups("gap", seed=9)
+    hr10.flux[:] = np.nan                                   # readable, but all NaN
+    with pytest.raises(RejectSpectrum) as caught:
+        normalize_star([hr10, hr21], GRID, {})
+    assert caught.value.reason == ("no coverage of grid segment HR10 "
+                                   "(dropped: gap_HR10: all-NaN flux)")
+    assert caught.value.key == "no coverage of grid segment HR10"

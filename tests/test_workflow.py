@@ -208,6 +208,141 @@ def test_config_error_stops_before_any_job(repo, tmp_path, tiny_config_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("text, words", [
+    # Snakemake's own loader keeps the last of two equal keys: 40 members would run
+    ("run: [e]\nexperiments:\n  e:\n    train: {members: 4}\n    train: {members: 40}\n",
+     ["found the key 'train' twice (first on line 4)"]),
+    ("run: [x]\nexperiments:\n  ../../x: {}\n", ["experiments.../../x", "not a safe folder name"]),
+])
+def test_config_files_snakemake_reads_are_checked_as_written(repo, tmp_path, text, words):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    proc = snakemake(repo, "-n", "--configfile", str(bad), "--config",
+                     f"results={tmp_path / 'r'}")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output
+    for word in words:
+        assert word in output, output
+    assert not (tmp_path / "r").exists() and not (tmp_path.parent / "x").exists()
+
+
+def _all_inputs(repo: Path, *args: str) -> set[str]:
+    """The input files of `rule all` as a forced dry run prints them."""
+    proc = snakemake(repo, "-n", "-f", "all", *args)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    block = proc.stdout.split("rule all:", 1)[1]
+    line = next(ln for ln in block.splitlines() if ln.strip().startswith("input:"))
+    return set(line.split("input:", 1)[1].strip().split(", "))
+
+
+def _written(repo: Path, *args: str) -> set[str]:
+    """Every file a job of the workflow writes (Snakemake's --summary)."""
+    proc = snakemake(repo, "--summary", *args)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("output_file"))
+    return {ln.split("\t")[0] for ln in lines[start + 1:] if "\t" in ln}
+
+
+@pytest.mark.parametrize("config", ["tests/configs/tiny.yaml", "configs/gaia_eso.yaml"])
+def test_rule_all_names_every_file_the_workflow_writes(repo, tmp_path, config):
+    args = ["--configfile", str(repo / config), "--config", f"results={tmp_path / 'r'}"]
+    written = _written(repo, *args)
+    assert written and _all_inputs(repo, *args) == written
+
+
+def test_plain_rerun_after_killing_a_forcerun_rebuilds_what_it_deleted(repo, tiny_run, tmp_path):
+    """Snakemake deletes a job's outputs when it starts it; killed then, the deleted files are
+    missing while every later stage's outputs still exist. The plain rerun must rebuild them
+    (and what depends on them), not report 'Nothing to be done'."""
+    import signal
+
+    results = tmp_path / "results"
+    shutil.copytree(tiny_run["results"], results, copy_function=shutil.copy2)
+    args = [a if not a.startswith("results=") else f"results={results}" for a in tiny_run["args"]]
+    shard = results / "tiny_ges" / "predictions" / "shard_0.parquet"
+    output = tmp_path / "killed_run.txt"
+    with open(output, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "snakemake", *args, "--forcerun",
+                                 "predict"], cwd=repo, start_new_session=True, stdout=out,
+                                stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while shard.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)   # Snakemake and its jobs, as kill -9 or a lost node
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, output.read_text()[-4000:]
+    assert not shard.exists(), "the forced predict job never started"
+    snakemake(repo, "--unlock", *args)     # what the README says to do after killing Snakemake
+    plan = snakemake(repo, "-n", *args)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    counts = job_counts(plan.stdout)
+    assert counts.get("predict", 0) >= 1, plan.stdout[-3000:]
+    assert counts.get("catalog", 0) >= 1 and counts.get("validate", 0) >= 1, counts
+    assert "Nothing to be done" not in plan.stdout + plan.stderr
+
+
+def test_a_second_checkout_cannot_write_a_results_folder_in_use(repo, tmp_path,
+                                                                tiny_config_path):
+    """Snakemake's lock covers one working directory: a run from another checkout (here
+    another working directory) would delete the raw spectra the first run is reading."""
+    from test_runlock import Actor
+
+    results = tmp_path / "results"
+    spectra = results / "tiny_ges" / "raw" / "observed" / "spectra"
+    spectra.mkdir(parents=True)
+    (spectra / "being_read.fits").write_bytes(b"a file the first run is reading")
+    first = Actor("run", results / "tiny_ges", tmp_path)     # the first run holds the folder
+    assert first.first.startswith("RUN ")
+    other = tmp_path / "other_checkout"
+    other.mkdir()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "snakemake", "--snakefile", str(repo / "Snakefile"),
+             "--directory", str(other), "--cores", "1", "--configfile", str(tiny_config_path),
+             "--config", f"results={results}", "run=[tiny_ges]",
+             "--forcerun", "acquire_observed", "--until", "acquire_observed"],
+            capture_output=True, text=True, timeout=600)
+    finally:
+        assert first.stop() == 0
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output
+    assert "is in use by run" in output and f"pid {first.proc.pid}" in output, output
+    assert (spectra / "being_read.fits").exists()
+    assert not (results / "tiny_ges" / "logs" / "acquire_observed.log").exists()
+
+
+def test_a_cluster_job_of_another_run_deletes_nothing(repo, tmp_path, tiny_config_path):
+    """A Slurm job runs its own Snakemake (``--mode remote --target-jobs ...``), which deletes
+    the job's outputs before running it: a job whose run no longer owns the folder (it was
+    pending when its run was killed, and another run has taken the folder since) must stop
+    first. Run here as Slurm would start it, without Slurm."""
+    from starlabels import runlock
+    from test_runlock import Actor
+
+    results = tmp_path / "results"
+    spectra = results / "tiny_ges" / "raw" / "observed" / "spectra"
+    spectra.mkdir(parents=True)
+    (spectra / "of_the_new_run.fits").write_bytes(b"written by the run that owns the folder")
+    owner = Actor("run", results / "tiny_ges", tmp_path)
+    assert owner.first.startswith("RUN ")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "snakemake", "--snakefile", str(repo / "Snakefile"),
+             "--target-jobs", "acquire_observed:exp=tiny_ges", "--mode", "remote", "--force",
+             "--nolock", "--cores", "1", "--configfiles", str(tiny_config_path), "--config",
+             f"results={results}", "run=[tiny_ges]"],
+            cwd=repo, capture_output=True, text=True, timeout=600,
+            env={**os.environ, runlock.RUN_ENV: "a-killed-run"})
+    finally:
+        assert owner.stop() == 0
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output
+    assert "this job of run a-killed-run stops without touching it" in output, output
+    assert (spectra / "of_the_new_run.fits").exists()
+
+
 def test_report_includes_plots_with_captions(repo, tiny_run, tmp_path):
     report = tmp_path / "report.html"
     proc = snakemake(repo, *tiny_run["args"], "--report", str(report))

@@ -37,13 +37,13 @@ def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
 
 
 def fetched_files(remote: pd.DataFrame, shard_tables: Sequence[str]) -> pd.DataFrame:
-    """The remote table joined with the shards' fetch results (status, path, bytes, sha256)."""
+    """The remote table joined with the shards' fetch results (status, path, bytes, sha256,
+    error: why a file is missing)."""
+    columns = ["relpath", "path", "status", "bytes", "sha256", "error"]
     parts = [artifacts.load_table(p) for p in shard_tables]
-    fetched = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
-        columns=["relpath", "path", "status", "bytes", "sha256"])
-    fetched = fetched.drop_duplicates("relpath", keep="last")
-    merged = remote.drop(columns=["sha256"]).merge(
-        fetched[["relpath", "path", "status", "bytes", "sha256"]], on="relpath", how="left")
+    fetched = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+    fetched = fetched.drop_duplicates("relpath", keep="last").reindex(columns=columns)
+    merged = remote.drop(columns=["sha256"]).merge(fetched, on="relpath", how="left")
     merged["status"] = merged["status"].fillna("not fetched").astype(str).str.lower()
     lost = ~merged["status"].isin(FETCHED_STATUSES | MISSING_STATUSES)
     if lost.any():
@@ -59,9 +59,10 @@ def assemble_observed(*, survey: str, remote: str, shard_tables: Sequence[str], 
     """Downloaded files → ``raw_dir/{manifest.parquet, catalog.fits, calibration_stars.parquet,
     spectra/}`` with the columns the simulated survey writes (path, unit, star_id/plate, setup).
 
-    A spectrum the archive no longer has (404) stays in the manifest with its would-be path, so
-    the normalize stage records it in its rejects table ("cannot open file") instead of the star
-    vanishing without trace.
+    A spectrum the archive no longer has (404), or served only in a form the download refused
+    (an HTML page, a file cut short), stays in the manifest with its would-be path and the
+    reason in ``download_error``, so the normalize stage records it in its rejects table with
+    that reason instead of the star vanishing without trace.
     """
     raw = Path(raw_dir)
     spectra_dir = raw / "spectra"
@@ -77,6 +78,8 @@ def assemble_observed(*, survey: str, remote: str, shard_tables: Sequence[str], 
     for c in keep:
         manifest[c] = files[c].reset_index(drop=True)
     manifest["download_status"] = np.where(present, "ok", "missing")
+    manifest["download_error"] = [None if ok else str(error or "not fetched")
+                                  for ok, error in zip(present, files["error"])]
     meta = dict(metadata or {}, survey=survey)
     with artifacts.atomic_path(raw / "catalog.fits") as tmp:
         shutil.copyfile(catalog, tmp)

@@ -4,10 +4,20 @@ Our machines cannot reach the archives, so this module is written to be right by
 and is proven against a loopback server that injects faults (``tests/httpfaults.py``). The
 promises, in the order a user notices them:
 
-- nothing unverified ever sits at a final path: bytes go to ``<final>.part`` beside it, and the
-  rename happens only after size and checksum checks;
-- an interrupted run resumes: a ``.part`` file continues with an HTTP ``Range`` request, and a
-  final file that is already verified (or recorded in the manifest) is skipped without a request;
+- nothing unverified ever sits at a final path: bytes go to a hidden ``.<name>.part`` beside it
+  (a name no sanitised remote name can take, see :func:`safe_relpath`), and the rename happens
+  only after the size, the checksum and the content check (a FITS file must look like one);
+- one downloader per file: a second process (or thread) fetching the same file into the same
+  folder waits for the first instead of writing into the same part file;
+- an interrupted run resumes: a part file continues with an HTTP ``Range`` request carrying the
+  ``If-Range`` validator (ETag or Last-Modified) recorded when its first byte arrived, so a file
+  that changed on the server starts over instead of being spliced; a part with neither a
+  validator nor a published checksum to check it against is fetched again from zero. A final
+  file that is already verified (or recorded in the manifest) is skipped without a request;
+- a body sent with ``Content-Encoding: gzip`` or ``deflate`` despite ``Accept-Encoding:
+  identity`` is decoded; a 416 answer is believed only where it agrees with the length the
+  server announced for the part; each file has an overall deadline, so a server that trickles
+  bytes holds a worker no longer than that;
 - the archive is treated politely: bounded concurrency, a per-host request interval, exponential
   backoff with jitter on 429/5xx (``Retry-After`` honoured) and on dropped connections;
 - an unreachable archive stops the run early with a message that says how to proceed (a mirror
@@ -21,8 +31,12 @@ verification, so a local copy is trusted no more than the archive.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import datetime as _dt
+import errno
+import fcntl
 import hashlib
+import json
 import math
 import os
 import re
@@ -30,10 +44,11 @@ import shutil
 import threading
 import time
 import urllib.request
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import pandas as pd
 import requests
@@ -48,6 +63,10 @@ CHUNK_BYTES = 1 << 16
 MANIFEST_COLUMNS = ["url", "relpath", "path", "bytes", "sha256", "fetched_at", "status",
                     "attempts", "error"]
 PART_SUFFIX = ".part"
+#: a content check: the problem with a complete file (None when it is what was asked for)
+ContentCheck = Callable[[Path], "str | None"]
+#: how a failure by the content check begins (after the URL)
+NOT_THE_FILE = "not the file asked for"
 #: how often a long run rewrites its manifest, so a killed run still leaves a record
 MANIFEST_CHECKPOINT_S = 60.0
 
@@ -101,6 +120,11 @@ def with_mirror(url: str, mirror: str | None, *, strip_prefix: str = "") -> str:
     path = source.path if source.scheme else Path(url).as_posix()
     if not path.startswith("/"):
         path = "/" + path
+    # a mirror serves its own folder: a path that climbs ('..', also percent-encoded) would
+    # copy a file from elsewhere on the machine (or the mirror host) as if the archive had it
+    if any(part in ("..", ".") for part in re.split(r"[/\\]", unquote(path))):
+        raise ValueError(f"{redact_url(url)}: archive path with '.' or '..' components cannot "
+                         f"be fetched from a mirror (it would leave the mirror's folder)")
     if strip_prefix:
         prefix = "/" + strip_prefix.strip("/")
         if path != prefix and not path.startswith(prefix + "/"):
@@ -283,16 +307,58 @@ def _hash_file(path: Path, want_md5: bool) -> tuple[str, str | None]:
 
 
 def _body_chunks(response: requests.Response) -> Iterator[bytes]:
-    """Body chunks as they arrive (urllib3 >= 2.3 read1), else small iter_content chunks."""
+    """The body's bytes as they arrive (urllib3 >= 2.3 read1), exactly as sent: any content
+    encoding is undone by :class:`_Decoder`, which also tells a complete stream from a cut one."""
     raw = response.raw
     if hasattr(raw, "read1"):
         while True:
-            chunk = raw.read1(CHUNK_BYTES)
+            chunk = raw.read1(CHUNK_BYTES, decode_content=False)
             if not chunk:
                 return
             yield chunk
     else:  # older urllib3: small chunks bound what a failure can throw away
-        yield from response.iter_content(8192)
+        yield from raw.stream(8192, decode_content=False)
+
+
+class _Decoder:
+    """Undo a Content-Encoding the server applied although ``identity`` was asked for.
+
+    gzip and deflate are the encodings HTTP servers apply on their own; their streams carry an
+    end marker, so a body cut short is recognised even without a Content-Length to compare
+    with. Anything else cannot be decoded here and is a named failure.
+    """
+
+    def __init__(self, encoding: str):
+        self.encoding = encoding
+        if encoding in ("gzip", "x-gzip"):
+            self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            self._z = zlib.decompressobj(zlib.MAX_WBITS)
+        else:
+            raise Permanent(f"the server sent Content-Encoding {encoding!r} although identity "
+                            f"was asked for, and it cannot be decoded here")
+        self._started = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        try:
+            out = self._z.decompress(chunk)
+        except zlib.error:
+            if self.encoding == "deflate" and not self._started:
+                # 'deflate' without the zlib wrapper, as some servers send it
+                self._z = zlib.decompressobj(-zlib.MAX_WBITS)
+                out = self._z.decompress(chunk)
+            else:
+                raise Retryable(f"{self.encoding}-encoded body is corrupt", restart=True) \
+                    from None
+        self._started = True
+        return out
+
+    def finish(self) -> bytes:
+        out = self._z.flush()
+        if not self._z.eof:
+            raise Retryable(f"{self.encoding}-encoded body ended before its end marker",
+                            restart=True)
+        return out
 
 
 def _part_size(part: Path) -> int:
@@ -309,17 +375,145 @@ def _unlink(path: Path) -> None:
         pass
 
 
+def part_path(final: Path) -> Path:
+    """Where the bytes of ``final`` collect until they are verified: a hidden name beside it that
+    no sanitised remote name can take (:func:`safe_relpath` strips leading dots)."""
+    return final.with_name(f".{final.name}{PART_SUFFIX}")
+
+
+def _validator_path(final: Path) -> Path:
+    """What the server said about the bytes in the part file (URL, validator, length)."""
+    return final.with_name(f".{final.name}{PART_SUFFIX}.json")
+
+
+def _claim_path(final: Path) -> Path:
+    return final.with_name(f".{final.name}.lock")
+
+
+def _lock_unsupported(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
+
+
+_CLAIMED: set[str] = set()
+_CLAIMED_CHANGED = threading.Condition()
+
+
+@contextlib.contextmanager
+def _claim(final: Path, stop: threading.Event, log: Callable[[str], None]) -> Iterator[None]:
+    """The right to write ``final`` and its part file, exclusive among the threads of this
+    process and (through an ``flock`` on a hidden lock file beside it) among processes.
+
+    Two downloaders of one file into one folder would otherwise write into the same part file
+    and rename a mixture. The second waits for the first, then checks the file afresh. The lock
+    file is removed by its holder; a waiter that locked a removed file opens the new one.
+    """
+    key = os.path.abspath(final)
+    waited = False
+    with _CLAIMED_CHANGED:
+        while key in _CLAIMED:
+            if not waited:
+                log(f"waiting: another download of {final.name} into {final.parent} is running")
+                waited = True
+            _CLAIMED_CHANGED.wait(0.2)
+            if stop.is_set():
+                raise _Stopped()
+        _CLAIMED.add(key)
+    try:
+        with _process_claim(_claim_path(final), final, stop, log, waited):
+            yield
+    finally:
+        with _CLAIMED_CHANGED:
+            _CLAIMED.discard(key)
+            _CLAIMED_CHANGED.notify_all()
+
+
+@contextlib.contextmanager
+def _process_claim(lock: Path, final: Path, stop: threading.Event, log: Callable[[str], None],
+                   waited: bool) -> Iterator[None]:
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if not waited:
+                log(f"waiting: another process is downloading {final.name} into {final.parent}")
+                waited = True
+            if stop.wait(0.2):
+                raise _Stopped() from None
+            continue
+        except OSError as exc:
+            os.close(fd)
+            if not _lock_unsupported(exc):
+                raise
+            log(f"{final.parent}: the file system refuses locks; concurrent downloads into this "
+                f"folder are not excluded")
+            yield
+            return
+        try:
+            now = os.stat(lock)
+        except FileNotFoundError:
+            now = None
+        held = os.fstat(fd)
+        if now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+            os.close(fd)   # its holder finished and removed it: lock the current one
+            continue
+        try:
+            yield
+        finally:
+            _unlink(lock)
+            os.close(fd)
+        return
+
+
+class _DeadlineExceeded(Exception):
+    """The file took longer than the per-file deadline, all attempts together."""
+
+
+@dataclass
+class _PartState:
+    """What the server told about the bytes in a part file when their first byte arrived."""
+    url: str
+    validator: str | None      # strong ETag or Last-Modified, for If-Range
+    total: int | None          # the file's length as the server announced it
+
+    @classmethod
+    def load(cls, path: Path) -> "_PartState | None":
+        try:
+            data = json.loads(path.read_text())
+            return cls(str(data["url"]), data.get("validator"), data.get("total"))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".new")
+        tmp.write_text(json.dumps({"url": self.url, "validator": self.validator,
+                                   "total": self.total}))
+        os.replace(tmp, path)
+
+
+def _validator_of(response: requests.Response) -> str | None:
+    """The value for If-Range: a strong ETag, else Last-Modified (RFC 9110 13.1.5)."""
+    etag = (response.headers.get("ETag") or "").strip()
+    if etag and not etag.startswith("W/"):
+        return etag
+    return (response.headers.get("Last-Modified") or "").strip() or None
+
+
 class _Engine:
     """Everything the worker threads share for one fetch_files call."""
 
     def __init__(self, dest: Path, *, retries: int, backoff_s: float, max_backoff_s: float,
-                 timeout_s: float, rate_limit_per_host: float, auth_headers, credentials_env,
+                 timeout_s: float, deadline_s: float | None, rate_limit_per_host: float,
+                 auth_headers, credentials_env, content_check: ContentCheck | None,
                  redact: _Redactor, log: Callable[[str], None], progress: _Progress):
         self.dest = dest
         self.retries, self.backoff_s, self.max_backoff_s = retries, backoff_s, max_backoff_s
         self.timeout_s = timeout_s
+        self.deadline_s = deadline_s
         self.auth_headers = dict(auth_headers or {})
         self.credentials_env = credentials_env
+        self.content_check = content_check
         self.redact = redact
         self.log = lambda text: log(redact(text))
         self.progress = progress
@@ -362,13 +556,15 @@ class _Engine:
         shown = redact_url(item.url)
         outcome = _Outcome(url=shown, relpath=item.relpath, path=str(final), status="failed")
         try:
-            digest = self._already_present(item, final, recorded)
-            if digest is not None:
-                outcome.status, outcome.bytes, outcome.sha256 = "skipped", final.stat().st_size, digest
-                outcome.fetched_at = (recorded or {}).get("fetched_at") or _utc_now()
-                return outcome
             final.parent.mkdir(parents=True, exist_ok=True)
-            return self._fetch_with_retries(item, final, outcome)
+            with _claim(final, self.stop, self.log):
+                digest = self._already_present(item, final, recorded)
+                if digest is not None:
+                    outcome.status, outcome.bytes, outcome.sha256 = ("skipped",
+                                                                     final.stat().st_size, digest)
+                    outcome.fetched_at = (recorded or {}).get("fetched_at") or _utc_now()
+                    return outcome
+                return self._fetch_with_retries(item, final, outcome)
         except _Stopped:
             outcome.error = "not finished: the run was stopped"
             return outcome
@@ -377,31 +573,42 @@ class _Engine:
             return outcome
 
     def _fetch_with_retries(self, item: RemoteFile, final: Path, outcome: _Outcome) -> _Outcome:
-        part = final.with_name(final.name + PART_SUFFIX)
+        part, state_path = part_path(final), _validator_path(final)
         shown = outcome.url
         host = host_of(item.url)
         failures = 0
         furthest = _part_size(part)
         only_connect_failures = True
+        started = time.monotonic()
+        deadline = started + self.deadline_s if self.deadline_s else math.inf
         while True:
             outcome.attempts += 1
             try:
-                self._transfer(item, part)
+                self._transfer(item, part, state_path, deadline)
                 digest = self._verify(item, part)
                 os.replace(part, final)
+                _unlink(state_path)
                 outcome.status, outcome.bytes, outcome.sha256 = "fetched", final.stat().st_size, digest
                 outcome.fetched_at = _utc_now()
                 return outcome
             except Permanent as exc:
                 outcome.error = self.redact(f"{shown}: {exc}")
                 return outcome
+            except _DeadlineExceeded:
+                outcome.error = self.redact(
+                    f"{shown}: gave up after {time.monotonic() - started:.0f} s, the per-file "
+                    f"deadline of {self.deadline_s:g} s (download.file_deadline_s); "
+                    f"{_part_size(part)} bytes kept for a rerun to resume")
+                return outcome
             except Retryable as exc:
                 only_connect_failures &= exc.connect_failure
                 if exc.restart:
                     _unlink(part)
+                    _unlink(state_path)
                 size_now = _part_size(part)
                 # An attempt that moved the part file forward does not use up the retry budget:
-                # a big file on a flaky line still completes. The file size bounds this.
+                # a big file on a flaky line still completes. The file size (and the per-file
+                # deadline) bound this.
                 if size_now > furthest:
                     furthest = size_now
                 else:
@@ -414,6 +621,11 @@ class _Engine:
                         self.stop.set()  # at once: no worker should start another file
                     return outcome
                 delay = backoff_delay(failures, self.backoff_s, self.max_backoff_s, exc.retry_after)
+                if time.monotonic() + delay > deadline:
+                    outcome.error = self.redact(
+                        f"{shown}: {exc.reason}; no time left for another attempt within the "
+                        f"per-file deadline of {self.deadline_s:g} s (download.file_deadline_s)")
+                    return outcome
                 self.log(f"retrying {shown} in {delay:.2f} s (attempt {outcome.attempts}, "
                          f"{failures}/{self.retries} retries used): {exc.reason}")
                 if self.stop.wait(delay):
@@ -433,13 +645,16 @@ class _Engine:
                 return self._discard(final, "sha256 differs")
             if item.md5 and md5 != item.md5.lower():
                 return self._discard(final, "md5 differs")
-            return sha
-        if recorded and recorded.get("bytes") == size and recorded.get("sha256"):
+        elif recorded and recorded.get("bytes") == size and recorded.get("sha256"):
             sha, _ = _hash_file(final, want_md5=False)
-            if sha == recorded["sha256"]:
-                return sha
-            return self._discard(final, "sha256 differs from the manifest")
-        return None  # nothing to check it against: fetch again, replace atomically on success
+            if sha != recorded["sha256"]:
+                return self._discard(final, "sha256 differs from the manifest")
+        else:
+            return None  # nothing to check it against: fetch again, replace atomically on success
+        problem = self.content_check(final) if self.content_check else None
+        if problem:
+            return self._discard(final, problem)
+        return sha
 
     def _discard(self, final: Path, why: str) -> None:
         self.log(f"refetching {final}: the file present does not match ({why})")
@@ -447,9 +662,9 @@ class _Engine:
         return None
 
     # -- one attempt
-    def _transfer(self, item: RemoteFile, part: Path) -> None:
+    def _transfer(self, item: RemoteFile, part: Path, state_path: Path, deadline: float) -> None:
         if _is_http(item.url):
-            self._transfer_http(item, part)
+            self._transfer_http(item, part, state_path, deadline)
         else:
             self._copy_local(item, part)
 
@@ -466,18 +681,42 @@ class _Engine:
             raise Permanent(f"cannot copy {source}: {exc}") from None
         self.progress.add_bytes(_part_size(part))
 
-    def _transfer_http(self, item: RemoteFile, part: Path) -> None:
+    def _resumable(self, item: RemoteFile, part: Path, state_path: Path) -> _PartState | None:
+        """What is known about the part's bytes if they may be continued, else None (and the
+        part is gone): a part is continued only with the validator recorded when its bytes
+        arrived, or where a published checksum will catch a mixture of two versions."""
+        state = _PartState.load(state_path)
+        if state is not None and state.url != redact_url(item.url):
+            state = None
+        trusted = state is not None and (state.validator or item.sha256 or item.md5)
+        if not trusted and not (state is None and (item.sha256 or item.md5)):
+            if _part_size(part):
+                self.log(f"{redact_url(item.url)}: {_part_size(part)} bytes of an earlier "
+                         f"attempt cannot be checked against the server's version; starting "
+                         f"from zero")
+            _unlink(part)
+            _unlink(state_path)
+            return None
+        return state
+
+    def _transfer_http(self, item: RemoteFile, part: Path, state_path: Path,
+                       deadline: float) -> None:
+        have = _part_size(part)
+        state = self._resumable(item, part, state_path) if have else None
         have = _part_size(part)
         if item.size is not None and have > item.size:
             _unlink(part)
             have = 0
-        if item.size is not None and have == item.size and have > 0:
+        if have and have == (item.size if item.size is not None else
+                             (state.total if state is not None else None)):
             return  # complete from an earlier attempt: verification decides
         host = host_of(item.url)
         self.limiter.wait(host, self.stop)
         headers = {"Accept-Encoding": "identity"}  # byte offsets must refer to the file itself
         if have:
             headers["Range"] = f"bytes={have}-"
+            if state is not None and state.validator:
+                headers["If-Range"] = state.validator
         try:
             response = self.session().get(item.url, headers=headers, stream=True,
                                           timeout=(self.timeout_s, self.timeout_s))
@@ -485,19 +724,23 @@ class _Engine:
             raise request_error(exc) from None
         self.mark_connected(host)
         with response:
-            self._check_status(response, item, part, have)
+            self._check_status(response, item, have, state)
             if response.status_code == 416:
                 return
-            self._receive(response, item, part, have)
+            self._receive(response, item, part, state_path, have, deadline)
 
-    def _check_status(self, response: requests.Response, item: RemoteFile, part: Path,
-                      have: int) -> None:
+    def _check_status(self, response: requests.Response, item: RemoteFile, have: int,
+                      state: _PartState | None) -> None:
         status = response.status_code
         label = f"HTTP {status} {response.reason or ''}".strip()
         if status in (200, 206):
             return
-        if status == 416:  # the part already holds everything, or something wrong
+        if status == 416:  # the part already holds everything, or something is wrong
             _, total = _content_range(response.headers.get("Content-Range"))
+            announced = state.total if state is not None else None
+            if announced is not None and announced != have:
+                raise Retryable(f"{label} for bytes={have}-, but the server announced "
+                                f"{announced} bytes: restarting from zero", restart=True)
             if total is not None and total == have:
                 return
             if total is None and (item.size is not None or item.sha256 or item.md5):
@@ -521,12 +764,16 @@ class _Engine:
                 f"login token)")
 
     def _receive(self, response: requests.Response, item: RemoteFile, part: Path,
-                 have: int) -> None:
+                 state_path: Path, have: int, deadline: float) -> None:
         """Stream the body into the part file; raise Retryable if it ends early."""
-        encoded = response.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
+        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        decoder = None if encoding in ("", "identity") else _Decoder(encoding)
         length = response.headers.get("Content-Length")
-        length = int(length) if length and length.isdigit() and not encoded else None
-        if response.status_code == 206 and not encoded:
+        length = int(length) if length and length.isdigit() else None
+        if response.status_code == 206:
+            if decoder is not None:  # offsets would count encoded bytes, not the file's
+                raise Retryable(f"partial answer in Content-Encoding {encoding}: restarting "
+                                f"from zero", restart=True)
             first, total = _content_range(response.headers.get("Content-Range"))
             if first != have:
                 raise Retryable(f"server resumed at byte {first} instead of {have}", restart=True)
@@ -535,46 +782,65 @@ class _Engine:
         else:  # a full body: the server ignored the Range (or there was none); restart from zero
             if have:
                 self.log(f"{redact_url(item.url)}: server sent the whole file instead of resuming "
-                         f"at byte {have}; restarting from zero")
-            mode, start, expected = "wb", 0, length
+                         f"at byte {have} (changed since, or no range support); restarting "
+                         f"from zero")
+            mode, start = "wb", 0
+            expected = length if decoder is None else None
+            _PartState(redact_url(item.url), _validator_of(response) if decoder is None else None,
+                       expected).save(state_path)
         if item.size is not None and expected is not None and expected != item.size:
             raise Retryable(f"size mismatch: expected {item.size} bytes, server announces "
                              f"{expected}", restart=True)
-        written = self._stream_body(response, part, mode)
+        written, received = self._stream_body(response, part, mode, decoder, deadline)
+        if decoder is not None:
+            if length is not None and received < length:
+                raise Retryable(f"truncated body: got {received} of {length} encoded bytes",
+                                restart=True)
+            return
         got = start + written
         if expected is not None and got < expected:
             raise Retryable(f"truncated body: got {got} of {expected} bytes")
         if expected is not None and got > expected:
             raise Retryable(f"body longer than announced ({got} > {expected} bytes)", restart=True)
 
-    def _stream_body(self, response: requests.Response, part: Path, mode: str) -> int:
+    def _stream_body(self, response: requests.Response, part: Path, mode: str,
+                     decoder: _Decoder | None, deadline: float) -> tuple[int, int]:
         """Append the body to the part file chunk by chunk; every byte received is kept.
 
         ``read1`` hands over whatever has arrived, so bytes before a drop or a stall reach the
         disk and the retry resumes after them (requests' iter_content would buffer up to a
-        whole chunk and lose it with the exception).
+        whole chunk and lose it with the exception). Returns (bytes written, bytes received).
         """
-        written = 0
+        written = received = 0
         chunks = _body_chunks(response)
         with open(part, mode) as fh:
             while True:
                 try:
                     chunk = next(chunks)
                 except StopIteration:
-                    return written
+                    if decoder is not None:
+                        tail = decoder.finish()
+                        fh.write(tail)
+                        written += len(tail)
+                    return written, received
                 except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError,
                         OSError) as exc:
-                    raise Retryable(f"connection lost after {written} bytes of the body: "
-                                     f"{describe_error(exc)}") from None
+                    raise Retryable(f"connection lost after {received} bytes of the body: "
+                                     f"{describe_error(exc)}", restart=decoder is not None) \
+                        from None
+                received += len(chunk)
+                self.progress.add_bytes(len(chunk))
+                data = decoder.feed(chunk) if decoder is not None else chunk
                 try:
-                    fh.write(chunk)
+                    fh.write(data)
                     fh.flush()
                 except OSError as exc:
                     raise Permanent(f"cannot write {part}: {exc}") from None
-                written += len(chunk)
-                self.progress.add_bytes(len(chunk))
+                written += len(data)
                 if self.stop.is_set():
                     raise _Stopped()
+                if time.monotonic() > deadline:
+                    raise _DeadlineExceeded()
 
     def _verify(self, item: RemoteFile, part: Path) -> str:
         """sha256 of the complete part file, or Retryable when it is not what was promised."""
@@ -590,6 +856,9 @@ class _Engine:
         if item.md5 and md5 != item.md5.lower():
             raise Retryable(f"checksum mismatch: expected md5 {item.md5.lower()} got {md5}",
                              restart=True)
+        problem = self.content_check(part) if self.content_check else None
+        if problem:
+            raise Retryable(f"{NOT_THE_FILE}: {problem}", restart=True)
         return sha
 
 
@@ -649,16 +918,22 @@ def _prepare(files: Sequence[RemoteFile]) -> list[RemoteFile]:
 def fetch_files(files: Sequence[RemoteFile], dest_dir: str | os.PathLike, *,
                 concurrency: int = 4, rate_limit_per_host: float = 5.0,
                 retries: int = 5, backoff_s: float = 1.0, max_backoff_s: float = 60.0,
-                timeout_s: float = 60.0, manifest_path: str | os.PathLike | None = None,
+                timeout_s: float = 60.0, deadline_s: float | None = None,
+                manifest_path: str | os.PathLike | None = None,
                 auth_headers: Mapping[str, str] | None = None,
                 what: str = "files", log: Callable[[str], None] = print,
                 credentials_env: tuple[str, str] | None = None,
+                content_check: ContentCheck | None = None,
                 progress_every_s: float = 10.0) -> pd.DataFrame:
     """Fetch ``files`` into ``dest_dir``, verified, resumable and idempotent; return the manifest rows.
 
     ``auth_headers`` go on every request (the archive's ``Authorization``, see
     :func:`starlabels.acquire.auth.login_headers`); ``credentials_env`` names the environment
     variables the login came from (or would), so a 401/403 message can say which ones to set.
+    ``deadline_s`` bounds the time one file may take, all its attempts together (None: no
+    bound); ``content_check`` names what is wrong with a complete file that is not what was
+    asked for (an HTML error page served as a FITS file), so it is fetched again and never
+    accepted, neither now nor from an earlier run.
     Raises ArchiveUnreachable early when a host never answered, DownloadError at the end when
     any file failed; in both cases the manifest (if any) is written first, so a rerun knows
     what is done. The exception carries this run's rows as ``.manifest``.
@@ -672,9 +947,10 @@ def fetch_files(files: Sequence[RemoteFile], dest_dir: str | os.PathLike, *,
     recorded = _recorded_rows(previous)
     progress = _Progress(len(items), what, say, every_s=progress_every_s)
     engine = _Engine(dest, retries=retries, backoff_s=backoff_s, max_backoff_s=max_backoff_s,
-                     timeout_s=timeout_s, rate_limit_per_host=rate_limit_per_host,
-                     auth_headers=auth_headers, credentials_env=credentials_env, redact=redact,
-                     log=log, progress=progress)
+                     timeout_s=timeout_s, deadline_s=deadline_s,
+                     rate_limit_per_host=rate_limit_per_host, auth_headers=auth_headers,
+                     credentials_env=credentials_env, content_check=content_check,
+                     redact=redact, log=log, progress=progress)
     hosts = sorted({host_of(item.url) for item in items})
     limit = (f"at most {rate_limit_per_host:g} requests/s per host" if rate_limit_per_host
              and rate_limit_per_host > 0 else "no rate limit")

@@ -16,6 +16,8 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from .. import config
+from ..io.fitstools import fits_problem
 from .fetch import RemoteFile, safe_relpath, with_mirror
 
 #: columns every remote-file table has (one row per file to fetch)
@@ -80,9 +82,14 @@ def remote_files(table: pd.DataFrame) -> list:
 
 
 def fetch_options(download: Mapping[str, Any]) -> dict[str, Any]:
-    """fetch_files keyword arguments from the experiment's ``download`` config section."""
+    """fetch_files keyword arguments from the experiment's ``download`` config section (keys it
+    leaves out take the schema's defaults)."""
+    download = config.section("download", download)
     return {"concurrency": int(download["concurrency"]),
             "rate_limit_per_host": float(download["rate_limit_per_host"]),
             "retries": int(download["retries"]), "backoff_s": float(download["backoff_s"]),
             "max_backoff_s": float(download["max_backoff_s"]),
-            "timeout_s": float(download["timeout_s"])}
+            "timeout_s": float(download["timeout_s"]),
+            "deadline_s": float(download["file_deadline_s"]),
+            # every file the pipeline fetches from an archive is a FITS file
+            "content_check": fits_problem}

@@ -3,7 +3,9 @@
 A file already complete on disk (matching the archive's size/checksum, or — ESO publishes
 neither — recorded in the shard journals kept beside the downloads) is not fetched again, so a
 rerun after an interruption fetches only what is missing. A file the archive does not have
-(HTTP 404) is recorded as missing where the archive is known to have holes.
+(HTTP 404), or serves only as something else (an HTML page, a file cut short: what the content
+check refuses after every retry), is recorded as missing with that reason where missing files
+are allowed; it never reaches the download folder.
 """
 from __future__ import annotations
 
@@ -17,11 +19,11 @@ import pandas as pd
 from .. import artifacts
 from ..batch import Log
 from .auth import login_headers
-from .fetch import fetch_files, read_manifest
+from .fetch import NOT_THE_FILE, fetch_files, read_manifest
 from .http import ArchiveUnreachable, DownloadError
 from .remote import FETCHED_STATUSES, MISSING_STATUSES, fetch_options, remote_files
 
-_NOT_THERE = re.compile(r"HTTP (?:404|410)\b|not found: ")
+_NOT_THERE = re.compile(r"HTTP (?:404|410)\b|not found: |" + re.escape(NOT_THE_FILE + ": "))
 
 
 def fetched_paths(result: pd.DataFrame, what: str, allow_missing: bool) -> list[str]:
@@ -71,8 +73,9 @@ def seed_journal(journal_dir: str | os.PathLike, shard: int, relpaths: Iterable[
 
 
 def _missing_not_fatal(error: Exception, what: str, log: Log) -> pd.DataFrame:
-    """The fetch result of a run whose only failures are files the archive does not have,
-    with those rows marked 'missing'; re-raise ``error`` if anything else failed."""
+    """The fetch result of a run whose only failures are files the archive does not have (or
+    has only in a form the content check refuses), with those rows marked 'missing' and their
+    reason kept in ``error``; re-raise ``error`` if anything else failed."""
     frame = getattr(error, "manifest", None)
     if frame is None:
         raise error
@@ -82,8 +85,8 @@ def _missing_not_fatal(error: Exception, what: str, log: Log) -> pd.DataFrame:
     if (failed & ~absent).any():
         raise error
     frame.loc[absent, "status"] = "missing"
-    log(f"download: {int(absent.sum())} {what} are not in the archive (HTTP 404); recorded as "
-        f"missing")
+    log(f"download: {int(absent.sum())} {what} are not in the archive (HTTP 404/410) or not "
+        f"usable as served; recorded as missing with the reason")
     return frame
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from astropy.io import fits
 
 from ..artifacts import atomic_path
+from .fitstools import open_regular
 
 BLOCK = 2880
 
@@ -282,7 +283,7 @@ def read_simple_table(path: str | os.PathLike) -> SimpleTable:
     if not fits.conf.strip_header_whitespace:
         raise NotSimpleFITS("astropy is set to keep trailing blanks of header strings")
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             size = os.fstat(fh.fileno()).st_size
             if size == 0 or size % BLOCK:
                 raise NotSimpleFITS(f"size {size} is not a whole number of FITS blocks")

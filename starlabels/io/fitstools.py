@@ -7,8 +7,11 @@ wrong; the normalize stage records such a file in its rejects table.
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
+import os
 import re
+import stat
 import warnings
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -44,12 +47,31 @@ def safe_name_part(text: str, what: str) -> str:
     return safe
 
 
+def open_regular(path: str | os.PathLike):
+    """``open(path, "rb")`` for a regular file only: a FIFO, device or socket named like a FITS
+    file would block a reader for ever (or read without end). Raises OSError naming the kind."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once instead of waiting
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a directory" if stat.S_ISDIR(mode)
+                    else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                    else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+            raise OSError(errno.EINVAL, f"{kind}, not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def check_fits_size(path: Path) -> None:
     """Refuse empty files and uncompressed FITS whose size is not a whole number of 2880-byte
-    blocks: astropy reads some truncated files silently, dropping or shortening the last HDU."""
+    blocks: astropy reads some truncated files silently, dropping or shortening the last HDU.
+    Anything but a regular file is refused too (a FIFO would block the reader for ever)."""
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
+            size = os.fstat(fh.fileno()).st_size
             magic = fh.read(6)
     except OSError as exc:
         raise SpectrumFormatError(path, f"cannot open file ({exc.strerror or exc})") from exc
@@ -58,6 +80,35 @@ def check_fits_size(path: Path) -> None:
     if magic == b"SIMPLE" and size % 2880 != 0:
         raise SpectrumFormatError(path, f"file size {size} bytes is not a multiple of the FITS "
                                         f"block size 2880: truncated or corrupt")
+
+
+def fits_problem(path: str | os.PathLike) -> str | None:
+    """What keeps ``path`` from being a plain FITS file, or None when it looks like one: a
+    regular file whose first card is ``SIMPLE  =                    T`` and whose size is a whole
+    number of 2880-byte blocks. Every file the pipeline downloads is such a file, so the download
+    engine refuses anything else (an HTML error page served with status 200, a cut transfer)
+    instead of storing it as verified."""
+    try:
+        with open_regular(path) as fh:
+            size = os.fstat(fh.fileno()).st_size
+            head = fh.read(80)
+    except OSError as exc:
+        return f"cannot read it ({exc.strerror or exc})"
+    if size == 0:
+        return "empty file"
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip-compressed data, not a plain FITS file"
+    if not head.startswith(b"SIMPLE  ="):
+        text = head[:40].decode("ascii", errors="replace")
+        if head.lstrip().startswith(b"<"):
+            return f"an HTML or XML document, not a FITS file (it starts {text!r})"
+        return f"not a FITS file: it does not start with the card SIMPLE = T (it starts {text!r})"
+    if head[29:30] != b"T":
+        return "SIMPLE is not T: not a standard FITS file"
+    if size % 2880:
+        return (f"size {size} bytes is not a whole number of 2880-byte FITS blocks: cut short "
+                f"or not FITS")
+    return None
 
 
 @contextlib.contextmanager
