@@ -29,8 +29,6 @@ rule archive_manifest:
         f"{R}/{{exp}}/logs/archive_manifest.log",
     benchmark:
         f"{R}/{{exp}}/benchmarks/archive_manifest.tsv"
-    conda:
-        "../envs/starlabels.yaml"
     script:
         "../workflow_scripts/archive_manifest.py"
 
@@ -48,8 +46,6 @@ rule phoenix_manifest:
         f"{R}/{{exp}}/logs/phoenix_manifest.log",
     benchmark:
         f"{R}/{{exp}}/benchmarks/phoenix_manifest.tsv"
-    conda:
-        "../envs/starlabels.yaml"
     script:
         "../workflow_scripts/phoenix_manifest.py"
 
@@ -72,8 +68,6 @@ rule download_shard:
         f"{R}/{{exp}}/logs/download_{{dataset}}_shard_{{shard}}.log",
     benchmark:
         f"{R}/{{exp}}/benchmarks/download_{{dataset}}_shard_{{shard}}.tsv"
-    conda:
-        "../envs/starlabels.yaml"
     script:
         "../workflow_scripts/download_shard.py"
 
@@ -97,8 +91,6 @@ rule archive_observed:
         f"{R}/{{exp}}/logs/archive_observed.log",
     benchmark:
         f"{R}/{{exp}}/benchmarks/archive_observed.tsv"
-    conda:
-        "../envs/starlabels.yaml"
     script:
         "../workflow_scripts/archive_observed.py"
 
@@ -116,7 +108,5 @@ rule archive_synthetic:
         f"{R}/{{exp}}/logs/archive_synthetic.log",
     benchmark:
         f"{R}/{{exp}}/benchmarks/archive_synthetic.tsv"
-    conda:
-        "../envs/starlabels.yaml"
     script:
         "../workflow_scripts/archive_synthetic.py"

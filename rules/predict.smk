@@ -20,7 +20,5 @@ rule predict:
         f"{R}/{{exp}}/logs/predict_shard_{{shard}}.log",
     benchmark:
         f"{R}/{{exp}}/benchmarks/predict_shard_{{shard}}.tsv"
-    conda:
-        "../envs/starlabels.yaml"
     script:
         "../workflow_scripts/predict.py"

@@ -71,7 +71,5 @@ rule validate:
         f"{R}/{{exp}}/logs/validate.log",
     benchmark:
         f"{R}/{{exp}}/benchmarks/validate.tsv"
-    conda:
-        "../envs/starlabels.yaml"
     script:
         "../workflow_scripts/validate.py"

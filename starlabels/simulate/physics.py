@@ -46,10 +46,10 @@ import numpy as np
 import pandas as pd
 from scipy.special import voigt_profile
 
+from .. import data
 from ..spectral import C_KMS, convolve_resolution, doppler_shift, log_lambda_grid, resample_flux
 
-RESOURCES = Path(__file__).resolve().parents[2] / "resources"
-DEFAULT_LINELIST = RESOURCES / "linelist.csv"
+DEFAULT_LINELIST = data.path("linelist.csv")
 
 #: label order used for label vectors throughout the simulator
 LABEL_ORDER = ("teff", "logg", "fe_h", "mg_fe", "al_fe")
@@ -89,7 +89,7 @@ REFERENCE_LINE = dict(excitation_potential=2.5, log_gf=-2.8)  # solar Fe I line 
 
 def load_linelist(path: str | Path | None = None) -> pd.DataFrame:
     """Read the line list CSV (comment lines start with '#') and add element / ion columns."""
-    path = Path(path) if path else DEFAULT_LINELIST
+    path = data.resolve(path) if path else DEFAULT_LINELIST
     lines = pd.read_csv(path, comment="#")
     required = {"wavelength_air", "species", "excitation_potential", "log_gf"}
     missing = required - set(lines.columns)
