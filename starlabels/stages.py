@@ -288,21 +288,25 @@ def predict(*, flux: str, table: str, model_dirs: Sequence[str], shard: int, n_s
 def catalog(*, shards: Sequence[str], table: str, clean_table: str, model_dirs: Sequence[str],
             labels: Sequence[str], cfg: Mapping[str, Any], experiment: str, method: str,
             fits_path: str, parquet_path: str, log: Log = log_to_stdout,
-            config_hash: str = "none",
-            classes: Mapping[str, float] | None = None) -> pd.DataFrame:
+            config_hash: str = "none", classes: Mapping[str, float] | None = None,
+            survey: str | None = None) -> pd.DataFrame:
     """Merge prediction shards with the star table and flags; write FITS + Parquet catalogues.
 
-    ``classes`` (giant_logg_max, dwarf_logg_min) adds a giant / subgiant / dwarf column.
+    ``classes`` (giant_logg_max, dwarf_logg_min) adds a giant / subgiant / dwarf column;
+    ``survey`` names the input-catalogue columns (positions, survey ids) the catalogue carries.
     """
-    from .catalog import catalog_tables, write_catalog
+    from .catalog import FLAG_COLUMN, bin_edges, catalog_tables, write_catalog
 
-    out, full = catalog_tables(shards=shards, table=table, clean_table=clean_table,
-                               model_dirs=model_dirs, labels=labels, cfg=cfg, classes=classes)
+    carry = surveys.get(survey).carry if survey else ()
+    out = catalog_tables(shards=shards, table=table, clean_table=clean_table,
+                         model_dirs=model_dirs, labels=labels, cfg=cfg, classes=classes,
+                         carry=carry)
     prov = artifacts.provenance(None, config_hash=config_hash, stage="catalog",
                                 experiment=experiment, method=method, n_members=len(model_dirs))
-    write_catalog(out, fits_path, None, labels=list(labels), provenance=prov)
-    write_catalog(full, None, parquet_path, labels=list(labels), provenance=prov)
-    log(f"catalog: {len(out)} stars, {int((out['flags'] != 0).sum())} flagged; wrote "
+    metas = [artifacts.load_json(Path(d) / "model.json") for d in model_dirs]
+    write_catalog(out, fits_path, parquet_path, labels=list(labels), provenance=prov,
+                  bins=bin_edges(metas))
+    log(f"catalog: {len(out)} stars, {int((out[FLAG_COLUMN] != 0).sum())} flagged; wrote "
         f"{fits_path} and {parquet_path}")
     return out
 
