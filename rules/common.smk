@@ -217,6 +217,7 @@ def final_targets():
             f"{R}/{exp}/catalog/starlabels_{exp}.fits",
             f"{R}/{exp}/catalog/starlabels_{exp}.parquet",
             f"{R}/{exp}/metrics.json",
+            f"{R}/{exp}/models/ensemble.json",
         ]
         targets += [f"{R}/{exp}/plots/{p}.png" for p in PLOTS]
     return targets

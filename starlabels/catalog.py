@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__, artifacts, columns
-from .labels import LABELS, check_labels
+from .labels import check_labels
 
 # ---------------------------------------------------------------- flags
 

@@ -236,9 +236,14 @@ def train(*, flux: str, table: str, labels: Sequence[str], member: int, cfg: Map
     if variant != "full" and variant not in method.variants:
         raise ValueError(f"method {method.name} has no ablation variant {variant!r} "
                          f"(its variants: {list(method.variants)})")
-    return method.train(flux=flux, table=table, labels=list(labels), member=int(member), cfg=cfg,
-                        model_dir=model_dir, method_cfg=method_cfg, variant=variant, log=log,
-                        threads=threads)
+    from .members import describe_member, training_description
+
+    description = training_description(table, labels)
+    method.train(flux=flux, table=table, labels=list(labels), member=int(member), cfg=cfg,
+                 model_dir=model_dir, method_cfg=method_cfg, variant=variant, log=log,
+                 threads=threads)
+    # the folder describes its input spectra too, so it can be applied to new files
+    return describe_member(model_dir, description)
 
 
 def train_ablation(*, flux: str, table: str, labels: Sequence[str], variant: str,
@@ -281,6 +286,27 @@ def predict(*, flux: str, table: str, model_dirs: Sequence[str], shard: int, n_s
                           n_shards=int(n_shards), batch_size=batch_size, device=cfg["device"],
                           out=out, metadata=meta, log=log, threads=threads,
                           ensemble_calibration=ensemble_calibration, **dict(options or {}))
+
+
+def ensemble(*, model_dirs: Sequence[str], out: str, method: str, survey: str,
+             labels: Sequence[str], keep_quantile: float, options: Mapping[str, Any],
+             catalog_cfg: Mapping[str, Any], classes: Mapping[str, float] | None = None,
+             ensemble_calibration: str | None = None, experiment: str = "unknown",
+             log: Log = log_to_stdout, config_hash: str = "none") -> dict:
+    """models/ensemble.json: the members, their checksums and the settings that apply them, so
+    the models folder is one thing to copy and to use (:mod:`starlabels.ensemble`)."""
+    from .ensemble import write_manifest
+
+    meta = artifacts.provenance(None, config_hash=config_hash, stage="ensemble",
+                                experiment=experiment)
+    manifest = write_manifest(model_dirs=model_dirs, out=out, method=method, survey=survey,
+                              labels=labels, keep_quantile=keep_quantile, options=options,
+                              catalog_cfg=catalog_cfg, classes=classes,
+                              ensemble_calibration=ensemble_calibration, metadata=meta)
+    log(f"ensemble: {len(manifest['members'])} members of {method} for {survey}, "
+        f"calibration {manifest['calibration']['file'] if manifest['calibration'] else 'none'}; "
+        f"wrote {out}")
+    return manifest
 
 
 # ------------------------------------------------------------------ catalog, validate

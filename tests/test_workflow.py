@@ -7,9 +7,7 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,13 +16,9 @@ import yaml
 
 from starlabels.artifacts import load_table
 from starlabels.catalog import read_catalog
+from tiny import snakemake
 
 pytestmark = pytest.mark.slow
-
-
-def snakemake(repo: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", *args]
-    return subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=timeout)
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -36,17 +30,6 @@ def job_counts(output: str) -> dict[str, int]:
         if m and m.group(1) != "total":
             counts[m.group(1)] = int(m.group(2))
     return counts
-
-
-@pytest.fixture(scope="session")
-def tiny_run(repo, tiny_config_path, tmp_path_factory):
-    results = tmp_path_factory.mktemp("tiny") / "results"
-    args = ["--cores", "2", "--configfile", str(tiny_config_path), "--config",
-            f"results={results}"]
-    proc = snakemake(repo, *args)
-    if proc.returncode != 0:
-        pytest.fail(f"snakemake failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
-    return {"results": results, "args": args}
 
 
 def test_all_outputs_exist(tiny_run):
@@ -258,7 +241,7 @@ def test_slurm_profile_runs_train_and_predict_as_slurm_jobs(repo, tiny_run, slur
     # (tiny_marvels is deep_remap: + its ablation member, ensemble calibration and report)
     (["-R", "clean"], {"clean": 2, "trainset": 2, "train": 4, "train_ablation": 1,
                        "calibrate_ensemble": 1, "predict": 4, "catalog": 2, "validate": 2,
-                       "remap_report": 1, "all": 1}),
+                       "remap_report": 1, "ensemble": 2, "all": 1}),
     # stop after a stage: nothing to do when it is up to date
     (["--until", "clean"], {}),
 ])
