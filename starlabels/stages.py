@@ -356,6 +356,16 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
                method=method, method_report=method_report)
 
 
+def summary_tables(*, metrics: str, catalog: str, labels: Sequence[str], metrics_html: str,
+                   catalog_html: str, log: Log = log_to_stdout) -> None:
+    """The report's tables: validation metrics and a summary of the catalogue (HTML)."""
+    from .summary import write_tables
+
+    write_tables(metrics=metrics, catalog=catalog, labels=labels, metrics_html=metrics_html,
+                 catalog_html=catalog_html)
+    log(f"summary_tables: wrote {metrics_html} and {catalog_html}")
+
+
 def remap_report(*, flux: str, table: str, catalog: str, truth: str | None,
                  model_dirs: Sequence[str], ablation_dirs: Mapping[str, str],
                  classes: Mapping[str, float], targets: Mapping[str, Any], metrics: str,

@@ -124,7 +124,8 @@ def test_forcerun_predict_reruns_only_downstream(repo, tiny_run):
     assert proc.returncode == 0, proc.stderr
     counts = job_counts(proc.stdout)
     # remap_report: deep_remap's report reads the catalogue
-    assert set(counts) == {"predict", "catalog", "validate", "remap_report", "all"}, counts
+    assert set(counts) == {"predict", "catalog", "validate", "remap_report", "summary_tables",
+                           "all"}, counts
     assert counts["predict"] == 4          # 2 shards × 2 experiments
 
 
@@ -171,9 +172,12 @@ def test_report_includes_plots_with_captions(repo, tiny_run, tmp_path):
     assert proc.returncode == 0, text
     assert "ERROR" not in text, text          # caption reST problems are printed, not raised
     html = report.read_text(errors="replace")
-    for plot in ("gradients.png", "one_to_one_true.png", "kiel.png", "tsne_clean.png"):
+    for plot in ("gradients.png", "one_to_one_true.png", "kiel.png", "tsne_clean.png",
+                 "metrics.html", "catalog_summary.html"):
         assert plot in html
     assert "Network gradients" in html and "Kiel diagram" in html
+    assert "Each experiment runs" in html                  # the workflow description
+    assert "Validation metrics per label" in html          # the tables' captions
 
 
 # ------------------------------------------------------------------ a real Slurm
@@ -241,7 +245,7 @@ def test_slurm_profile_runs_train_and_predict_as_slurm_jobs(repo, tiny_run, slur
     # (tiny_marvels is deep_remap: + its ablation member, ensemble calibration and report)
     (["-R", "clean"], {"clean": 2, "trainset": 2, "train": 4, "train_ablation": 1,
                        "calibrate_ensemble": 1, "predict": 4, "catalog": 2, "validate": 2,
-                       "remap_report": 1, "ensemble": 2, "all": 1}),
+                       "remap_report": 1, "ensemble": 2, "summary_tables": 2, "all": 1}),
     # stop after a stage: nothing to do when it is up to date
     (["--until", "clean"], {}),
 ])
