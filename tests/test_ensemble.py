@@ -25,10 +25,21 @@ pytestmark = pytest.mark.slow
 WORKFLOW_ONLY_BITS = FLAG_BITS["IN_TRAINING_SET"] | FLAG_BITS["CLEAN_REJECTED"]
 
 
-def starlabels(*args: str, cwd: Path | None = None, exe: list[str] | None = None
-               ) -> subprocess.CompletedProcess:
-    cmd = [*(exe or [sys.executable, "-m", "starlabels"]), *map(str, args)]
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+def starlabels(*args: str | Path) -> subprocess.CompletedProcess:
+    """`python -m starlabels ARGS` in a new process, as a user runs it."""
+    cmd = [sys.executable, "-m", "starlabels", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+def in_process(capsys, *args: str | Path) -> subprocess.CompletedProcess:
+    """The same command through :func:`starlabels.cli.main` in this process (no new torch
+    import per call)."""
+    from starlabels.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
 
 
 def demo_files(results: Path, n_stars: int = 4) -> tuple[list[str], list[str]]:
@@ -131,33 +142,33 @@ def test_python_api_on_arrays_equals_the_files(tiny_run):
     assert bad.catalog.empty and bad.rejects["reason"].tolist() == ["zero flux"]
 
 
-def test_header_rvs_are_used_loudly_without_a_table(tiny_run, tmp_path):
+def test_header_rvs_are_used_loudly_without_a_table(tiny_run, tmp_path, capsys):
     results = tiny_run["results"]
     _, files = demo_files(results, n_stars=1)
-    proc = starlabels("predict", results / "tiny_ges" / "models", *files, "-o",
+    proc = in_process(capsys, "predict", results / "tiny_ges" / "models", *files, "-o",
                       tmp_path / "c.fits")
     assert proc.returncode == 0, proc.stderr
     assert "catalogue's RVs (vrad)" in proc.stderr and "header RV" in proc.stderr
     assert read_catalog(tmp_path / "c.fits")["rv_source"].tolist() == ["header"]
 
 
-def test_exit_status_is_nonzero_only_when_nothing_could_be_processed(tiny_run, tmp_path):
+def test_exit_status_is_nonzero_only_when_nothing_could_be_processed(tiny_run, tmp_path, capsys):
     junk = tmp_path / "junk.fits"
     junk.write_bytes(b"\0" * 100)
     out = tmp_path / "none.fits"
-    proc = starlabels("predict", tiny_run["results"] / "tiny_ges" / "models", junk, "-o", out)
+    proc = in_process(capsys, "predict", tiny_run["results"] / "tiny_ges" / "models", junk, "-o", out)
     assert proc.returncode == 1
     assert not out.exists()
     rejects = pd.read_csv(tmp_path / "none_rejects.csv")
     assert rejects["path"].tolist() == [str(junk)] and "unreadable" in rejects["reason"][0]
 
 
-def test_an_edited_or_incomplete_ensemble_is_refused(tiny_run, tmp_path):
+def test_an_edited_or_incomplete_ensemble_is_refused(tiny_run, tmp_path, capsys):
     from starlabels.members import load_member
 
     copy = tmp_path / "models"
     shutil.copytree(tiny_run["results"] / "tiny_ges" / "models", copy)
-    proc = starlabels("info", copy)                   # a copied folder is the same ensemble
+    proc = in_process(capsys, "info", copy)        # a copied folder is the same ensemble
     assert proc.returncode == 0, proc.stderr
     assert "checksums    verified" in proc.stdout and "teff [K]" in proc.stdout
     meta_path = copy / "member_0" / "model.json"
@@ -165,26 +176,26 @@ def test_an_edited_or_incomplete_ensemble_is_refused(tiny_run, tmp_path):
     meta = json.loads(original)
     meta["label_max"][0] += 500.0
     meta_path.write_text(json.dumps(meta))
-    proc = starlabels("info", copy)
+    proc = in_process(capsys, "info", copy)
     assert proc.returncode == 1 and "member_0/model.json: sha256" in proc.stderr
     with pytest.raises(ValueError, match=r"disagree on \['label_max'\]"):
         load_member(copy / "member_0")
     meta_path.write_text(original)
     shutil.rmtree(copy / "member_1")
-    proc = starlabels("info", copy)
+    proc = in_process(capsys, "info", copy)
     assert proc.returncode == 1 and "member_1" in proc.stderr
 
 
-def test_info_json_and_check_config(tiny_run, tiny_config_path, tmp_path):
-    proc = starlabels("info", tiny_run["results"] / "tiny_marvels" / "models", "--json")
+def test_info_json_and_check_config(tiny_run, tiny_config_path, tmp_path, capsys):
+    proc = in_process(capsys, "info", tiny_run["results"] / "tiny_marvels" / "models", "--json")
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
     assert info["method"] == "deep_remap" and info["calibration"] == "ensemble_calibration.json"
     assert info["labels"] == {"teff": "K", "logg": None, "fe_h": None}
     assert info["grid"]["segments"][0]["name"] == "MARVELS" and info["grid"]["n_pixels"] == 1701
-    ok = starlabels("check-config", tiny_config_path)
+    ok = starlabels("check-config", tiny_config_path)          # python -m starlabels
     assert ok.returncode == 0 and "valid" in ok.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text(tiny_config_path.read_text().replace("members: 2", "members: 0", 1))
-    proc = starlabels("check-config", bad)
+    proc = in_process(capsys, "check-config", bad)
     assert proc.returncode == 1 and "experiments.tiny_ges.train.members" in proc.stderr
