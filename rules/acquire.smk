@@ -21,6 +21,8 @@ rule acquire_observed:
         f"{R}/{{exp}}/logs/acquire_observed.log",
     benchmark:
         f"{R}/{{exp}}/benchmarks/acquire_observed.tsv"
+    conda:
+        "../envs/starlabels.yaml"
     script:
         "../workflow_scripts/acquire_observed.py"
 
@@ -38,5 +40,7 @@ rule acquire_synthetic:
         f"{R}/{{exp}}/logs/acquire_synthetic.log",
     benchmark:
         f"{R}/{{exp}}/benchmarks/acquire_synthetic.tsv"
+    conda:
+        "../envs/starlabels.yaml"
     script:
         "../workflow_scripts/acquire_synthetic.py"

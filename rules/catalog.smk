@@ -21,5 +21,7 @@ rule catalog:
         f"{R}/{{exp}}/logs/catalog.log",
     benchmark:
         f"{R}/{{exp}}/benchmarks/catalog.tsv"
+    conda:
+        "../envs/starlabels.yaml"
     script:
         "../workflow_scripts/catalog.py"

@@ -21,5 +21,7 @@ rule clean:
         f"{R}/{{exp}}/logs/clean.log",
     benchmark:
         f"{R}/{{exp}}/benchmarks/clean.tsv"
+    conda:
+        "../envs/starlabels.yaml"
     script:
         "../workflow_scripts/clean.py"

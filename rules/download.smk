@@ -29,6 +29,8 @@ rule archive_manifest:
         f"{R}/{{exp}}/logs/archive_manifest.log",
     benchmark:
         f"{R}/{{exp}}/benchmarks/archive_manifest.tsv"
+    conda:
+        "../envs/starlabels.yaml"
     script:
         "../workflow_scripts/archive_manifest.py"
 
@@ -46,6 +48,8 @@ rule phoenix_manifest:
         f"{R}/{{exp}}/logs/phoenix_manifest.log",
     benchmark:
         f"{R}/{{exp}}/benchmarks/phoenix_manifest.tsv"
+    conda:
+        "../envs/starlabels.yaml"
     script:
         "../workflow_scripts/phoenix_manifest.py"
 
@@ -68,6 +72,8 @@ rule download_shard:
         f"{R}/{{exp}}/logs/download_{{dataset}}_shard_{{shard}}.log",
     benchmark:
         f"{R}/{{exp}}/benchmarks/download_{{dataset}}_shard_{{shard}}.tsv"
+    conda:
+        "../envs/starlabels.yaml"
     script:
         "../workflow_scripts/download_shard.py"
 
@@ -91,6 +97,8 @@ rule archive_observed:
         f"{R}/{{exp}}/logs/archive_observed.log",
     benchmark:
         f"{R}/{{exp}}/benchmarks/archive_observed.tsv"
+    conda:
+        "../envs/starlabels.yaml"
     script:
         "../workflow_scripts/archive_observed.py"
 
@@ -108,5 +116,7 @@ rule archive_synthetic:
         f"{R}/{{exp}}/logs/archive_synthetic.log",
     benchmark:
         f"{R}/{{exp}}/benchmarks/archive_synthetic.tsv"
+    conda:
+        "../envs/starlabels.yaml"
     script:
         "../workflow_scripts/archive_synthetic.py"

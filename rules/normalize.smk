@@ -25,5 +25,7 @@ rule normalize:
         f"{R}/{{exp}}/logs/normalize.log",
     benchmark:
         f"{R}/{{exp}}/benchmarks/normalize.tsv"
+    conda:
+        "../envs/starlabels.yaml"
     script:
         "../workflow_scripts/normalize.py"

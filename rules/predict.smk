@@ -20,6 +20,8 @@ rule predict:
         f"{R}/{{exp}}/logs/predict_shard_{{shard}}.log",
     benchmark:
         f"{R}/{{exp}}/benchmarks/predict_shard_{{shard}}.tsv"
+    conda:
+        "../envs/starlabels.yaml"
     script:
         "../workflow_scripts/predict.py"
 
@@ -44,5 +46,7 @@ rule ensemble:
         f"{R}/{{exp}}/logs/ensemble.log",
     benchmark:
         f"{R}/{{exp}}/benchmarks/ensemble.tsv"
+    conda:
+        "../envs/starlabels.yaml"
     script:
         "../workflow_scripts/ensemble.py"

@@ -24,6 +24,8 @@ rule train_ablation:
         f"{R}/{{exp}}/logs/train_ablation_{{variant}}.log",
     benchmark:
         f"{R}/{{exp}}/benchmarks/train_ablation_{{variant}}.tsv"
+    conda:
+        "../envs/starlabels.yaml"
     script:
         "../workflow_scripts/train_ablation.py"
 
@@ -41,6 +43,8 @@ rule calibrate_ensemble:
         f"{R}/{{exp}}/logs/calibrate_ensemble.log",
     benchmark:
         f"{R}/{{exp}}/benchmarks/calibrate_ensemble.tsv"
+    conda:
+        "../envs/starlabels.yaml"
     script:
         "../workflow_scripts/calibrate_ensemble.py"
 
@@ -80,5 +84,7 @@ rule remap_report:
         f"{R}/{{exp}}/logs/remap_report.log",
     benchmark:
         f"{R}/{{exp}}/benchmarks/remap_report.tsv"
+    conda:
+        "../envs/starlabels.yaml"
     script:
         "../workflow_scripts/remap_report.py"

@@ -20,5 +20,7 @@ rule synthesize:
         f"{R}/{{exp}}/logs/synthesize.log",
     benchmark:
         f"{R}/{{exp}}/benchmarks/synthesize.tsv"
+    conda:
+        "../envs/starlabels.yaml"
     script:
         "../workflow_scripts/synthesize.py"

@@ -15,6 +15,8 @@ rule trainset:
         f"{R}/{{exp}}/logs/trainset.log",
     benchmark:
         f"{R}/{{exp}}/benchmarks/trainset.tsv"
+    conda:
+        "../envs/starlabels.yaml"
     script:
         "../workflow_scripts/trainset.py"
 
@@ -39,5 +41,7 @@ rule train:
         f"{R}/{{exp}}/logs/train_member_{{member}}.log",
     benchmark:
         f"{R}/{{exp}}/benchmarks/train_member_{{member}}.tsv"
+    conda:
+        "../envs/starlabels.yaml"
     script:
         "../workflow_scripts/train.py"

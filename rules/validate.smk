@@ -71,6 +71,8 @@ rule validate:
         f"{R}/{{exp}}/logs/validate.log",
     benchmark:
         f"{R}/{{exp}}/benchmarks/validate.tsv"
+    conda:
+        "../envs/starlabels.yaml"
     script:
         "../workflow_scripts/validate.py"
 
@@ -99,5 +101,7 @@ rule summary_tables:
         f"{R}/{{exp}}/logs/summary_tables.log",
     benchmark:
         f"{R}/{{exp}}/benchmarks/summary_tables.tsv"
+    conda:
+        "../envs/starlabels.yaml"
     script:
         "../workflow_scripts/summary_tables.py"
