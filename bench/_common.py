@@ -317,6 +317,11 @@ def normalized_base(cache: Path, min_stars: int, threads: int) -> tuple[Path, Pa
             if best is None or n > best[2]:
                 best = (flux, table, n)
     if best is not None:
+        from starlabels import artifacts
+
+        if not artifacts.table_metadata(best[1]).get("spectra"):
+            # normalized by an older version: model folders now need its description
+            run_normalize(best[0].parent.parent, best[2], threads)
         return best
     folder, _ = simulate_raw(cache, min_stars, threads)
     run_normalize(folder, min_stars, threads)
@@ -339,7 +344,8 @@ def ges_matrix(cache: Path, n_rows: int, threads: int, seed: int = 0,
     out_dir = Path(cache) / f"matrix_n{int(n_rows)}_from_n{base_stars}_seed{seed}"
     flux_path, table_path = out_dir / "flux.npy", out_dir / "stars.parquet"
     info_path = out_dir / "matrix.json"
-    if info_path.exists() and flux_path.exists() and table_path.exists():
+    if info_path.exists() and flux_path.exists() and table_path.exists() \
+            and artifacts.table_metadata(table_path).get("spectra"):
         return flux_path, table_path, artifacts.load_json(info_path)
     base = artifacts.load_matrix(base_flux)
     table = artifacts.load_table(base_table)
@@ -376,8 +382,10 @@ def ges_matrix(cache: Path, n_rows: int, threads: int, seed: int = 0,
         rows.loc[is_copy, lab] = rows.loc[is_copy, lab] + rng.normal(0, jitter[lab],
                                                                      int(is_copy.sum()))
     keep_cols = ["spectrum_id", "star_id", "split", "snr", *labels]
+    # the normalize stage's description of its spectra travels along, as trainset passes it
     artifacts.save_table(table_path, rows[keep_cols], {"grid_hash": meta["grid_hash"],
-                                                       "n_pixels": int(base.shape[1])})
+                                                       "n_pixels": int(base.shape[1]),
+                                                       "spectra": meta.get("spectra")})
     info = {"n_rows": int(n_rows), "n_pixels": int(base.shape[1]),
             "base": str(base_flux), "base_stars_simulated": int(base_stars),
             "base_rows_normalized": int(n_base), "rows_from_normalize": int(take),

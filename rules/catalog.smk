@@ -14,6 +14,7 @@ rule catalog:
         labels=section("labels"),
         catalog=section("catalog"),
         method=lambda w: EXPERIMENTS[w.exp]["method"],
+        survey=lambda w: EXPERIMENTS[w.exp]["survey"],  # which input columns it carries
         # giant / subgiant / dwarf column (surveys with giant candidates: MARVELS)
         classes=evolutionary_classes,
     log:

@@ -316,6 +316,9 @@ def final_targets():
             f"{R}/{exp}/catalog/starlabels_{exp}.fits",
             f"{R}/{exp}/catalog/starlabels_{exp}.parquet",
             f"{R}/{exp}/metrics.json",
+            f"{R}/{exp}/models/ensemble.json",
+            f"{R}/{exp}/tables/metrics.html",
+            f"{R}/{exp}/tables/catalog_summary.html",
         ]
         targets += [f"{R}/{exp}/plots/{p}.png" for p in PLOTS]
         targets += stage_outputs(exp)

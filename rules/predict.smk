@@ -48,3 +48,29 @@ rule predict:
         "../envs/starlabels.yaml"
     script:
         "../workflow_scripts/predict.py"
+
+
+rule ensemble:
+    # models/ is one thing to copy and apply (`starlabels predict`): members, calibration and
+    # this manifest of their checksums and the settings that apply them
+    input:
+        unpack(ensemble_calibration_input),
+        models=model_files,
+    output:
+        f"{R}/{{exp}}/models/ensemble.json",
+    params:
+        method=lambda w: EXPERIMENTS[w.exp]["method"],
+        survey=lambda w: EXPERIMENTS[w.exp]["survey"],
+        labels=section("labels"),
+        keep_quantile=lambda w: EXPERIMENTS[w.exp]["predict"]["keep_quantile"],
+        options=predict_options,
+        catalog=section("catalog"),
+        classes=evolutionary_classes,
+    log:
+        f"{R}/{{exp}}/logs/ensemble.log",
+    benchmark:
+        f"{R}/{{exp}}/benchmarks/ensemble.tsv"
+    conda:
+        "../envs/starlabels.yaml"
+    script:
+        "../workflow_scripts/ensemble.py"

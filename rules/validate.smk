@@ -84,3 +84,33 @@ rule validate:
         "../envs/starlabels.yaml"
     script:
         "../workflow_scripts/validate.py"
+
+
+rule summary_tables:
+    # the report's tables: metrics.json and the catalogue, summarised as HTML pages
+    input:
+        metrics=f"{R}/{{exp}}/metrics.json",
+        catalog=f"{R}/{{exp}}/catalog/starlabels_{{exp}}.parquet",
+    output:
+        metrics=report(
+            f"{R}/{{exp}}/tables/metrics.html",
+            caption="../resources/report/metrics_table.rst",
+            category="{exp}",
+            subcategory="tables",
+        ),
+        catalog=report(
+            f"{R}/{{exp}}/tables/catalog_summary.html",
+            caption="../resources/report/catalog_summary.rst",
+            category="{exp}",
+            subcategory="tables",
+        ),
+    params:
+        labels=section("labels"),
+    log:
+        f"{R}/{{exp}}/logs/summary_tables.log",
+    benchmark:
+        f"{R}/{{exp}}/benchmarks/summary_tables.tsv"
+    conda:
+        "../envs/starlabels.yaml"
+    script:
+        "../workflow_scripts/summary_tables.py"

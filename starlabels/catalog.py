@@ -2,15 +2,18 @@
 
 Conventions (after SDSS-V Astra, without its hard-coded paths):
 
-- every row carries an int32 ``flags`` bit mask (:data:`FLAG_BITS`); :data:`FLAG_BAD_MASK` marks
-  bits that make a row unusable, :data:`FLAG_WARN_MASK` those that call for care;
+- every row carries an int32 ``label_flags`` bit mask (:data:`FLAG_BITS`; not ``flags``, which
+  pandas reserves for ``DataFrame.flags``); :data:`FLAG_BAD_MASK` marks bits that make a row
+  unusable, :data:`FLAG_WARN_MASK` those that call for care;
 - FITS column names (TTYPE) are written **as-is** (the lower-case names used in every table of the
   pipeline, e.g. ``teff``, ``teff_std``), so the FITS and Parquet catalogs have identical columns
   and :func:`read_catalog` returns the same DataFrame from either. FITS column names are
   case-insensitive, so names differing only in case are refused;
-- the units of a label and of its derived columns (``<label>_std`` and friends) come from
-  :data:`starlabels.labels.LABELS`; a few other well-known columns (radial velocity, coordinates)
-  get theirs from :data:`KNOWN_UNITS`;
+- every column has a description, an IVOA UCD and (where it has one) a unit that astropy parses
+  without a warning, from :mod:`starlabels.columns`: TCOMMn / TUCDn / TUNITn in FITS, field
+  metadata and a VOTable header (the VOParquet convention) in Parquet; vectors (probabilities
+  per bin with their bin edges, embeddings, distances to the nearest labelled stars) are
+  fixed-width array columns in FITS, so FITS and Parquet hold the same columns;
 - provenance goes into both headers: STARLVER, GITCOMM, CONFHASH, EXPERIM, METHOD, NMEMBER, DATE;
   the primary header also carries the whole provenance mapping as JSON (PROVJSON, a long string
   continued over CONTINUE cards, declared by LONGSTRN);
@@ -31,10 +34,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from . import __version__, artifacts
-from .labels import LABELS, check_labels
+from . import __version__, artifacts, columns
+from .labels import check_labels
 
 # ---------------------------------------------------------------- flags
+
+#: the catalogue column holding the bits (not ``flags``: that is a pandas DataFrame attribute)
+FLAG_COLUMN = "label_flags"
 
 FLAG_BITS: dict[str, int] = {
     "CLEAN_REJECTED": 1 << 0,
@@ -189,40 +195,14 @@ def merge_shards(paths: Sequence[str | os.PathLike], n_rows: int | None = None) 
 
 # ---------------------------------------------------------------- FITS
 
-#: units of columns that are not labels; the label columns take theirs from LABELS
-KNOWN_UNITS: dict[str, str] = {
-    "rv": "km/s", "vrad": "km/s", "v_rad": "km/s", "vsini": "km/s", "vmic": "km/s",
-    "ra": "deg", "dec": "deg", "glon": "deg", "glat": "deg",
-}
-#: suffixes of columns that share their label's unit: teff_err, teff_ref, teff_q16, ...
-LABEL_SUFFIXES = ("err", "err_raw", "err_members", "ref", "true", "mean", "median", "raw",
-                  "cal", "bias", "resid", "q16", "q84")
-
 _TTYPE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,67}$")
 
 
 def column_unit(name: str) -> str | None:
-    """FITS TUNIT for a catalog column, or None when it has no unit (S/N, ids, flags)."""
-    for label in LABELS.values():
-        if name == label.name or any(name == f"{label.name}_{s}" for s in LABEL_SUFFIXES):
-            return label.unit
-    return KNOWN_UNITS.get(name)
-
-
-def column_description(name: str) -> str | None:
-    """A short TTYPE comment for label columns and the flags column."""
-    for label in LABELS.values():
-        if name == label.name:
-            return f"{label.description} (ensemble mean)"
-        if name == f"{label.name}_err":
-            return f"{label.name} uncertainty (calibrated)"
-        if name == f"{label.name}_err_raw":
-            return f"{label.name} uncertainty before calibration"
-        if name == f"{label.name}_err_members":
-            return f"{label.name} scatter of the ensemble members"
-    if name == "flags":
-        return "quality bit flags, see FLAGBnn keywords"
-    return None
+    """FITS TUNIT of a catalogue column (:mod:`starlabels.columns`); None when it has none
+    (S/N, ids, flags, logarithmic labels)."""
+    info = columns.column_info(name)
+    return info.unit if info else None
 
 
 def _ascii(text: Any) -> str:
@@ -233,11 +213,36 @@ def _is_missing(value: Any) -> bool:
     return value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value))
 
 
+def _vector_column(name: str, series: pd.Series, unit: str | None):
+    """A column of equal-length numeric vectors (probabilities per bin, embeddings) as a
+    fixed-width FITS array column, so FITS readers get them as Parquet readers do."""
+    from astropy.io import fits
+
+    values = [np.asarray(v) for v in series.to_list()]
+    shapes = {v.shape for v in values}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 1 or values[0].dtype.kind not in "iuf":
+        raise ValueError(f"column {name!r}: only numeric vectors of one length can be a "
+                         f"fixed-width FITS column (shapes {sorted(shapes)})")
+    stacked = np.stack(values)
+    n = stacked.shape[1]
+    if stacked.dtype.kind in "iu":
+        return fits.Column(name=name, format=f"{n}K", array=stacked.astype(np.int64), unit=unit)
+    fmt, np_type = ("E", np.float32) if stacked.dtype == np.float32 else ("D", np.float64)
+    return fits.Column(name=name, format=f"{n}{fmt}", array=stacked.astype(np_type), unit=unit)
+
+
+def _is_vector_column(series: pd.Series) -> bool:
+    first = next((v for v in series.to_list() if v is not None), None)
+    return isinstance(first, (list, tuple, np.ndarray))
+
+
 def _fits_column(name: str, series: pd.Series):
     """One astropy Column with the FITS type that keeps the pandas values exactly."""
     from astropy.io import fits
 
     unit = column_unit(name)
+    if len(series) and _is_vector_column(series):
+        return _vector_column(name, series, unit)
     dtype = series.dtype
     if isinstance(dtype, pd.CategoricalDtype) or pd.api.types.is_datetime64_any_dtype(dtype):
         series = series.astype(str).where(series.notna(), "")
@@ -317,15 +322,28 @@ def _flag_cards() -> list[tuple[str, Any, str]]:
     cards = []
     for name, bit in FLAG_BITS.items():
         n = int(bit).bit_length() - 1
-        cards.append((f"FLAGB{n:02d}", name, f"flags bit {n} (value {bit})"))
-    cards.append(("FLAGBAD", FLAG_BAD_MASK, "flags & FLAGBAD != 0: do not use"))
-    cards.append(("FLAGWARN", FLAG_WARN_MASK, "flags & FLAGWARN != 0: use with care"))
+        cards.append((f"FLAGB{n:02d}", name, f"{FLAG_COLUMN} bit {n} (value {bit})"))
+    cards.append(("FLAGBAD", FLAG_BAD_MASK, f"{FLAG_COLUMN} & FLAGBAD != 0: do not use"))
+    cards.append(("FLAGWARN", FLAG_WARN_MASK, f"{FLAG_COLUMN} & FLAGWARN != 0: use with care"))
     return cards
 
 
+def _uniform_bins(label: str, edges: Sequence[float]) -> tuple[float, float]:
+    """(first edge, width) of equal-width bins; the FITS keywords describe no other kind."""
+    edges = np.asarray(edges, dtype=np.float64)
+    widths = np.diff(edges)
+    if edges.size < 2 or not np.allclose(widths, widths[0], rtol=1e-9, atol=0):
+        raise ValueError(f"bins of {label}: edges are not equally spaced")
+    return float(edges[0]), float(widths[0])
+
+
 def build_hdulist(df: pd.DataFrame, *, labels: Sequence[str], provenance: Mapping[str, Any],
-                  extname: str = "STARLABELS"):
-    """The catalog as an astropy HDUList (primary + one binary table); see the module docstring."""
+                  extname: str = "STARLABELS", bins: Mapping[str, Sequence[float]] | None = None):
+    """The catalog as an astropy HDUList (primary + one binary table); see the module docstring.
+
+    Every column gets TCOMMn (description) and TUCDn (UCD) from :mod:`starlabels.columns`; a
+    ``<label>_prob`` column gets BLOWn / BWIDn, the first edge and the width of its bins (from
+    ``bins``: label → bin edges)."""
     from astropy.io import fits
 
     labels = check_labels(list(labels))
@@ -333,12 +351,19 @@ def build_hdulist(df: pd.DataFrame, *, labels: Sequence[str], provenance: Mappin
     if missing:
         raise ValueError(f"catalog lacks label column(s) {missing}")
     _check_names(list(df.columns))
+    infos = {str(c): columns.require(str(c)) for c in df.columns}
     table = fits.BinTableHDU.from_columns([_fits_column(str(c), df[c]) for c in df.columns],
                                           name=extname)
-    for i, name in enumerate(df.columns, start=1):
-        text = column_description(str(name))
-        if text:
-            table.header.comments[f"TTYPE{i}"] = _fit_comment(str(name), text)
+    for i, name in enumerate(map(str, df.columns), start=1):
+        _set_card(table.header, f"TCOMM{i}", infos[name].description, f"description of {name}")
+        _set_card(table.header, f"TUCD{i}", infos[name].ucd, f"IVOA UCD of {name}")
+        label = name.removesuffix("_prob")
+        if name.endswith("_prob"):
+            if not bins or label not in bins:
+                raise ValueError(f"column {name!r}: no bin edges given for {label}")
+            low, width = _uniform_bins(label, bins[label])
+            _set_card(table.header, f"BLOW{i}", low, f"first bin edge of {name}")
+            _set_card(table.header, f"BWID{i}", width, f"bin width of {name}")
     primary = fits.PrimaryHDU()
     for key, value, comment in _provenance_cards(provenance):
         _set_card(primary.header, key, value, comment)
@@ -347,7 +372,8 @@ def build_hdulist(df: pd.DataFrame, *, labels: Sequence[str], provenance: Mappin
     for key, value, comment in _flag_cards():
         table.header[key] = (value, comment)
     for name, bit in FLAG_BITS.items():
-        text = f"flags bit {int(bit).bit_length() - 1} {name}: {FLAG_DESCRIPTIONS[name]}"
+        text = (f"{FLAG_COLUMN} bit {int(bit).bit_length() - 1} {name}: "
+                f"{FLAG_DESCRIPTIONS[name]}")
         for line in textwrap.wrap(text, 72, subsequent_indent="  "):
             table.header.add_comment(line)
     # long values (EXPERIM, PROVJSON) continue over CONTINUE cards; fitsverify wants the
@@ -360,20 +386,104 @@ def build_hdulist(df: pd.DataFrame, *, labels: Sequence[str], provenance: Mappin
     return fits.HDUList([primary, table])
 
 
+#: Parquet schema-metadata key of the catalogue's own description (flags, bins, labels)
+CATALOG_KEY = b"starlabels.catalog"
+#: the IVOA VOTable-in-Parquet convention (VOParquet 1.0): a VOTable header with every
+#: column's unit, UCD and description, which TOPCAT/STILTS and astropy read
+VOPARQUET_VERSION_KEY = b"IVOA.VOTable-Parquet.version"
+VOPARQUET_CONTENT_KEY = b"IVOA.VOTable-Parquet.content"
+
+
+def catalog_description(labels: Sequence[str],
+                        bins: Mapping[str, Sequence[float]] | None = None) -> dict[str, Any]:
+    """What a catalogue's numbers mean beyond its columns: labels, flag bits and masks, and the
+    bin edges of each ``<label>_prob`` column."""
+    return {"labels": list(labels), "flag_column": FLAG_COLUMN,
+            "flag_bits": {name: {"value": int(bit), "bit": int(bit).bit_length() - 1,
+                                 "description": FLAG_DESCRIPTIONS[name]}
+                          for name, bit in FLAG_BITS.items()},
+            "flag_bad_mask": FLAG_BAD_MASK, "flag_warn_mask": FLAG_WARN_MASK,
+            "bin_edges": {k: [float(e) for e in v] for k, v in (bins or {}).items()}}
+
+
+def _votable_header(hdul) -> bytes:
+    """The VOTable (no rows) describing every column, from the FITS table itself so the two
+    files declare the same types, shapes, units, UCDs and descriptions."""
+    import io
+
+    from astropy.io.votable.tree import VOTableFile
+    from astropy.table import Table
+
+    fits_table = Table.read(hdul[1], character_as_bytes=False)[:0]
+    for i, name in enumerate(fits_table.colnames, start=1):
+        fits_table[name].description = hdul[1].header[f"TCOMM{i}"]
+    votable = VOTableFile.from_table(fits_table)
+    for i, field in enumerate(votable.resources[0].tables[0].fields, start=1):
+        field.ucd = hdul[1].header[f"TUCD{i}"]
+    buffer = io.BytesIO()
+    votable.to_xml(buffer)
+    return buffer.getvalue()
+
+
+def _parquet_table(df: pd.DataFrame, hdul, provenance: Mapping[str, Any],
+                   description: Mapping[str, Any]):
+    """The catalogue as an Arrow table whose every field carries unit, UCD and description
+    (field metadata), with the provenance, the catalogue description, astropy's string widths
+    and a VOParquet header in the schema metadata."""
+    import pyarrow as pa
+
+    arrow = pa.Table.from_pandas(df, preserve_index=False)
+    fields, arrays, lengths = [], [], {}
+    for i, field in enumerate(arrow.schema):
+        info = columns.require(field.name)
+        meta = {b"description": info.description.encode(), b"ucd": info.ucd.encode()}
+        if info.unit:
+            meta[b"unit"] = info.unit.encode()
+        array = arrow.column(i)
+        if pa.types.is_list(field.type) and len(array):
+            # equal-length vectors as fixed-size lists: readers (astropy, TOPCAT) get arrays of
+            # one shape, as from the FITS file's array columns
+            size = len(array[0])
+            array = pa.chunked_array([pa.FixedSizeListArray.from_arrays(chunk.flatten(), size)
+                                      for chunk in array.chunks])
+            field = pa.field(field.name, array.type)
+        if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
+            # astropy's string-width convention, so it reads strings without guessing
+            lengths[f"table::len::{field.name}".encode()] = str(max(
+                [1, *(len(v) for v in array.to_pylist() if v is not None)])).encode()
+        fields.append(field.with_metadata(meta))
+        arrays.append(array)
+    schema = artifacts._with_provenance(pa.schema(fields, metadata=arrow.schema.metadata),
+                                        provenance)
+    meta = {**dict(schema.metadata), **lengths, CATALOG_KEY: json.dumps(
+        artifacts._jsonable(dict(description)), sort_keys=True).encode(),
+        VOPARQUET_VERSION_KEY: b"1.0", VOPARQUET_CONTENT_KEY: _votable_header(hdul)}
+    return pa.Table.from_arrays(arrays, schema=schema.with_metadata(meta))
+
+
 def write_catalog(df: pd.DataFrame, fits_path: str | os.PathLike | None,
                   parquet_path: str | os.PathLike | None, *, labels: Sequence[str],
-                  provenance: Mapping[str, Any], extname: str = "STARLABELS") -> None:
+                  provenance: Mapping[str, Any], extname: str = "STARLABELS",
+                  bins: Mapping[str, Sequence[float]] | None = None) -> None:
     """Write the catalog to FITS (with checksums) and/or Parquet, each atomically.
 
     ``provenance`` is an :func:`artifacts.provenance` mapping; the keys ``experiment``,
     ``method`` and ``n_members`` fill EXPERIM, METHOD and NMEMBER. Either path may be None.
+    Both files hold the same columns; vectors (``<label>_prob``, described by ``bins``: label →
+    bin edges; embeddings; distances) are fixed-width array columns in FITS, fixed-size lists
+    in Parquet.
     """
+    import pyarrow.parquet as pq
+
+    hdul = build_hdulist(df, labels=labels, provenance=provenance, extname=extname, bins=bins)
     if fits_path is not None:
-        hdul = build_hdulist(df, labels=labels, provenance=provenance, extname=extname)
         with artifacts.atomic_path(fits_path) as tmp:
             hdul.writeto(tmp, overwrite=True, checksum=True)
     if parquet_path is not None:
-        artifacts.save_table(parquet_path, df, provenance)
+        arrow = _parquet_table(df, hdul, provenance, catalog_description(labels, bins))
+        with artifacts.atomic_path(parquet_path) as tmp:
+            pq.write_table(arrow, tmp)
+
 
 # ---------------------------------------------------------------- the catalogue's columns
 
@@ -382,52 +492,94 @@ def _inf_as_nan(values: pd.Series) -> np.ndarray:
     return np.where(np.isinf(values), np.nan, values)
 
 
+def prediction_columns(pred: pd.DataFrame, labels: Sequence[str],
+                       classes: Mapping[str, float] | None = None) -> dict[str, np.ndarray]:
+    """The predicted scalar columns of a shard table, label by label: ``<label>`` and every
+    ``<label>_<suffix>`` the method wrote (uncertainties, percentiles, member scatter: the
+    suffixes :mod:`starlabels.columns` knows), then the giant / subgiant / dwarf class when
+    ``classes`` (giant_logg_max, dwarf_logg_min) is given."""
+    out: dict[str, np.ndarray] = {}
+    for label in labels:
+        for suffix in columns.LABEL_SUFFIXES:
+            name = f"{label}_{suffix}" if suffix else label
+            if name in pred and suffix not in ("ref", "prob"):
+                # a network can overflow to ±inf: the catalogue says "no value" (NaN, flagged
+                # PREDICTION_NAN) rather than print an infinite temperature
+                out[name] = _inf_as_nan(pred[name])
+    if classes is not None:
+        out["evolutionary_class"] = evolutionary_class(out["logg"], classes["giant_logg_max"],
+                                                       classes["dwarf_logg_min"])
+    return out
+
+
+def ensemble_label_ranges(metas: Sequence[Mapping[str, Any]]
+                          ) -> dict[str, tuple[float, float]]:
+    """Each label's training range over all members (OUTSIDE_TRAINING)."""
+    return {label: (min(m["label_min"][i] for m in metas), max(m["label_max"][i] for m in metas))
+            for i, label in enumerate(metas[0]["labels"])}
+
+
+def bin_edges(metas: Sequence[Mapping[str, Any]]) -> dict[str, list[float]] | None:
+    """label → bin edges of ``<label>_prob`` where the members predict binned distributions
+    (their metadata has ``bins``), else None."""
+    if "bins" not in metas[0]:
+        return None
+    return {b["name"]: [float(b["low"]) + float(b["width"]) * k for k in range(b["n_bins"] + 1)]
+            for b in metas[0]["bins"]}
+
+
+def finish_catalog(out: pd.DataFrame, pred: pd.DataFrame, labels: Sequence[str],
+                   metas: Sequence[Mapping[str, Any]], cfg: Mapping[str, Any]) -> pd.DataFrame:
+    """``out`` + n_members, the quality bits (``cfg``: the ``catalog`` section's thresholds;
+    training ranges from the members' ``metas``) and the per-spectrum vectors of ``pred``;
+    rows of ``out`` and ``pred`` correspond.
+
+    The nearest labelled stars become one ';'-separated string: FITS and VOTable readers have
+    no arrays of strings."""
+    out = out.copy()
+    out["n_members"] = pred["n_members"].to_numpy()
+    out[FLAG_COLUMN] = compute_flags(out, list(labels), ensemble_label_ranges(metas),
+                                     cfg["snr_min"], cfg["max_err"])
+    vectors = [c for c in pred.columns if c.endswith("_prob")
+               or c in ("knn_star_id", "knn_distance", "embedding")]
+    if vectors:
+        extra = pred[vectors].reset_index(drop=True)
+        if "knn_star_id" in extra:
+            extra["knn_star_id"] = [";".join(map(str, ids)) for ids in extra["knn_star_id"]]
+        out = pd.concat([out.reset_index(drop=True), extra], axis=1)
+    return out
+
+
 def catalog_tables(*, shards: Sequence[str | os.PathLike], table: str | os.PathLike,
                    clean_table: str | os.PathLike, model_dirs: Sequence[str | os.PathLike],
                    labels: Sequence[str], cfg: Mapping[str, Any],
-                   classes: Mapping[str, float] | None = None
-                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The catalogue from prediction shards, the star table and the clean table: (the scalar
-    columns for FITS, the same plus the per-spectrum vectors for Parquet).
+                   classes: Mapping[str, float] | None = None, carry: Sequence[str] = ()
+                   ) -> pd.DataFrame:
+    """The catalogue from prediction shards, the star table and the clean table.
 
     ``cfg`` is the experiment's ``catalog`` section (flag thresholds); ``classes``
-    (giant_logg_max, dwarf_logg_min) adds a giant / subgiant / dwarf column.
+    (giant_logg_max, dwarf_logg_min) adds a giant / subgiant / dwarf column; ``carry`` names
+    input-catalogue columns copied beside the ids where the star table has them (positions,
+    survey identifiers).
     """
     stars = artifacts.load_table(table)
     pred = merge_shards(list(shards), n_rows=len(stars))
     cleaned = artifacts.load_table(clean_table, columns=["keep", "reason", "cleaned"])
-    out = pd.DataFrame({"spectrum_id": stars["spectrum_id"], "star_id": stars["star_id"],
-                        "split": stars["split"], "snr": stars["snr"]})
-    for label in labels:
-        # a network can overflow to ±inf: the catalogue says "no value" (NaN, flagged
-        # PREDICTION_NAN) rather than print an infinite temperature
-        out[label] = _inf_as_nan(pred[label])
-        # every method: the uncertainty and the members' disagreement; the regression CNN: the
-        # uncertainty before calibration; deep_remap: its distribution's 16th/84th percentiles
-        for suffix in ("err", "err_raw", "err_members", "q16", "q84"):
-            if f"{label}_{suffix}" in pred:
-                out[f"{label}_{suffix}"] = _inf_as_nan(pred[f"{label}_{suffix}"])
-    if classes is not None:
-        out["evolutionary_class"] = evolutionary_class(out["logg"].to_numpy(),
-                                                       classes["giant_logg_max"],
-                                                       classes["dwarf_logg_min"])
+    out = pd.DataFrame({"spectrum_id": stars["spectrum_id"], "star_id": stars["star_id"]})
+    for name in carry:
+        if name in stars:
+            out[name] = stars[name].to_numpy()
+    out["split"] = stars["split"].to_numpy()
+    out["snr"] = stars["snr"].to_numpy()
+    for name, values in prediction_columns(pred, labels, classes).items():
+        out[name] = values
     for label in labels:
         # catalogue (reference) labels the survey gave, kept beside ours for comparison
         out[f"{label}_ref"] = stars[label].to_numpy(dtype=float) if label in stars else np.nan
-    out["n_members"] = pred["n_members"].to_numpy()
     out["clean_keep"] = cleaned["keep"].to_numpy(dtype=bool)
     out["clean_reason"] = cleaned["reason"].fillna("").to_numpy()
     metas = [artifacts.load_json(Path(d) / "model.json") for d in model_dirs]
-    ranges = {label: (min(m["label_min"][i] for m in metas), max(m["label_max"][i] for m in metas))
-              for i, label in enumerate(metas[0]["labels"])}
-    out["flags"] = compute_flags(out, list(labels), ranges, cfg["snr_min"], cfg["max_err"])
-    # per-spectrum vectors (probabilities per bin, nearest labelled stars, embedding) are
-    # Parquet list columns; the FITS catalogue keeps the scalar columns
-    vectors = [c for c in pred.columns if c.endswith("_prob")
-               or c in ("knn_star_id", "knn_distance", "embedding")]
-    full = pd.concat([out, pred[vectors].reset_index(drop=True)], axis=1) if vectors else out
-    return out, full
-
+    return finish_catalog(out, pred, labels, metas, cfg)
 
 
 def read_catalog(path: str | os.PathLike, extname: str = "STARLABELS") -> pd.DataFrame:
@@ -452,7 +604,7 @@ def read_catalog(path: str | os.PathLike, extname: str = "STARLABELS") -> pd.Dat
         if hdu is None:
             raise ValueError(f"{path}: no binary table")
         data = hdu.data
-        columns = {}
+        read = {}
         for col in hdu.columns:
             values = np.asarray(data[col.name])
             if values.dtype.kind in "SU":
@@ -461,8 +613,10 @@ def read_catalog(path: str | os.PathLike, extname: str = "STARLABELS") -> pd.Dat
                 values = np.array([v.rstrip() for v in values], dtype=object)
             else:
                 values = values.astype(values.dtype.newbyteorder("="))
-            columns[col.name] = values
-        df = pd.DataFrame(columns)
+                if values.ndim > 1:      # array columns: one vector per row, as in Parquet
+                    values = list(values)
+            read[col.name] = values
+        df = pd.DataFrame(read)
         raw = hdul[0].header.get("PROVJSON")
         df.attrs["provenance"] = json.loads(raw) if raw else {}
     return df

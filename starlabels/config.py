@@ -1,6 +1,6 @@
 """Configuration: JSON-schema validation with defaults filled in and errors that name the key.
 
-The schema (schemas/config.schema.yaml) gives every key a description and a default; it is the
+The schema (``starlabels/data/config.schema.yaml``, shipped with the package) gives every key a description and a default; it is the
 only place defaults live. Validation fills defaults into nested blocks (each experiment block
 included) and stops at the first problems with messages such as::
 
@@ -27,9 +27,9 @@ import jsonschema
 import yaml
 from jsonschema import Draft202012Validator, validators
 
-from . import surveys
+from . import data, surveys
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+SCHEMA_PATH = data.path("config.schema.yaml")
 
 
 class ConfigError(ValueError):

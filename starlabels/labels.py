@@ -7,17 +7,27 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Label:
     name: str          # column name used everywhere: tables, catalogs, configs
-    unit: str          # FITS TUNIT string
+    #: FITS / VOUnit unit astropy parses without a warning; None for logarithmic quantities,
+    #: which neither standard can express (see :mod:`starlabels.columns`)
+    unit: str | None
     latex: str         # axis label for plots
     description: str
+    ucd: str           # IVOA UCD1+ of the quantity
+    #: how catalogue descriptions name it (with the scale where there is no unit)
+    words: str
 
 
 LABELS: dict[str, Label] = {
-    "teff": Label("teff", "K", r"$T_\mathrm{eff}$ [K]", "effective temperature"),
-    "logg": Label("logg", "log(cm.s**-2)", r"$\log g$ [dex]", "surface gravity"),
-    "fe_h": Label("fe_h", "dex", "[Fe/H] [dex]", "iron abundance relative to the Sun"),
-    "mg_fe": Label("mg_fe", "dex", "[Mg/Fe] [dex]", "magnesium-to-iron ratio relative to the Sun"),
-    "al_fe": Label("al_fe", "dex", "[Al/Fe] [dex]", "aluminium-to-iron ratio relative to the Sun"),
+    "teff": Label("teff", "K", r"$T_\mathrm{eff}$ [K]", "effective temperature",
+                  "phys.temperature.effective", "Teff"),
+    "logg": Label("logg", None, r"$\log g$ [dex]", "surface gravity",
+                  "phys.gravity", "log g (dex, g in cm s-2)"),
+    "fe_h": Label("fe_h", None, "[Fe/H] [dex]", "iron abundance relative to the Sun",
+                  "phys.abund.Fe", "[Fe/H] (dex)"),
+    "mg_fe": Label("mg_fe", None, "[Mg/Fe] [dex]", "magnesium-to-iron ratio relative to the Sun",
+                   "phys.abund", "[Mg/Fe] (dex)"),
+    "al_fe": Label("al_fe", None, "[Al/Fe] [dex]", "aluminium-to-iron ratio relative to the Sun",
+                   "phys.abund", "[Al/Fe] (dex)"),
 }
 
 

@@ -2,8 +2,12 @@
 selection and the inputs of one prediction shard.
 
 A member is one trained network in a model folder: ``model.pt`` (``{"state_dict", "meta", ...}``,
-loaded with ``weights_only=True``), ``model.json`` (the same metadata plus provenance, written last
-so its presence means the folder is complete) and ``history.csv``. Methods (the regression CNN in
+loaded with ``weights_only=True``), ``model.json`` (the same metadata, written last so its presence
+means the folder is complete, plus the sha256 of the folder's other files under ``files``) and
+``history.csv``. The train jobs add what applying the member to new spectra needs
+(:func:`describe_member`: wavelength grid, normalisation settings, RV convention, label units);
+loading checks the checksums and that ``model.json`` says what ``model.pt`` says, so a folder
+edited or assembled from two runs is refused. Methods (the regression CNN in
 :mod:`starlabels.cnn`, deep-REMAP in :mod:`starlabels.remap`) train and apply members; this
 module holds what they do alike.
 """
@@ -192,9 +196,29 @@ def plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=default))
 
 
+#: model.json's key holding the sha256 of the folder's other files
+FILES_KEY = "files"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Full sha256 (hex) of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_sidecar(out_dir: Path, meta: Mapping[str, Any]) -> None:
+    """model.json = ``meta`` + the checksums of model.pt and history.csv (written last)."""
+    files = {name: file_sha256(out_dir / name) for name in (MODEL_FILE, HISTORY_FILE)}
+    artifacts.save_json(out_dir / META_FILE, {**plain(meta), FILES_KEY: files})
+
+
 def write_model_folder(out_dir: str | os.PathLike, model: nn.Module, meta: Mapping[str, Any],
                        history: pd.DataFrame, extra: Mapping[str, Any] | None = None) -> None:
-    """Write model.pt, history.csv, then model.json (last: its presence marks a complete folder).
+    """Write model.pt, history.csv, then model.json (last: its presence marks a complete folder;
+    it holds their checksums).
 
     ``extra`` entries (e.g. deep-REMAP's reference embeddings) are stored in model.pt beside the
     weights and metadata."""
@@ -206,19 +230,76 @@ def write_model_folder(out_dir: str | os.PathLike, model: nn.Module, meta: Mappi
         torch.save({"state_dict": state, "meta": plain(meta), **dict(extra or {})}, tmp)
     with artifacts.atomic_path(out_dir / HISTORY_FILE) as tmp:
         history.to_csv(tmp, index=False)
-    artifacts.save_json(out_dir / META_FILE, meta)
+    _write_sidecar(out_dir, meta)
+
+
+def describe_member(model_dir: str | os.PathLike, description: Mapping[str, Any]) -> dict:
+    """Add ``description`` (what applying the member needs: its input spectra, label units) to
+    both model.pt's and model.json's metadata; the checksums are renewed. Returns the metadata."""
+    model_dir = Path(model_dir)
+    checkpoint = torch.load(model_dir / MODEL_FILE, map_location="cpu", weights_only=True)
+    meta = {**checkpoint["meta"], **plain(dict(description))}
+    checkpoint["meta"] = meta
+    with artifacts.atomic_path(model_dir / MODEL_FILE) as tmp:
+        torch.save(checkpoint, tmp)
+    _write_sidecar(model_dir, meta)
+    return meta
+
+
+def training_description(table_path: str | os.PathLike, labels: Sequence[str]) -> dict[str, Any]:
+    """What a member trained on ``table_path`` must carry to be applied to new spectra: the
+    description of its input spectra the normalize stage wrote (grid, normalisation, RV
+    convention; passed on by trainset) and the units of its labels."""
+    from .labels import LABELS
+
+    spectra = artifacts.table_metadata(table_path).get("spectra")
+    if not spectra:
+        raise ValueError(f"{table_path}: no description of the input spectra in its metadata "
+                         f"(written by an older normalize/trainset stage); rerun them")
+    return {"spectra": spectra, "label_units": {name: LABELS[name].unit for name in labels}}
+
+
+def _canonical_json(value: Any) -> str:
+    # a string compare: NaN (a loss that never became finite) equals itself here
+    return json.dumps(value, sort_keys=True, allow_nan=True)
+
+
+def verify_member(model_dir: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Check a model folder and return (model.json's metadata, model.pt's contents).
+
+    The files must match the checksums model.json lists, and model.json must say exactly what
+    the metadata inside model.pt says (an edited label range, a model.json copied from another
+    run); otherwise a ValueError names the folder and what differs."""
+    model_dir = Path(model_dir)
+    meta = artifacts.load_json(model_dir / META_FILE)
+    files = meta.pop(FILES_KEY, None)
+    if not files:
+        raise ValueError(f"{model_dir}: {META_FILE} lists no checksums of its files (written by "
+                         f"an older starlabels); retrain the member")
+    for name, expected in files.items():
+        if Path(name).name != name:
+            raise ValueError(f"{model_dir}: {META_FILE} names a file outside its folder: {name!r}")
+        if not (model_dir / name).is_file():
+            raise ValueError(f"{model_dir}: {name} is missing")
+        got = file_sha256(model_dir / name)
+        if got != expected:
+            raise ValueError(f"{model_dir}: {name} has sha256 {got[:16]}…, {META_FILE} says "
+                             f"{expected[:16]}…: the file was changed or replaced")
+    checkpoint = torch.load(model_dir / MODEL_FILE, map_location="cpu", weights_only=True)
+    saved = checkpoint.get("meta", {})
+    if _canonical_json(saved) != _canonical_json(meta):
+        differ = sorted(k for k in set(saved) | set(meta)
+                        if _canonical_json(saved.get(k)) != _canonical_json(meta.get(k)))
+        raise ValueError(f"{model_dir}: {META_FILE} and {MODEL_FILE} disagree on {differ}; the "
+                         f"folder was edited or assembled from different runs")
+    return meta, checkpoint
 
 
 def load_member(model_dir: str | os.PathLike, device: str | torch.device = "cpu"
                 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a trained member from its folder, in eval mode on ``device``; return (model, meta)."""
-    model_dir = Path(model_dir)
-    meta = artifacts.load_json(model_dir / META_FILE)
-    checkpoint = torch.load(model_dir / MODEL_FILE, map_location="cpu", weights_only=True)
-    saved_hash = checkpoint.get("meta", {}).get("training_set_hash")
-    if saved_hash != meta.get("training_set_hash"):
-        raise ValueError(f"{model_dir}: {MODEL_FILE} (training set {saved_hash}) and {META_FILE} "
-                         f"(training set {meta.get('training_set_hash')}) come from different runs")
+    """Rebuild a trained member from its folder (checked by :func:`verify_member`), in eval mode
+    on ``device``; return (model, meta)."""
+    meta, checkpoint = verify_member(model_dir)
     model = build_model(meta["method"], meta["n_pixels"], len(meta["labels"]), meta["architecture"])
     model.load_state_dict(checkpoint["state_dict"])
     device = device if isinstance(device, torch.device) else resolve_device(device)

@@ -51,7 +51,8 @@ from .io.spectrum import Spectrum, SpectrumFormatError
 from .spectral import (MASKED_FLUX, air_to_vacuum, check_continuum_config, doppler_shift,
                        grid_segments, normalize_segment, resample_flux, vacuum_to_air)
 
-__all__ = ["normalize_config", "normalize_star", "normalize_survey", "visit_spectrum_id"]
+__all__ = ["normalize_config", "normalize_star", "normalize_survey", "visit_spectrum_id",
+           "input_description", "grid_from_description"]
 
 STAGE = "normalize"
 # Table columns this stage computes; a catalogue column of the same name is kept as catalog_<name>.
@@ -80,6 +81,41 @@ def normalize_config(cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
     if not float(c["max_pixel_snr"]) > 0:
         raise ValueError("normalize.max_pixel_snr must be > 0")
     return c
+
+
+# ---------------------------------------------------------------- what a network's input is
+
+#: how normalize moves a spectrum to the rest frame (:func:`_rest_frame_rv`, ``doppler_shift``)
+RV_CONVENTION = ("rest wavelength = observed wavelength / D(v), D the relativistic Doppler "
+                 "factor, v > 0 receding, in km/s; v = the catalogue's radial velocity when it "
+                 "has one, else the file's (0 without either)")
+
+
+def input_description(grid: WavelengthGrid, cfg: Mapping[str, Any], *,
+                      rv_column: str | None, survey: str | None) -> dict[str, Any]:
+    """Everything that turns raw spectra into a row of this stage's flux matrix: the wavelength
+    grid itself, the normalisation settings (``cfg``: the completed ``normalize`` section), the
+    RV convention and which catalogue column gave the RVs. Model folders carry it, so an
+    ensemble can be applied to new files with the same processing."""
+    return {
+        "survey": survey,
+        "grid": {"medium": cfg["medium"], "unit": "Angstrom", "n_pixels": grid.n_pixels,
+                 "hash": grid.hash(),
+                 "segments": [{"name": s.name, "start": s.start, "end": s.end, "step": s.step}
+                              for s in grid.segments]},
+        "normalize": dict(cfg),
+        "rv": {"catalogue_column": rv_column, "rest_frame": bool(cfg["rest_frame"]),
+               "convention": RV_CONVENTION},
+    }
+
+
+def grid_from_description(description: Mapping[str, Any]) -> WavelengthGrid:
+    """The wavelength grid of an :func:`input_description`, checked against its hash."""
+    grid = WavelengthGrid.from_config(description["grid"]["segments"])
+    if grid.hash() != description["grid"]["hash"]:
+        raise ValueError(f"wavelength grid segments give hash {grid.hash()}, the description "
+                         f"says {description['grid']['hash']}")
+    return grid
 
 
 # ---------------------------------------------------------------- grid helpers
@@ -569,7 +605,9 @@ def normalize_survey(units: Sequence[Sequence[str]], read_fn: Callable[[str], An
     meta = artifacts.provenance(config=c, stage=STAGE)
     meta.update(dict(metadata or {}))
     meta.update({"grid_hash": grid.hash(), "n_pixels": n_pixels,
-                 "segments": [s.name for s in grid.segments], "n_rows": len(records)})
+                 "segments": [s.name for s in grid.segments], "n_rows": len(records),
+                 "spectra": input_description(grid, c, rv_column=rv_column,
+                                              survey=meta.get("survey"))})
     artifacts.save_table(table_path, _star_table(records, cat), metadata=meta)
     artifacts.save_table(rejects_path, rejects_frame(rejects), metadata=meta)
 

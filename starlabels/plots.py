@@ -25,6 +25,9 @@ from .labels import LABELS  # noqa: E402
 
 DPI = 120
 PANEL_SIZE = (3.6, 3.4)       # inches (width, height) per panel
+#: panels per row: a figure wider than three panels (1 296 px) is shrunk by the report's
+#: ~1 000 px content column until 8-pt text is smaller than 9 screen pixels
+MAX_COLUMNS = 3
 # above this many points scatter plots become density maps (a 36 904-star scatter is a blob)
 DENSITY_THRESHOLD = 3000
 
@@ -62,6 +65,21 @@ def _figure(width: float, height: float):
     """A figure of ``width`` x ``height`` inches with constrained layout (no bbox trimming, so
     the PNG is exactly width*dpi x height*dpi pixels)."""
     return plt.figure(figsize=(width, height), layout="constrained")
+
+
+def _panel_grid(n: int) -> tuple[int, int]:
+    """(rows, columns) for ``n`` panels, at most :data:`MAX_COLUMNS` per row."""
+    columns = max(1, min(n, MAX_COLUMNS))
+    return -(-max(n, 1) // columns), columns
+
+
+def _panels(fig, n: int) -> list:
+    """``n`` axes on a :func:`_panel_grid`; unused grid cells are removed."""
+    rows, columns = _panel_grid(n)
+    axes = list(fig.subplots(rows, columns, squeeze=False).ravel())
+    for ax in axes[n:]:
+        ax.remove()
+    return axes[:n]
 
 
 def _no_data(ax, text: str = "no finite data") -> None:
@@ -111,11 +129,13 @@ def one_to_one(pred: pd.DataFrame, ref: pd.DataFrame, labels: Sequence[str],
     if not labels:
         raise ValueError("one_to_one: no label present in both tables")
     pairs = _pairs(pred, ref, labels)
-    fig = _figure(PANEL_SIZE[0] * len(labels), PANEL_SIZE[1] * 1.3)
-    grid = fig.add_gridspec(2, len(labels), height_ratios=[3, 1])
+    rows, columns = _panel_grid(len(labels))
+    fig = _figure(PANEL_SIZE[0] * columns, PANEL_SIZE[1] * 1.3 * rows)
+    grid = fig.add_gridspec(2 * rows, columns, height_ratios=[3, 1] * rows)
     for j, label in enumerate(labels):
-        ax = fig.add_subplot(grid[0, j])
-        ax_res = fig.add_subplot(grid[1, j], sharex=ax)
+        row, column = divmod(j, columns)
+        ax = fig.add_subplot(grid[2 * row, column])
+        ax_res = fig.add_subplot(grid[2 * row + 1, column], sharex=ax)
         x, y = pairs[label]
         ok = _finite(x, y)
         ax.set_title(_latex(label))
@@ -433,8 +453,9 @@ def precision_vs_snr(summary: pd.DataFrame, path: str | os.PathLike, *, dpi: int
     labels = list(dict.fromkeys(summary["label"].astype(str)))
     if not labels:
         raise ValueError("precision_vs_snr: empty summary")
-    fig = _figure(PANEL_SIZE[0] * len(labels), PANEL_SIZE[1])
-    axes = fig.subplots(1, len(labels), squeeze=False)[0]
+    n_rows, columns = _panel_grid(len(labels))
+    fig = _figure(PANEL_SIZE[0] * columns, PANEL_SIZE[1] * n_rows)
+    axes = _panels(fig, len(labels))
     for ax, label in zip(axes, labels):
         rows = summary[summary["label"].astype(str) == label].sort_values("snr_lo")
         lo, hi = _values(rows, "snr_lo"), _values(rows, "snr_hi")
@@ -507,8 +528,9 @@ def embedding_map(xy: np.ndarray, df: pd.DataFrame, labels: Sequence[str],
                   dpi: int = DPI) -> Path:
     """A 2-D projection of the embedding, one panel per label coloured by its value."""
     xy = np.asarray(xy, dtype=np.float64)
-    fig = _figure(PANEL_SIZE[0] * len(labels), PANEL_SIZE[1])
-    axes = np.atleast_1d(fig.subplots(1, len(labels)))
+    rows, columns = _panel_grid(len(labels))
+    fig = _figure(PANEL_SIZE[0] * columns, PANEL_SIZE[1] * rows)
+    axes = _panels(fig, len(labels))
     groups = df[group].astype(str).to_numpy() if group and group in df.columns else None
     for ax, label in zip(axes, labels):
         value = _values(df, label)

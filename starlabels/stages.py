@@ -252,9 +252,14 @@ def train(*, flux: str, table: str, labels: Sequence[str], member: int, cfg: Map
     if variant != "full" and variant not in method.variants:
         raise ValueError(f"method {method.name} has no ablation variant {variant!r} "
                          f"(its variants: {list(method.variants)})")
-    return method.train(flux=flux, ivar=ivar, table=table, labels=list(labels),
-                        member=int(member), cfg=cfg, model_dir=model_dir, method_cfg=method_cfg,
-                        variant=variant, log=log, threads=threads)
+    from .members import describe_member, training_description
+
+    description = training_description(table, labels)
+    method.train(flux=flux, ivar=ivar, table=table, labels=list(labels), member=int(member),
+                 cfg=cfg, model_dir=model_dir, method_cfg=method_cfg, variant=variant, log=log,
+                 threads=threads)
+    # the folder describes its input spectra too, so it can be applied to new files
+    return describe_member(model_dir, description)
 
 
 def train_ablation(*, flux: str, table: str, labels: Sequence[str], variant: str,
@@ -306,26 +311,51 @@ def predict(*, flux: str, table: str, model_dirs: Sequence[str], shard: int, n_s
                           ensemble_calibration=ensemble_calibration, **dict(options or {}))
 
 
+def ensemble(*, model_dirs: Sequence[str], out: str, method: str, survey: str,
+             labels: Sequence[str], keep_quantile: float, options: Mapping[str, Any],
+             catalog_cfg: Mapping[str, Any], classes: Mapping[str, float] | None = None,
+             ensemble_calibration: str | None = None, experiment: str = "unknown",
+             log: Log = log_to_stdout, config_hash: str = "none") -> dict:
+    """models/ensemble.json: the members, their checksums and the settings that apply them, so
+    the models folder is one thing to copy and to use (:mod:`starlabels.ensemble`)."""
+    from .ensemble import write_manifest
+
+    meta = artifacts.provenance(None, config_hash=config_hash, stage="ensemble",
+                                experiment=experiment)
+    manifest = write_manifest(model_dirs=model_dirs, out=out, method=method, survey=survey,
+                              labels=labels, keep_quantile=keep_quantile, options=options,
+                              catalog_cfg=catalog_cfg, classes=classes,
+                              ensemble_calibration=ensemble_calibration, metadata=meta)
+    log(f"ensemble: {len(manifest['members'])} members of {method} for {survey}, "
+        f"calibration {manifest['calibration']['file'] if manifest['calibration'] else 'none'}; "
+        f"wrote {out}")
+    return manifest
+
+
 # ------------------------------------------------------------------ catalog, validate
 
 def catalog(*, shards: Sequence[str], table: str, clean_table: str, model_dirs: Sequence[str],
             labels: Sequence[str], cfg: Mapping[str, Any], experiment: str, method: str,
             fits_path: str, parquet_path: str, log: Log = log_to_stdout,
-            config_hash: str = "none",
-            classes: Mapping[str, float] | None = None) -> pd.DataFrame:
+            config_hash: str = "none", classes: Mapping[str, float] | None = None,
+            survey: str | None = None) -> pd.DataFrame:
     """Merge prediction shards with the star table and flags; write FITS + Parquet catalogues.
 
-    ``classes`` (giant_logg_max, dwarf_logg_min) adds a giant / subgiant / dwarf column.
+    ``classes`` (giant_logg_max, dwarf_logg_min) adds a giant / subgiant / dwarf column;
+    ``survey`` names the input-catalogue columns (positions, survey ids) the catalogue carries.
     """
-    from .catalog import catalog_tables, write_catalog
+    from .catalog import FLAG_COLUMN, bin_edges, catalog_tables, write_catalog
 
-    out, full = catalog_tables(shards=shards, table=table, clean_table=clean_table,
-                               model_dirs=model_dirs, labels=labels, cfg=cfg, classes=classes)
+    carry = surveys.get(survey).carry if survey else ()
+    out = catalog_tables(shards=shards, table=table, clean_table=clean_table,
+                         model_dirs=model_dirs, labels=labels, cfg=cfg, classes=classes,
+                         carry=carry)
     prov = artifacts.provenance(None, config_hash=config_hash, stage="catalog",
                                 experiment=experiment, method=method, n_members=len(model_dirs))
-    write_catalog(out, fits_path, None, labels=list(labels), provenance=prov)
-    write_catalog(full, None, parquet_path, labels=list(labels), provenance=prov)
-    log(f"catalog: {len(out)} stars, {int((out['flags'] != 0).sum())} flagged; wrote "
+    metas = [artifacts.load_json(Path(d) / "model.json") for d in model_dirs]
+    write_catalog(out, fits_path, parquet_path, labels=list(labels), provenance=prov,
+                  bins=bin_edges(metas))
+    log(f"catalog: {len(out)} stars, {int((out[FLAG_COLUMN] != 0).sum())} flagged; wrote "
         f"{fits_path} and {parquet_path}")
     return out
 
@@ -352,6 +382,16 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
                linelist=linelist, simulate_cfg=simulate_cfg, log=log, config_hash=config_hash,
                method=method, method_report=method_report, calibration=calibration,
                continuum=continuum)
+
+
+def summary_tables(*, metrics: str, catalog: str, labels: Sequence[str], metrics_html: str,
+                   catalog_html: str, log: Log = log_to_stdout) -> None:
+    """The report's tables: validation metrics and a summary of the catalogue (HTML)."""
+    from .summary import write_tables
+
+    write_tables(metrics=metrics, catalog=catalog, labels=labels, metrics_html=metrics_html,
+                 catalog_html=catalog_html)
+    log(f"summary_tables: wrote {metrics_html} and {catalog_html}")
 
 
 def remap_report(*, flux: str, table: str, catalog: str, truth: str | None,

@@ -49,6 +49,8 @@ class Survey:
     reference_name: str
     #: giant / sub-giant / dwarf classes of its giant candidates (catalogue column, metrics)
     classes: bool
+    #: input-catalogue columns the label catalogue carries where present (positions, ids)
+    carry: tuple[str, ...] = ("ra", "dec")
 
 
 SURVEYS: Registry[Survey] = Registry("survey", {
@@ -69,7 +71,8 @@ SURVEYS: Registry[Survey] = Registry("survey", {
         manifest=Hook("starlabels.acquire.manifests:marvels_manifest"),
         manifest_download=None, credentials=None,
         reference_stars=Hook("starlabels.acquire.literature:load_marvels_calibration_stars"),
-        evaluation_split="calibration", reference_name="literature", classes=True),
+        evaluation_split="calibration", reference_name="literature", classes=True,
+        carry=("ra", "dec", "plate")),
 })
 
 

@@ -73,9 +73,12 @@ def build_trainset(*, sources: Sequence[str], labels: Sequence[str], observed_fl
     merged = pd.concat([t.reindex(columns=keep_cols) for _, t in parts], ignore_index=True)
     obs_meta = artifacts.table_metadata(observed_table) if "observed" in sources else \
         artifacts.table_metadata(synthetic_table)
+    # what the observed spectra went through travels to the models (they are applied to
+    # observed spectra, whatever they were pre-trained on)
+    spectra = artifacts.table_metadata(observed_table).get("spectra")
     meta = artifacts.provenance(None, config_hash=config_hash, stage="trainset",
                                 grid_hash=obs_meta.get("grid_hash"),
-                                n_pixels=obs_meta.get("n_pixels"))
+                                n_pixels=obs_meta.get("n_pixels"), spectra=spectra)
     artifacts.save_table(table, merged, meta)
     log(f"trainset: {n_total} spectra; per split {merged['split'].value_counts().to_dict()}")
     return merged

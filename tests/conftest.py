@@ -19,6 +19,20 @@ def tiny_config_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_run(repo, tiny_config_path, tmp_path_factory):
+    """The whole workflow on tests/configs/tiny.yaml, once per session (minutes on 2 cores)."""
+    from tiny import snakemake
+
+    results = tmp_path_factory.mktemp("tiny") / "results"
+    args = ["--cores", "2", "--configfile", str(tiny_config_path), "--config",
+            f"results={results}"]
+    proc = snakemake(repo, *args)
+    if proc.returncode != 0:
+        pytest.fail(f"snakemake failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
+    return {"results": results, "args": args}
+
+
+@pytest.fixture(scope="session")
 def fitsverify():
     """Check a FITS file with Debian's fitsverify: 0 errors (its exit status is the error count).
 

@@ -536,7 +536,7 @@ def test_unverified_rows_are_left_out_unless_asked_for(tmp_path):
 
 def test_empty_marvels_calibration_table_refuses_the_comparison():
     assert load_marvels_calibration_stars().empty      # rows must come from Ghezzi et al. 2014
-    cfg = {"table": "resources/marvels_calibration_stars.csv", "required": True}
+    cfg = {"table": "marvels_calibration_stars.csv", "required": True}
     with pytest.raises(LiteratureTableError, match="Ghezzi et al. 2014") as info:
         calibration_table("sdss_marvels", cfg, log=lambda _: None)
     assert "reference_stars.required: false" in str(info.value)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import warnings
 
 import numpy as np
@@ -10,7 +11,9 @@ import pytest
 from astropy.io import fits
 
 from starlabels import __version__, artifacts
-from starlabels.catalog import (FLAG_BAD_MASK, FLAG_BITS, FLAG_WARN_MASK, attach_clean,
+from starlabels.catalog import (FLAG_BAD_MASK, FLAG_BITS, FLAG_COLUMN, FLAG_DESCRIPTIONS,
+                                FLAG_WARN_MASK,
+                                attach_clean,
                                 column_unit, compute_flags, flag_names, label_ranges,
                                 merge_shards, read_catalog, verify_fits, write_catalog)
 from starlabels.labels import LABELS
@@ -141,7 +144,7 @@ def test_merge_shards_errors(tmp_path):
 @pytest.fixture
 def written_catalog(tmp_path):
     df = predictions(60)
-    df["flags"] = compute_flags(df, CAT_LABELS, {}, 20.0, {})
+    df["label_flags"] = compute_flags(df, CAT_LABELS, {}, 20.0, {})
     df["clean_keep"] = np.arange(60) % 7 != 0
     df["clean_reason"] = np.where(df["clean_keep"], "", "label_disagreement:teff;embedding_outlier")
     df.loc[3, "teff"] = np.nan
@@ -166,8 +169,11 @@ def test_fits_units_and_header(written_catalog):
             assert units[label] == LABELS[label].unit
             assert units[f"{label}_err"] == LABELS[label].unit
         assert units["teff"] == "K" and units["snr"] is None and units["spectrum_id"] is None
+        # logarithmic labels carry no unit string (neither FITS nor VOUnit has one astropy
+        # parses); their descriptions say dex
+        assert units["logg"] is None and units["fe_h_err"] is None
         assert hdul[1].columns["spectrum_id"].format == "18A"  # GES_0000_HR10+HR21
-        assert hdul[1].columns["flags"].format == "J"
+        assert hdul[1].columns["label_flags"].format == "J"
         assert hdul[1].columns["clean_keep"].format == "L"
         for header in (hdul[0].header, hdul[1].header):
             for key in ("STARLVER", "GITCOMM", "CONFHASH", "EXPERIM", "METHOD", "NMEMBER", "DATE",
@@ -191,7 +197,8 @@ def test_round_trip_fits_and_parquet(written_catalog):
     for back in (from_fits, from_pq.assign(star_id=from_pq["star_id"].fillna(""))):
         assert list(back.columns) == list(df.columns)
         pd.testing.assert_frame_equal(back, expected, check_dtype=False)
-    assert from_fits["teff_err"].dtype == np.float32 and from_fits["flags"].dtype == np.int32
+    assert from_fits["teff_err"].dtype == np.float32
+    assert from_fits["label_flags"].dtype == np.int32
     assert from_fits["clean_keep"].dtype == bool
     assert from_fits.attrs["provenance"]["config_hash"] == prov["config_hash"]
     assert from_pq.attrs["provenance"]["n_members"] == 8
@@ -241,10 +248,12 @@ def test_write_is_atomic_and_refuses_bad_names(tmp_path):
 
 def test_column_units():
     assert column_unit("logg_err") == LABELS["logg"].unit
-    assert column_unit("teff_err_members") == column_unit("teff_err_raw") == "K"
-    assert column_unit("fe_h_ref") == "dex"
-    assert column_unit("rv") == "km/s"
+    assert column_unit("teff_q84") == "K" and column_unit("teff_err_raw") == "K"
+    assert column_unit("teff_err_members") == "K"
+    assert column_unit("fe_h_ref") is None           # dex is no FITS unit
+    assert column_unit("rv_used") == "km/s" and column_unit("ra") == "deg"
     assert column_unit("snr") is None and column_unit("teff_flag") is None
+
 
 
 def test_infinite_predictions_reach_the_catalogue_as_nan_and_flagged(tmp_path):
@@ -268,12 +277,160 @@ def test_infinite_predictions_reach_the_catalogue_as_nan_and_flagged(tmp_path):
     artifacts.save_json(member / "model.json", {"labels": CAT_LABELS,
                                                 "label_min": [0.0, -10, -10, -10, -10],
                                                 "label_max": [1e5, 10, 10, 10, 10]})
-    out, full = catalog_tables(shards=[shard], table=tmp_path / "stars.parquet",
+    out = catalog_tables(shards=[shard], table=tmp_path / "stars.parquet",
                                clean_table=tmp_path / "clean.parquet", model_dirs=[member],
                                labels=CAT_LABELS, cfg={"snr_min": None, "max_err": {}})
-    for frame in (out, full):
-        assert not np.isinf(frame.select_dtypes("number").to_numpy(dtype=float)).any()
+    assert not np.isinf(out.select_dtypes("number").to_numpy(dtype=float)).any()
     assert np.isnan(out.loc[1, "teff"]) and np.isnan(out.loc[2, "logg"])
     assert np.isnan(out.loc[4, "fe_h_err"])
-    bad = (out["flags"] & FLAG_BITS["PREDICTION_NAN"]) != 0
+    bad = (out[FLAG_COLUMN] & FLAG_BITS["PREDICTION_NAN"]) != 0
     assert bad.tolist() == [False, True, True, False, False, False]
+
+
+# ---------------------------------------------------------------- conventions TOPCAT users rely on
+
+REMAP_LABELS = ["teff", "logg", "fe_h"]
+EDGES = {"teff": [4000.0 + 500.0 * k for k in range(7)], "logg": [1.0 + 0.5 * k for k in range(9)],
+         "fe_h": [-1.0 + 0.25 * k for k in range(7)]}
+
+
+@pytest.fixture
+def remap_catalog(tmp_path):
+    """A deep-REMAP-like catalogue: percentiles, probabilities per bin, nearest stars,
+    embedding, positions and a plate id carried from the input catalogue."""
+    n, rng = 12, np.random.default_rng(3)
+    df = predictions(n).drop(columns=["mg_fe", "mg_fe_err", "al_fe", "al_fe_err", "row"])
+    df.insert(2, "ra", rng.uniform(0, 360, n))
+    df.insert(3, "dec", rng.uniform(-90, 90, n))
+    df.insert(4, "plate", [f"PLATE{1000 + i}" for i in range(n)])
+    for label in REMAP_LABELS:
+        df[f"{label}_q16"] = df[label] - 1.0
+        df[f"{label}_q84"] = df[label] + 1.0
+        df[f"{label}_ref"] = df[label] + 0.5
+    df["n_members"] = np.full(n, 3, dtype=np.int64)
+    df["label_flags"] = compute_flags(df, REMAP_LABELS, {}, 20.0, {})
+    for label in REMAP_LABELS:
+        p = rng.dirichlet(np.ones(len(EDGES[label]) - 1), n).astype(np.float32)
+        df[f"{label}_prob"] = list(p)
+    df["knn_star_id"] = [";".join(f"TYC {i}-{j}-1" for j in range(3)) for i in range(n)]
+    df["knn_distance"] = list(rng.uniform(0, 1, (n, 3)).astype(np.float32))
+    df["embedding"] = list(rng.normal(size=(n, 16)).astype(np.float32))
+    prov = artifacts.provenance(None, experiment="tiny_marvels", method="deep_remap",
+                                n_members=3)
+    paths = tmp_path / "cat.fits", tmp_path / "cat.parquet"
+    write_catalog(df, *paths, labels=REMAP_LABELS, provenance=prov, bins=EDGES)
+    return (df, *paths)
+
+
+def test_every_column_has_a_description_a_valid_ucd_and_a_parsable_unit(remap_catalog):
+    from astropy.io.votable.ucd import check_ucd
+
+    df, fits_path, _ = remap_catalog
+    with fits.open(fits_path) as hdul:
+        header = hdul[1].header
+        for i, name in enumerate(df.columns, start=1):
+            assert header[f"TTYPE{i}"] == name
+            assert header[f"TCOMM{i}"] and len(header[f"TCOMM{i}"]) <= 68, name
+            assert check_ucd(header[f"TUCD{i}"], check_controlled_vocabulary=True), name
+    logg = list(df.columns).index("logg") + 1
+    assert header["TUCD1"] == "meta.id" and "dex" in header[f"TCOMM{logg}"]
+    # every entry of the registry, not only the columns of this file
+    from starlabels.columns import COLUMNS, LABEL_SUFFIXES, column_info
+    names = list(COLUMNS) + [f"{lab}_{s}" if s else lab for lab in LABELS for s in LABEL_SUFFIXES]
+    import astropy.units as u
+    for name in names:
+        info = column_info(name)
+        assert len(info.description) <= 68, name
+        assert check_ucd(info.ucd, check_controlled_vocabulary=True), (name, info.ucd)
+        if info.unit:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                u.Unit(info.unit, format="fits"), u.Unit(info.unit, format="vounit")
+
+
+def test_astropy_reads_both_files_without_a_warning(remap_catalog):
+    from astropy.table import Table
+
+    df, fits_path, pq_path = remap_catalog
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        from_fits = Table.read(fits_path, hdu="STARLABELS")
+        from_pq = Table.read(pq_path, format="parquet.votable")
+    assert str(from_fits["teff"].unit) == "K" and str(from_fits["ra"].unit) == "deg"
+    assert from_fits["teff_prob"].shape == (len(df), 6)
+    assert from_fits["embedding"].shape == (len(df), 16)
+    assert str(from_pq["teff_q16"].unit) == "K"
+    assert from_pq["teff"].description == "Teff predicted by the ensemble"
+    assert from_pq["label_flags"].meta.get("ucd", getattr(from_pq["label_flags"], "ucd", None)) \
+        in (None, "meta.code.qual")
+
+
+def test_vectors_round_trip_through_fits_as_fixed_width_arrays(remap_catalog):
+    df, fits_path, pq_path = remap_catalog
+    from_fits, from_pq = read_catalog(fits_path), read_catalog(pq_path)
+    assert list(from_fits.columns) == list(df.columns) == list(from_pq.columns)
+    for name in ("teff_prob", "knn_distance", "embedding"):
+        np.testing.assert_array_equal(np.stack(from_fits[name]), np.stack(df[name]))
+        np.testing.assert_array_equal(np.stack(from_pq[name]), np.stack(df[name]))
+    assert from_fits["knn_star_id"].tolist() == df["knn_star_id"].tolist()
+    with fits.open(fits_path) as hdul:
+        cols = hdul[1].columns
+        assert cols["logg_prob"].format == "8E" and cols["embedding"].format == "16E"
+        i = list(df.columns).index("logg_prob") + 1
+        assert hdul[1].header[f"BLOW{i}"] == 1.0 and hdul[1].header[f"BWID{i}"] == 0.5
+    result = verify_fits(fits_path)
+    if result is not None:
+        assert result[:2] == (0, 0), result[2]
+
+
+def test_parquet_carries_units_descriptions_flag_bits_and_bin_edges(remap_catalog):
+    import pyarrow.parquet as pq
+
+    from starlabels.catalog import CATALOG_KEY
+
+    df, _, pq_path = remap_catalog
+    schema = pq.read_schema(pq_path)
+    assert schema.field("teff").metadata[b"unit"] == b"K"
+    assert b"unit" not in schema.field("logg").metadata
+    assert schema.field("ra").metadata[b"ucd"] == b"pos.eq.ra;meta.main"
+    assert schema.field("fe_h_prob").metadata[b"description"].startswith(b"probability")
+    import json
+    meta = json.loads(schema.metadata[CATALOG_KEY])
+    assert meta["flag_column"] == "label_flags"
+    assert meta["flag_bits"]["OUTSIDE_TRAINING"] == {
+        "value": 8, "bit": 3, "description": FLAG_DESCRIPTIONS["OUTSIDE_TRAINING"]}
+    assert meta["bin_edges"] == EDGES and meta["flag_bad_mask"] == FLAG_BAD_MASK
+    assert schema.metadata[b"IVOA.VOTable-Parquet.version"] == b"1.0"
+
+
+def test_a_column_without_a_description_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="'mystery' has no description"):
+        write_catalog(predictions().assign(mystery=1.0), tmp_path / "c.fits", None,
+                      labels=["teff"], provenance=artifacts.provenance(None))
+    with pytest.raises(ValueError, match="no bin edges"):
+        write_catalog(predictions().assign(teff_prob=[np.ones(3)] * 6), tmp_path / "c.fits",
+                      None, labels=["teff"], provenance=artifacts.provenance(None))
+
+
+def test_stilts_reads_units_ucds_and_descriptions(remap_catalog):
+    import csv
+    import io
+
+    df, fits_path, _ = remap_catalog
+    if shutil.which("stilts") is None:
+        print("stilts not on PATH: TOPCAT-side metadata check skipped")
+        pytest.skip("stilts not installed")
+    meta = subprocess.run(["stilts", "tpipe", f"in={fits_path}", "omode=meta"],
+                          capture_output=True, text=True, timeout=300)
+    assert meta.returncode == 0, meta.stderr
+    assert "8: teff(Double)/K - Teff predicted by the ensemble" in meta.stdout
+    assert "teff_prob(float[6])" in meta.stdout and "embedding(float[16])" in meta.stdout
+    table = subprocess.run(["stilts", "tpipe", f"in={fits_path}", "cmd=meta", "omode=out",
+                            "ofmt=csv"], capture_output=True, text=True, timeout=300)
+    assert table.returncode == 0, table.stderr
+    col = {row["Name"]: row for row in csv.DictReader(io.StringIO(table.stdout))}
+    assert list(col) == list(df.columns)
+    assert all(row["UCD"] and row["Description"] for row in col.values())
+    assert col["teff"]["Units"] == "K" and col["teff"]["UCD"] == "phys.temperature.effective"
+    assert col["ra"]["Units"] == "deg" and col["label_flags"]["UCD"] == "meta.code.qual"
+    assert col["embedding"]["Shape"] == "(16)" and col["knn_distance"]["Shape"] == "(3)"

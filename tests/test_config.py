@@ -1,7 +1,11 @@
+from pathlib import Path
+
 import pytest
 import yaml
 
-from starlabels.config import SCHEMA_PATH, ConfigError, load_config, load_schema, validate_config
+from starlabels.config import ConfigError, load_config, load_schema, validate_config
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _walk(schema, defs, path="", seen=None):
@@ -43,7 +47,7 @@ def test_defaults_fill_nested_experiment_blocks():
 
 
 def test_default_config_file_is_valid():
-    cfg = load_config(SCHEMA_PATH.parent.parent / "config.yaml")
+    cfg = load_config(REPO / "config.yaml")
     assert set(cfg["run"]) <= set(cfg["experiments"])
 
 
@@ -71,7 +75,7 @@ def test_validation_does_not_mutate_input():
 
 
 def test_tiny_test_config_is_valid(tiny_config_path):
-    base = yaml.safe_load(open(SCHEMA_PATH.parent.parent / "config.yaml"))
+    base = yaml.safe_load(open(REPO / "config.yaml"))
     tiny = yaml.safe_load(open(tiny_config_path))
     base["experiments"].update(tiny["experiments"])
     base["run"] = tiny["run"]

@@ -180,3 +180,34 @@ def test_metallicity_distribution_by_group(tmp_path):
     assert out.stat().st_size > 1000
     with pytest.raises(ValueError):
         metallicity_distribution(df.drop(columns="fe_h"), tmp_path / "x.png")
+
+
+#: the width the Snakemake report shows an image at (its content column on a 1 440-px screen)
+REPORT_WIDTH_PX = 1000
+#: the smallest text the figures use (panel statistics, legends) and what stays readable
+SMALLEST_FONT_PT, READABLE_PX = 7, 8
+
+
+def shown_text_px(width_px: int) -> float:
+    """Height on screen of the smallest text once the report scales the image to its column."""
+    scale = min(1.0, REPORT_WIDTH_PX / width_px)
+    return SMALLEST_FONT_PT / 72 * plots.DPI * scale
+
+
+def test_five_label_figures_stay_readable_in_the_report(tmp_path):
+    labels = ["teff", "logg", "fe_h", "mg_fe", "al_fe"]
+    ref = stars()
+    summary = pd.DataFrame([{"label": lab, "snr_lo": lo, "snr_hi": hi, "sigma": 1.0 / lo,
+                             "crlb": 0.1 / lo}
+                            for lab in labels for lo, hi in ((10, 30), (30, 100))])
+    written = [
+        plots.one_to_one(ref, ref, labels, tmp_path / "o2o.png"),
+        plots.precision_vs_snr(summary, tmp_path / "snr.png"),
+        plots.embedding_map(rng.normal(size=(len(ref), 2)), ref.fillna(0.0), labels,
+                            tmp_path / "emb.png", group=None),
+    ]
+    for path in written:
+        width, height = read_png(path)
+        # five panels on one row were 2 160 px wide: 8-pt text shrank to 5 px on screen
+        assert shown_text_px(width) >= READABLE_PX, (path.name, width)
+        assert width / height < 2.5, (path.name, width, height)

@@ -162,7 +162,7 @@ def test_benchmark_stars_are_observed_with_their_table_labels(tmp_path):
     table = load_benchmark_stars()
     usable = table[table["verified"] & table[["teff", "logg", "fe_h"]].notna().all(axis=1)]
     cfg = _tiny_ges_cfg(6)
-    cfg["benchmark_stars"] = {"table": "resources/benchmark_stars.csv", "snr": 180.0}
+    cfg["benchmark_stars"] = {"table": "benchmark_stars.csv", "snr": 180.0}
     simulate_gaia_eso(cfg, tmp_path / "a", tmp_path / "a.parquet", log=lambda m: None)
     truth = load_table(tmp_path / "a.parquet")
     bench = truth[truth["population"] == "benchmark"].reset_index(drop=True)

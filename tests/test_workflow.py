@@ -7,9 +7,7 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,13 +16,9 @@ import yaml
 
 from starlabels.artifacts import load_table
 from starlabels.catalog import read_catalog
+from tiny import snakemake
 
 pytestmark = pytest.mark.slow
-
-
-def snakemake(repo: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", *args]
-    return subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=timeout)
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -36,17 +30,6 @@ def job_counts(output: str) -> dict[str, int]:
         if m and m.group(1) != "total":
             counts[m.group(1)] = int(m.group(2))
     return counts
-
-
-@pytest.fixture(scope="session")
-def tiny_run(repo, tiny_config_path, tmp_path_factory):
-    results = tmp_path_factory.mktemp("tiny") / "results"
-    args = ["--cores", "2", "--configfile", str(tiny_config_path), "--config",
-            f"results={results}"]
-    proc = snakemake(repo, *args)
-    if proc.returncode != 0:
-        pytest.fail(f"snakemake failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
-    return {"results": results, "args": args}
 
 
 def test_all_outputs_exist(tiny_run):
@@ -140,7 +123,7 @@ def test_deep_remap_outputs(tiny_run):
         assert inside.mean() >= 0.9
         probs = np.stack(cat[f"{label}_prob"].to_numpy())
         assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-4)
-    assert cat["knn_star_id"].map(len).eq(3).all()
+    assert cat["knn_star_id"].str.split(";").map(len).eq(3).all()
     assert (np.diff(np.stack(cat["knn_distance"].to_numpy()), axis=1) >= 0).all()
     assert set(cat["evolutionary_class"]) <= {"giant", "subgiant", "dwarf"}
     metrics = json.loads((results / "metrics.json").read_text())
@@ -152,7 +135,10 @@ def test_deep_remap_outputs(tiny_run):
         assert all(t > 0 for t in member["temperatures"])
     assert "| no_pretrain |" in (results / "ablation.md").read_text()
     fits_cat = read_catalog(results / "catalog" / "starlabels_tiny_marvels.fits")
-    assert "teff_q84" in fits_cat and "teff_prob" not in fits_cat
+    # probabilities and embeddings are in the FITS catalogue too (fixed-width array columns)
+    assert list(fits_cat.columns) == list(cat.columns)
+    for name in ("teff_prob", "embedding", "knn_distance"):
+        np.testing.assert_array_equal(np.stack(fits_cat[name]), np.stack(cat[name]))
 
 
 def test_lint_reports_nothing(repo):
@@ -167,7 +153,8 @@ def test_forcerun_predict_reruns_only_downstream(repo, tiny_run):
     assert proc.returncode == 0, proc.stderr
     counts = job_counts(proc.stdout)
     # remap_report: deep_remap's report reads the catalogue
-    assert set(counts) == {"predict", "catalog", "validate", "remap_report", "all"}, counts
+    assert set(counts) == {"predict", "catalog", "validate", "remap_report", "summary_tables",
+                           "all"}, counts
     assert counts["predict"] == 4          # 2 shards × 2 experiments
 
 
@@ -350,9 +337,12 @@ def test_report_includes_plots_with_captions(repo, tiny_run, tmp_path):
     assert proc.returncode == 0, text
     assert "ERROR" not in text, text          # caption reST problems are printed, not raised
     html = report.read_text(errors="replace")
-    for plot in ("gradients.png", "one_to_one_true.png", "kiel.png", "tsne_clean.png"):
+    for plot in ("gradients.png", "one_to_one_true.png", "kiel.png", "tsne_clean.png",
+                 "metrics.html", "catalog_summary.html"):
         assert plot in html
     assert "Network gradients" in html and "Kiel diagram" in html
+    assert "Each experiment runs" in html                  # the workflow description
+    assert "Validation metrics per label" in html          # the tables' captions
 
 
 # ------------------------------------------------------------------ a real Slurm
@@ -426,7 +416,7 @@ def test_slurm_profile_runs_train_and_predict_as_slurm_jobs(repo, tiny_run, slur
     # tiny_marvels is deep_remap: + its ablation member and report)
     (["-R", "clean"], {"clean": 2, "trainset": 2, "train": 4, "train_ablation": 1,
                        "calibrate_ensemble": 2, "predict": 4, "catalog": 2, "validate": 2,
-                       "remap_report": 1, "all": 1}),
+                       "remap_report": 1, "ensemble": 2, "summary_tables": 2, "all": 1}),
     # stop after a stage: nothing to do when it is up to date
     (["--until", "clean"], {}),
 ])

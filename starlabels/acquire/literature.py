@@ -1,7 +1,7 @@
 """Literature labels of reference stars: the resource tables and the calibration table the
 normalize stage reads.
 
-Two resource tables live in ``resources/``:
+Two tables ship with the package (:mod:`starlabels.data`):
 
 * ``benchmark_stars.csv`` — Gaia FGK benchmark stars (Teff, log g, [Fe/H] of their third
   version, Soubiran et al. 2024; the Sun's nominal values), the reference scale Gaia-ESO is
@@ -22,12 +22,11 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from .. import config, surveys
+from .. import config, data, surveys
 from ..batch import Log
 
-REPO = Path(__file__).resolve().parents[2]
-BENCHMARK_STARS = REPO / "resources" / "benchmark_stars.csv"
-MARVELS_CALIBRATION_STARS = REPO / "resources" / "marvels_calibration_stars.csv"
+BENCHMARK_STARS = data.path("benchmark_stars.csv")
+MARVELS_CALIBRATION_STARS = data.path("marvels_calibration_stars.csv")
 
 #: label columns (value, 1σ error) every literature table has
 LABEL_COLUMNS = ("teff", "e_teff", "logg", "e_logg", "fe_h", "e_fe_h")
@@ -40,15 +39,6 @@ _PLAUSIBLE = {"teff": (2500.0, 10000.0), "logg": (-0.5, 5.5), "fe_h": (-5.0, 1.0
 
 class LiteratureTableError(ValueError):
     """A literature resource table that cannot be used as is; the message names file and row."""
-
-
-def resolve_resource(path: str | Path) -> Path:
-    """A resource path from config: as given if it exists (relative to the working directory),
-    else relative to the repository (so `resources/x.csv` works from any working directory)."""
-    path = Path(path)
-    if path.exists() or path.is_absolute():
-        return path
-    return REPO / path
 
 
 def _as_bool(values: pd.Series, path: Path) -> np.ndarray:
@@ -65,7 +55,7 @@ def read_literature_table(path: str | Path, columns: tuple[str, ...]) -> pd.Data
     """Read and check a literature CSV: the declared columns, numeric labels in a plausible
     range, a reference on every row, ``verified`` true/false. An empty table (header only) is
     returned empty with the declared columns."""
-    path = resolve_resource(path)
+    path = data.resolve(path)
     if not path.exists():
         raise LiteratureTableError(f"{path}: literature table not found")
     table = pd.read_csv(path, comment="#", dtype=str, keep_default_na=False,
@@ -107,7 +97,7 @@ def load_marvels_calibration_stars(path: str | Path = MARVELS_CALIBRATION_STARS
     table = read_literature_table(path, MARVELS_CALIBRATION_COLUMNS)
     duplicated = table["star_id"][table["star_id"].duplicated()]
     if len(duplicated):
-        raise LiteratureTableError(f"{resolve_resource(path)}: star_id repeated: "
+        raise LiteratureTableError(f"{data.resolve(path)}: star_id repeated: "
                                    f"{duplicated.tolist()[:5]}")
     return table
 
@@ -135,7 +125,7 @@ def calibration_table(survey: str, cfg: Mapping[str, Any], log: Log = print) -> 
                                        "null: name the literature table to compare with")
         return empty_calibration()
     table = surveys.get(survey).reference_stars(cfg["table"])
-    path = resolve_resource(cfg["table"])
+    path = data.resolve(cfg["table"])
     if table.empty and cfg["required"]:
         raise LiteratureTableError(
             f"{path} has no rows, so the calibration comparison cannot run. The MARVELS "
@@ -162,4 +152,4 @@ def calibration_table(survey: str, cfg: Mapping[str, Any], log: Log = print) -> 
 
 __all__ = ["BENCHMARK_STARS", "MARVELS_CALIBRATION_STARS", "LiteratureTableError",
            "load_benchmark_stars", "load_marvels_calibration_stars", "calibration_table",
-           "empty_calibration", "read_literature_table", "resolve_resource"]
+           "empty_calibration", "read_literature_table"]

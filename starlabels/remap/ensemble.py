@@ -8,6 +8,7 @@ and used by predict instead of the members' own (:func:`ensemble_temperatures`).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -45,7 +46,8 @@ def calibrate_ensemble(flux_path: str | os.PathLike, table_path: str | os.PathLi
     logits = [predict_logits(model, torch.from_numpy(flux))[0] for model, _ in members]
     eps = float(cfg["outlier_fraction"])
     result: dict[str, Any] = {"labels": labels, "n": int(rows.size), "temperatures": [],
-                              "members": [str(d) for d in model_dirs], "heads": {}}
+                              "members": member_names(model_dirs, Path(out_path).parent),
+                              "heads": {}}
     for j, b in enumerate(bins):
         like = bin_likelihoods(values[:, j], b, None if errors is None else errors[:, j])
         floor = 1.0 / (b.high - b.low)
@@ -79,13 +81,20 @@ def calibrate_ensemble(flux_path: str | os.PathLike, table_path: str | os.PathLi
     return result
 
 
+def member_names(model_dirs: Sequence[str | os.PathLike], folder: Path) -> list[str]:
+    """The members as paths relative to ``folder`` (the calibration file's), so the ensemble
+    folder can be copied elsewhere as one piece."""
+    return [os.path.relpath(Path(d).resolve(), folder.resolve()) for d in model_dirs]
+
+
 def ensemble_temperatures(path: str | os.PathLike | None, members: Sequence[str | os.PathLike]
                           ) -> list[float] | None:
     """The ensemble's temperatures, checked to belong to exactly these members (None = none)."""
     if not path:
         return None
     calibration = artifacts.load_json(path)
-    if sorted(calibration["members"]) != sorted(str(m) for m in members):
+    fitted = sorted(str((Path(path).parent / m).resolve()) for m in calibration["members"])
+    if fitted != sorted(str(Path(m).resolve()) for m in members):
         raise ValueError(f"{path} was fitted for members {calibration['members']}, but predict "
                          f"uses {list(map(str, members))}; rerun calibrate_ensemble")
     return list(calibration["temperatures"])

@@ -3,7 +3,7 @@
 Gaia-ESO observes the Gaia FGK benchmark stars to anchor its parameter scale, and the CNN paper
 reports its labels for them beside their literature values. The simulated survey does the same:
 every verified row of the benchmark table (``simulate.benchmark_stars.table``, by default
-``resources/benchmark_stars.csv``) becomes a star
+the packaged ``benchmark_stars.csv``) becomes a star
 
 * whose true Teff, log g and [Fe/H] are the table's values (the table gives no [Mg/Fe] or
   [Al/Fe]: the star gets the mean of the simulated disc populations at its [Fe/H]);

@@ -22,9 +22,10 @@ import pandas as pd
 from numpy.polynomial import chebyshev
 
 from ..spectral import C_KMS, FWHM_TO_SIGMA, gaussian_kernel
-from .physics import RESOURCES, Exposure
+from .. import data
+from .physics import Exposure
 
-DEFAULT_SKY_LINES = RESOURCES / "sky_lines.csv"
+DEFAULT_SKY_LINES = data.path("sky_lines.csv")
 
 
 @dataclass(frozen=True)

@@ -53,12 +53,12 @@ import numpy as np
 import pandas as pd
 from scipy.special import voigt_profile
 
+from .. import data
 from ..spectral import (C_KMS, FWHM_TO_SIGMA, broaden_velocity, convolve_resolution,
                         convolve_variable_resolution, doppler_shift, log_lambda_grid,
                         macroturbulence_kernel, resample_flux, rotation_kernel)
 
-RESOURCES = Path(__file__).resolve().parents[2] / "resources"
-DEFAULT_LINELIST = RESOURCES / "linelist.csv"
+DEFAULT_LINELIST = data.path("linelist.csv")
 
 #: label order used for label vectors throughout the simulator
 LABEL_ORDER = ("teff", "logg", "fe_h", "mg_fe", "al_fe")
@@ -94,14 +94,14 @@ MAX_DEPTH = 0.92            # Minnaert maximum line depth of saturated cores
 REFERENCE_LINE = dict(excitation_potential=2.5, log_gf=-2.8)  # solar Fe I line with τ₀ = 1
 LIMB_DARKENING = 0.6        # linear limb-darkening coefficient of the rotation profile (optical)
 TELLURIC_FWHM_KMS = 4.0     # intrinsic width of an H2O line (Doppler + pressure, lower troposphere)
-DEFAULT_TELLURIC = RESOURCES / "telluric_h2o.csv"
+DEFAULT_TELLURIC = data.path("telluric_h2o.csv")
 
 
 # ------------------------------------------------------------------ line list
 
 def load_linelist(path: str | Path | None = None) -> pd.DataFrame:
     """Read the line list CSV (comment lines start with '#') and add element / ion columns."""
-    path = Path(path) if path else DEFAULT_LINELIST
+    path = data.resolve(path) if path else DEFAULT_LINELIST
     lines = pd.read_csv(path, comment="#")
     required = {"wavelength_air", "species", "excitation_potential", "log_gf"}
     missing = required - set(lines.columns)
