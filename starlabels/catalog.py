@@ -43,6 +43,7 @@ FLAG_BITS: dict[str, int] = {
     "OUTSIDE_TRAINING": 1 << 3,
     "PREDICTION_NAN": 1 << 4,
     "IN_TRAINING_SET": 1 << 5,
+    "REFINE_POOR_FIT": 1 << 6,
 }
 
 FLAG_DESCRIPTIONS: dict[str, str] = {
@@ -52,13 +53,17 @@ FLAG_DESCRIPTIONS: dict[str, str] = {
     "OUTSIDE_TRAINING": "at least one predicted label outside the training label range",
     "PREDICTION_NAN": "at least one predicted label is not finite",
     "IN_TRAINING_SET": "spectrum was in the training split: in-sample prediction",
+    "REFINE_POOR_FIT": "the refine stage's best-fit model does not describe the spectrum "
+                       "(refine_chi2_red above the threshold set on the valid split): unlike "
+                       "the training set (a defect, a binary, emission, a rare star)",
 }
 
 #: rows with any of these bits must not be used
 FLAG_BAD_MASK: int = FLAG_BITS["PREDICTION_NAN"]
 #: rows with any of these bits are usable with care (IN_TRAINING_SET is information only)
 FLAG_WARN_MASK: int = (FLAG_BITS["CLEAN_REJECTED"] | FLAG_BITS["LOW_SNR"]
-                       | FLAG_BITS["HIGH_SPREAD"] | FLAG_BITS["OUTSIDE_TRAINING"])
+                       | FLAG_BITS["HIGH_SPREAD"] | FLAG_BITS["OUTSIDE_TRAINING"]
+                       | FLAG_BITS["REFINE_POOR_FIT"])
 
 
 def flag_names(value: int) -> list[str]:
@@ -100,8 +105,8 @@ def compute_flags(df: pd.DataFrame, labels: Sequence[str],
     """int32 bit mask per row (see :data:`FLAG_BITS`).
 
     Columns used: the predicted ``<label>`` columns; ``<label>_std`` for labels in ``max_std``;
-    ``snr`` unless ``snr_min`` is None; ``clean_keep`` (bool, from :func:`attach_clean`) and
-    ``split`` when present. Labels missing from ``training_ranges`` / ``max_std`` are not tested
+    ``snr`` unless ``snr_min`` is None; ``clean_keep`` (bool, from :func:`attach_clean`),
+    ``split`` and ``refine_unlike_training`` (the refine stage's χ² verdict) when present. Labels missing from ``training_ranges`` / ``max_std`` are not tested
     for that bit.
     """
     labels = check_labels(list(labels))
@@ -132,6 +137,9 @@ def compute_flags(df: pd.DataFrame, labels: Sequence[str],
         flags[~np.isfinite(v)] |= FLAG_BITS["PREDICTION_NAN"]
     if "split" in df.columns:
         flags[(df["split"].astype(str) == "train").to_numpy()] |= FLAG_BITS["IN_TRAINING_SET"]
+    if "refine_unlike_training" in df.columns:
+        poor = df["refine_unlike_training"].fillna(False).astype(bool).to_numpy()
+        flags[poor] |= FLAG_BITS["REFINE_POOR_FIT"]
     return flags
 
 
@@ -195,7 +203,8 @@ KNOWN_UNITS: dict[str, str] = {
 }
 #: suffixes of columns that share their label's unit: teff_std, teff_ref, teff_err, ...
 LABEL_SUFFIXES = ("std", "std_raw", "std_cal", "err", "ref", "true", "mean", "median", "raw",
-                  "cal", "bias", "resid", "q16", "q84", "members_std")
+                  "cal", "bias", "resid", "q16", "q84", "members_std", "refined", "refined_err",
+                  "refined_err_formal")
 
 _TTYPE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,67}$")
 
@@ -215,6 +224,10 @@ def column_description(name: str) -> str | None:
             return f"{label.description} (ensemble mean)"
         if name == f"{label.name}_std":
             return f"ensemble std of {label.name}"
+        if name == f"{label.name}_refined":
+            return f"{label.name} from the refine stage's spectral fit"
+        if name == f"{label.name}_refined_err":
+            return f"calibrated error of {label.name}_refined"
     if name == "flags":
         return "quality bit flags, see FLAGBnn keywords"
     return None
@@ -375,13 +388,16 @@ def write_catalog(df: pd.DataFrame, fits_path: str | os.PathLike | None,
 def catalog_tables(*, shards: Sequence[str | os.PathLike], table: str | os.PathLike,
                    clean_table: str | os.PathLike, model_dirs: Sequence[str | os.PathLike],
                    labels: Sequence[str], cfg: Mapping[str, Any],
-                   classes: Mapping[str, float] | None = None
+                   classes: Mapping[str, float] | None = None,
+                   refined: Sequence[str | os.PathLike] | None = None
                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The catalogue from prediction shards, the star table and the clean table: (the scalar
     columns for FITS, the same plus the per-spectrum vectors for Parquet).
 
     ``cfg`` is the experiment's ``catalog`` section (flag thresholds); ``classes``
-    (giant_logg_max, dwarf_logg_min) adds a giant / subgiant / dwarf column.
+    (giant_logg_max, dwarf_logg_min) adds a giant / subgiant / dwarf column; ``refined`` (the
+    refine stage's shard tables) adds ``<label>_refined``, ``<label>_refined_err``,
+    ``refine_chi2_red``, ``refine_converged`` and the REFINE_POOR_FIT flag.
     """
     stars = artifacts.load_table(table)
     pred = merge_shards(list(shards), n_rows=len(stars))
@@ -402,6 +418,15 @@ def catalog_tables(*, shards: Sequence[str | os.PathLike], table: str | os.PathL
     for label in labels:
         # catalogue (reference) labels the survey gave, kept beside ours for comparison
         out[f"{label}_ref"] = stars[label].to_numpy(dtype=float) if label in stars else np.nan
+    if refined:
+        ref = merge_shards(list(refined), n_rows=len(stars))
+        if not ref["spectrum_id"].astype(str).equals(stars["spectrum_id"].astype(str)):
+            raise ValueError("refine shards do not list the star table's spectra in its order")
+        for label in labels:
+            for suffix in ("refined", "refined_err"):
+                out[f"{label}_{suffix}"] = ref[f"{label}_{suffix}"].to_numpy()
+        for column in ("refine_chi2_red", "refine_converged", "refine_unlike_training"):
+            out[column] = ref[column].to_numpy()
     out["n_members"] = pred["n_members"].to_numpy()
     out["clean_keep"] = cleaned["keep"].to_numpy(dtype=bool)
     out["clean_reason"] = cleaned["reason"].fillna("").to_numpy()
@@ -409,6 +434,8 @@ def catalog_tables(*, shards: Sequence[str | os.PathLike], table: str | os.PathL
     ranges = {label: (min(m["label_min"][i] for m in metas), max(m["label_max"][i] for m in metas))
               for i, label in enumerate(metas[0]["labels"])}
     out["flags"] = compute_flags(out, list(labels), ranges, cfg["snr_min"], cfg["max_std"])
+    if refined:
+        out = out.drop(columns="refine_unlike_training")   # it lives on as REFINE_POOR_FIT
     # per-spectrum vectors (probabilities per bin, nearest labelled stars, embedding) are
     # Parquet list columns; the FITS catalogue keeps the scalar columns
     vectors = [c for c in pred.columns if c.endswith("_prob")

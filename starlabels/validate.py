@@ -15,7 +15,8 @@ Metrics (written to ``metrics.json``):
 * **network gradients** — mean |∂label/∂flux| near each element's lines relative to elsewhere;
 * **precision report** (simulated surveys) — per label and S/N bin: σ and bias of
   (predicted − true), the median Cramér–Rao bound of the simulator's own forward model
-  (``starlabels.limits``), their ratio, and the ensemble's z-spread and 68 % coverage;
+  (``starlabels.limits``), their ratio, and the ensemble's z-spread and 68 % coverage; where the
+  catalogue has refined labels (the refine stage), the same for them beside it;
 * **targets** — the experiment's acceptance targets (``validate.targets.sigma_vs_true``) beside
   the measured σ against true labels, and whether each is met.
 
@@ -31,9 +32,7 @@ import pandas as pd
 
 from . import artifacts, surveys
 from .grid import WavelengthGrid
-
-#: the spectral lines each label is expected to be read from (element, for the gradient ratio)
-LABEL_ELEMENTS = {"fe_h": ["Fe"], "mg_fe": ["Mg"], "al_fe": ["Al"]}
+from .labels import LABEL_ELEMENTS
 
 
 def label_stats(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
@@ -194,11 +193,33 @@ def precision_report(cat: pd.DataFrame, truth: pd.DataFrame, labels: Sequence[st
             cal = ensemble_calibration(err[inbin], std[inbin], np.zeros(inbin.sum()))
             crlb = np.nanmedian(bounds[label][inbin]) if np.isfinite(bounds[label][inbin]).any() \
                 else np.nan
-            out.append({"label": label, "snr_lo": lo, "snr_hi": hi, "n": stats["n"],
-                        "sigma": stats["sigma"], "bias": stats["bias"], "crlb": crlb,
-                        "sigma_over_crlb": stats["sigma"] / crlb if crlb > 0 else np.nan,
-                        "z_sigma": cal["z_sigma"], "coverage_68": cal["coverage_68"]})
+            row = {"label": label, "snr_lo": lo, "snr_hi": hi, "n": stats["n"],
+                   "sigma": stats["sigma"], "bias": stats["bias"], "crlb": crlb,
+                   "sigma_over_crlb": stats["sigma"] / crlb if crlb > 0 else np.nan,
+                   "z_sigma": cal["z_sigma"], "coverage_68": cal["coverage_68"]}
+            if f"{label}_refined" in sub:
+                # the refine stage's labels beside the network's and the bound
+                row.update(refined_stats(sub, label, inbin, stats["sigma"], crlb))
+            out.append(row)
     return pd.DataFrame(out)
+
+
+def refined_stats(sub: pd.DataFrame, label: str, rows: np.ndarray, network_sigma: float,
+                  crlb: float) -> dict[str, float]:
+    """σ, bias, z-spread and 68 % coverage of ``<label>_refined`` (with
+    ``<label>_refined_err``) against ``<label>_true`` over ``rows``, with its ratios to the
+    network's σ and to the Cramér–Rao bound."""
+    err = sub[f"{label}_refined"].to_numpy(dtype=float) - sub[f"{label}_true"].to_numpy(dtype=float)
+    use = rows & np.isfinite(err)
+    stats = label_stats(err[use], np.zeros(use.sum()))
+    cal = ensemble_calibration(err[use], sub[f"{label}_refined_err"].to_numpy(dtype=float)[use],
+                               np.zeros(use.sum()))
+    return {"n_refined": stats["n"], "sigma_refined": stats["sigma"],
+            "bias_refined": stats["bias"], "z_sigma_refined": cal["z_sigma"],
+            "coverage_68_refined": cal["coverage_68"],
+            "refined_over_network": stats["sigma"] / network_sigma if network_sigma > 0
+            else np.nan,
+            "refined_over_crlb": stats["sigma"] / crlb if crlb > 0 else np.nan}
 
 
 def no_truth(cat: pd.DataFrame, labels: Sequence[str]) -> pd.DataFrame:
@@ -251,14 +272,16 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
              plots: Mapping[str, str], experiment: str, linelist: str | None = None,
              simulate_cfg: Mapping[str, Any] | None = None, log=print,
              config_hash: str = "none", method: str | None = None,
-             method_report: str | None = None) -> dict[str, Any]:
+             method_report: str | None = None,
+             refine_report: str | None = None) -> dict[str, Any]:
     """Compute metrics.json and draw the validation plots (paths in ``plots``).
 
     ``truth`` is None for real data: metrics are then against the catalogue / literature labels
     only, the one-to-one-with-truth plot is empty, and precision vs S/N is against the
     catalogue labels. ``cfg`` is the ``validate`` section (keys left out take the schema's
     defaults). A method's own report (``method_report``, e.g. deep-REMAP's calibration and
-    ablation) is merged in under the method's name."""
+    ablation) is merged in under the method's name, the refine stage's report
+    (``refine_report``) under ``refine``."""
     from . import config
     from . import plots as P
     from .simulate.physics import load_linelist
@@ -360,6 +383,8 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
 
     if method_report is not None:
         result[method] = artifacts.load_json(method_report)
+    if refine_report is not None:
+        result["refine"] = artifacts.load_json(refine_report)
     result["provenance"] = artifacts.provenance(None, config_hash=config_hash, stage="validate")
     artifacts.save_json(metrics, result)
     return result

@@ -7,4 +7,5 @@ i, o, p = snakemake.input, snakemake.output, snakemake.params
 stages.catalog(shards=list(i.shards), table=i.table, clean_table=i.clean,
                model_dirs=runtime.folders(i.models), labels=p.labels, cfg=p.catalog,
                experiment=snakemake.wildcards.exp, method=p.method, fits_path=o.fits,
-               parquet_path=o.parquet, config_hash=job.config_hash, classes=p.classes)
+               parquet_path=o.parquet, config_hash=job.config_hash, classes=p.classes,
+               refined=i.get("refined"))

@@ -12,4 +12,4 @@ stages.validate(catalog=i.catalog, table=i.table, flux=i.flux, clean_table=i.cle
                 metrics=o.metrics, plots={name: o[name] for name in PLOTS},
                 experiment=snakemake.wildcards.exp, linelist=p.linelist,
                 simulate_cfg=p.simulate, config_hash=job.config_hash, method=p.method,
-                method_report=i.get("method_report"))
+                method_report=i.get("method_report"), refine_report=i.get("refine_report"))
