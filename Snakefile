@@ -1,6 +1,7 @@
 # starlabels: raw stellar spectra → CNN-ensemble label catalogues.
 # Stages: acquire → normalize → clean (t-SNE) → synthesize (PHOENIX) → trainset → train (ensemble)
-#         → predict (shards) → catalog → validate. See README.md.
+#         → predict (shards) → [refine: emulator, calibration, per-shard fits] → catalog
+#         → validate. See README.md.
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -20,6 +21,7 @@ include: "rules/clean.smk"
 include: "rules/synthesize.smk"
 include: "rules/train.smk"
 include: "rules/predict.smk"
+include: "rules/refine.smk"
 include: "rules/catalog.smk"
 include: "rules/validate.smk"
 include: "rules/remap.smk"

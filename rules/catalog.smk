@@ -3,6 +3,7 @@
 
 rule catalog:
     input:
+        unpack(refine_catalog_input),  # refined labels, where the experiment refines them
         shards=shard_files,
         table=f"{R}/{{exp}}/normalized/stars.parquet",
         clean=f"{R}/{{exp}}/clean/clean.parquet",

@@ -265,6 +265,45 @@ def evolutionary_classes(wildcards):
     return {k: v[k] for k in ("giant_logg_max", "dwarf_logg_min")}
 
 
+# ---- refine (rules/refine.smk): experiments with refine.enabled
+
+REFINED = experiments_pattern([e for e in EXPERIMENTS if EXPERIMENTS[e]["refine"]["enabled"]])
+
+
+def refined(exp):
+    return EXPERIMENTS[exp]["refine"]["enabled"]
+
+
+def refine_settings(*keys):
+    """params: the refine section's keys a rule uses (so editing the others reruns nothing)."""
+    return lambda wildcards: {k: EXPERIMENTS[wildcards.exp]["refine"][k] for k in keys}
+
+
+def refine_model_files(wildcards):
+    return expand(
+        f"{R}/{wildcards.exp}/refine/models_{{shard}}.npy", shard=shards(wildcards.exp)
+    )
+
+
+def refine_catalog_input(wildcards):
+    """catalog's refined shards where the experiment refines its labels."""
+    if not refined(wildcards.exp):
+        return {}
+    return {
+        "refined": expand(
+            f"{R}/{wildcards.exp}/refine/shard_{{shard}}.parquet",
+            shard=shards(wildcards.exp),
+        )
+    }
+
+
+def refine_report_input(wildcards):
+    """validate's refine report (merged into metrics.json) where the experiment refines."""
+    if not refined(wildcards.exp):
+        return {}
+    return {"refine_report": f"{R}/{wildcards.exp}/refine_report.json"}
+
+
 def stage_outputs(exp):
     """Every file the experiment's jobs write before the catalogue, as `rule all` asks for them.
 
@@ -301,6 +340,11 @@ def stage_outputs(exp):
     files += list(ensemble_calibration_input(w).values())
     files += list(method_report_input(w).values())
     files += shard_files(w)
+    if refined(exp):
+        files += [f"{R}/{exp}/models/emulator/{n}" for n in ("model.pt", "model.json",
+                                                             "history.csv")]
+        files += [f"{R}/{exp}/refine/calibration.json", f"{R}/{exp}/refine_report.json",
+                  *refine_catalog_input(w)["refined"], *refine_model_files(w)]
     return files
 
 
@@ -322,4 +366,6 @@ def final_targets():
         ]
         targets += [f"{R}/{exp}/plots/{p}.png" for p in PLOTS]
         targets += stage_outputs(exp)
+        if refined(exp):
+            targets += [f"{R}/{exp}/plots/refine_fits.png"]
     return targets

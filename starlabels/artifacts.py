@@ -232,6 +232,34 @@ def open_matrix_writer(path: str | os.PathLike, n_rows: int, n_pixels: int) -> n
     return np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n_rows, n_pixels))
 
 
+@contextlib.contextmanager
+def matrix_row_writer(path: str | os.PathLike, n_rows: int, n_pixels: int
+                      ) -> Iterator[Callable[[np.ndarray], None]]:
+    """Write a float32 ``.npy`` of shape (n_rows, n_pixels) row block by row block, atomically.
+
+    Yields ``write(rows)``; blocks go straight to the file (no memory map, whose written pages
+    would stay in the job's resident memory), and the file appears at ``path`` only when the
+    block completes with exactly ``n_rows`` rows written.
+    """
+    written = 0
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.lib.format.write_array_header_1_0(
+            fh, {"descr": "<f4", "fortran_order": False, "shape": (int(n_rows), int(n_pixels))})
+
+        def write(rows: np.ndarray) -> None:
+            nonlocal written
+            rows = np.ascontiguousarray(rows, dtype="<f4")
+            if rows.ndim != 2 or rows.shape[1] != n_pixels or written + len(rows) > n_rows:
+                raise ValueError(f"{path}: block of shape {rows.shape} does not fit "
+                                 f"({written} of {n_rows} rows written, {n_pixels} pixels)")
+            fh.write(rows.tobytes())
+            written += len(rows)
+
+        yield write
+        if written != n_rows:
+            raise ValueError(f"{path}: {written} rows written, {n_rows} declared")
+
+
 def commit_matrix_writer(matrix: np.memmap, path: str | os.PathLike) -> None:
     matrix.flush()
     tmp = Path(matrix.filename)

@@ -6,7 +6,7 @@ Conventions (after SDSS-V Astra, without its hard-coded paths):
   pandas reserves for ``DataFrame.flags``); :data:`FLAG_BAD_MASK` marks bits that make a row
   unusable, :data:`FLAG_WARN_MASK` those that call for care;
 - FITS column names (TTYPE) are written **as-is** (the lower-case names used in every table of the
-  pipeline, e.g. ``teff``, ``teff_std``), so the FITS and Parquet catalogs have identical columns
+  pipeline, e.g. ``teff``, ``teff_err``), so the FITS and Parquet catalogs have identical columns
   and :func:`read_catalog` returns the same DataFrame from either. FITS column names are
   case-insensitive, so names differing only in case are refused;
 - every column has a description, an IVOA UCD and (where it has one) a unit that astropy parses
@@ -49,6 +49,7 @@ FLAG_BITS: dict[str, int] = {
     "OUTSIDE_TRAINING": 1 << 3,
     "PREDICTION_NAN": 1 << 4,
     "IN_TRAINING_SET": 1 << 5,
+    "REFINE_POOR_FIT": 1 << 6,
 }
 
 FLAG_DESCRIPTIONS: dict[str, str] = {
@@ -59,13 +60,17 @@ FLAG_DESCRIPTIONS: dict[str, str] = {
     "OUTSIDE_TRAINING": "at least one predicted label outside the training label range",
     "PREDICTION_NAN": "at least one predicted label is not finite",
     "IN_TRAINING_SET": "spectrum was in the training split: in-sample prediction",
+    "REFINE_POOR_FIT": "the refine stage's best-fit model does not describe the spectrum "
+                       "(refine_chi2_red above the threshold set on the valid split): unlike "
+                       "the training set (a defect, a binary, emission, a rare star)",
 }
 
 #: rows with any of these bits must not be used
 FLAG_BAD_MASK: int = FLAG_BITS["PREDICTION_NAN"]
 #: rows with any of these bits are usable with care (IN_TRAINING_SET is information only)
 FLAG_WARN_MASK: int = (FLAG_BITS["CLEAN_REJECTED"] | FLAG_BITS["LOW_SNR"]
-                       | FLAG_BITS["HIGH_UNCERTAINTY"] | FLAG_BITS["OUTSIDE_TRAINING"])
+                       | FLAG_BITS["HIGH_UNCERTAINTY"] | FLAG_BITS["OUTSIDE_TRAINING"]
+                       | FLAG_BITS["REFINE_POOR_FIT"])
 
 
 def flag_names(value: int) -> list[str]:
@@ -107,8 +112,9 @@ def compute_flags(df: pd.DataFrame, labels: Sequence[str],
     """int32 bit mask per row (see :data:`FLAG_BITS`).
 
     Columns used: the predicted ``<label>`` columns; ``<label>_err`` for labels in ``max_err``;
-    ``snr`` unless ``snr_min`` is None; ``clean_keep`` (bool, from :func:`attach_clean`) and
-    ``split`` when present. Labels missing from ``training_ranges`` / ``max_err`` are not tested
+    ``snr`` unless ``snr_min`` is None; ``clean_keep`` (bool, from :func:`attach_clean`),
+    ``split`` and ``refine_unlike_training`` (the refine stage's χ² verdict) when present.
+    Labels missing from ``training_ranges`` / ``max_err`` are not tested
     for that bit.
     """
     labels = check_labels(list(labels))
@@ -139,6 +145,9 @@ def compute_flags(df: pd.DataFrame, labels: Sequence[str],
         flags[~np.isfinite(v)] |= FLAG_BITS["PREDICTION_NAN"]
     if "split" in df.columns:
         flags[(df["split"].astype(str) == "train").to_numpy()] |= FLAG_BITS["IN_TRAINING_SET"]
+    if "refine_unlike_training" in df.columns:
+        poor = df["refine_unlike_training"].fillna(False).astype(bool).to_numpy()
+        flags[poor] |= FLAG_BITS["REFINE_POOR_FIT"]
     return flags
 
 
@@ -553,14 +562,16 @@ def finish_catalog(out: pd.DataFrame, pred: pd.DataFrame, labels: Sequence[str],
 def catalog_tables(*, shards: Sequence[str | os.PathLike], table: str | os.PathLike,
                    clean_table: str | os.PathLike, model_dirs: Sequence[str | os.PathLike],
                    labels: Sequence[str], cfg: Mapping[str, Any],
-                   classes: Mapping[str, float] | None = None, carry: Sequence[str] = ()
-                   ) -> pd.DataFrame:
+                   classes: Mapping[str, float] | None = None, carry: Sequence[str] = (),
+                   refined: Sequence[str | os.PathLike] | None = None) -> pd.DataFrame:
     """The catalogue from prediction shards, the star table and the clean table.
 
     ``cfg`` is the experiment's ``catalog`` section (flag thresholds); ``classes``
     (giant_logg_max, dwarf_logg_min) adds a giant / subgiant / dwarf column; ``carry`` names
     input-catalogue columns copied beside the ids where the star table has them (positions,
-    survey identifiers).
+    survey identifiers); ``refined`` (the refine stage's shard tables) adds
+    ``<label>_refined``, ``<label>_refined_err``, ``refine_chi2_red``, ``refine_converged`` and
+    the REFINE_POOR_FIT flag.
     """
     stars = artifacts.load_table(table)
     pred = merge_shards(list(shards), n_rows=len(stars))
@@ -576,10 +587,22 @@ def catalog_tables(*, shards: Sequence[str | os.PathLike], table: str | os.PathL
     for label in labels:
         # catalogue (reference) labels the survey gave, kept beside ours for comparison
         out[f"{label}_ref"] = stars[label].to_numpy(dtype=float) if label in stars else np.nan
+    if refined:
+        ref = merge_shards(list(refined), n_rows=len(stars))
+        if not ref["spectrum_id"].astype(str).equals(stars["spectrum_id"].astype(str)):
+            raise ValueError("refine shards do not list the star table's spectra in its order")
+        for label in labels:
+            for suffix in ("refined", "refined_err"):
+                out[f"{label}_{suffix}"] = ref[f"{label}_{suffix}"].to_numpy()
+        for column in ("refine_chi2_red", "refine_converged", "refine_unlike_training"):
+            out[column] = ref[column].to_numpy()
     out["clean_keep"] = cleaned["keep"].to_numpy(dtype=bool)
     out["clean_reason"] = cleaned["reason"].fillna("").to_numpy()
     metas = [artifacts.load_json(Path(d) / "model.json") for d in model_dirs]
-    return finish_catalog(out, pred, labels, metas, cfg)
+    out = finish_catalog(out, pred, labels, metas, cfg)
+    if refined:
+        out = out.drop(columns="refine_unlike_training")   # it lives on as REFINE_POOR_FIT
+    return out
 
 
 def read_catalog(path: str | os.PathLike, extname: str = "STARLABELS") -> pd.DataFrame:

@@ -69,16 +69,20 @@ COLUMNS: dict[str, ColumnInfo] = {
     "knn_distance": ColumnInfo("embedding distance to each nearest labelled star",
                                "stat.value"),
     "embedding": ColumnInfo("L2-normalised network embedding of the spectrum", "stat.value"),
+    "refine_chi2_red": ColumnInfo("reduced chi-square of the refine stage's best fit",
+                                  "stat.fit.chi2"),
+    "refine_converged": ColumnInfo("the refine stage's fit converged", "meta.code.status"),
 }
 
 #: ``<label>_<suffix>`` columns ("" = the label itself)
 LABEL_SUFFIXES: dict[str, Suffix] = {
     "": Suffix("{label} predicted by the ensemble", "{ucd}"),
-    "std": Suffix("1-sigma ensemble uncertainty of {label}", "stat.stdev;{ucd}"),
     "err": Suffix("calibrated total 1-sigma uncertainty of {label}", "stat.error;{ucd}"),
     "err_raw": Suffix("uncalibrated 1-sigma uncertainty of {label}", "stat.error;{ucd}"),
     "err_members": Suffix("scatter of the members' {label} (model part)", "stat.stdev;{ucd}"),
-    "members_std": Suffix("scatter of the members' mean {label}", "stat.stdev;{ucd}"),
+    "refined": Suffix("{label} from the refine stage's spectral fit", "{ucd}"),
+    "refined_err": Suffix("calibrated 1-sigma uncertainty of {label}_refined",
+                          "stat.error;{ucd}"),
     "q16": Suffix("16th percentile of the {label} distribution", "stat.percentile;{ucd}"),
     "q84": Suffix("84th percentile of the {label} distribution", "stat.percentile;{ucd}"),
     "ref": Suffix("{label} in the survey's own catalogue", "{ucd}"),

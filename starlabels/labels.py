@@ -31,6 +31,13 @@ LABELS: dict[str, Label] = {
 }
 
 
+#: the element whose lines carry each abundance label
+LABEL_ELEMENTS: dict[str, list[str]] = {"fe_h": ["Fe"], "mg_fe": ["Mg"], "al_fe": ["Al"]}
+#: abundance ratios [X/Fe] at fixed [Fe/H]: a spectrum changes with them only near the element's
+#: own lines ([Fe/H] moves every metal line and the continuum opacity)
+ELEMENT_RATIOS: tuple[str, ...] = ("mg_fe", "al_fe")
+
+
 def check_labels(names: list[str]) -> list[str]:
     unknown = [n for n in names if n not in LABELS]
     if unknown:

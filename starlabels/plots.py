@@ -445,7 +445,8 @@ def precision_vs_snr(summary: pd.DataFrame, path: str | os.PathLike, *, dpi: int
     """Per label, the scatter sigma (and the Cramér-Rao bounds where given)
     against S/N; each bin is drawn at its centre with its extent as a horizontal bar.
 
-    ``summary`` columns: label, snr_lo, snr_hi, sigma, crlb and crlb_marginalised (optional).
+    ``summary`` columns: label, snr_lo, snr_hi, sigma, crlb and crlb_marginalised (optional),
+    sigma_refined (the refine stage's labels, optional).
     """
     needed = {"label", "snr_lo", "snr_hi", "sigma"}
     if not needed <= set(summary.columns):
@@ -469,6 +470,12 @@ def precision_vs_snr(summary: pd.DataFrame, path: str | os.PathLike, *, dpi: int
             continue
         ax.errorbar(centre[ok], sigma[ok], xerr=[centre[ok] - lo[ok], hi[ok] - centre[ok]],
                     fmt="o-", ms=4, lw=1, capsize=0, label="σ(pred − ref)")
+        if "sigma_refined" in rows.columns:
+            refined = _values(rows, "sigma_refined")
+            good = _finite(centre, refined)
+            if good.any():
+                ax.plot(centre[good], refined[good], "s-", ms=4, lw=1, color="tab:green",
+                        label="σ(refined − ref)")
         for column, style, name in (("crlb", "k--", "CRLB (idealised)"),
                                     ("crlb_marginalised", "k:", "CRLB (marginalised)")):
             if column in rows.columns:
@@ -549,4 +556,51 @@ def embedding_map(xy: np.ndarray, df: pd.DataFrame, labels: Sequence[str],
         ax.set_yticks([])
     if groups is not None:
         axes[0].legend(fontsize=7, loc="best", title="open circles")
+    return _save(fig, path, dpi)
+
+
+# ---------------------------------------------------------------- refine
+
+@_closes_figures
+def spectrum_fits(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray,
+                  model: np.ndarray, titles: Sequence[str],
+                  windows: Sequence[tuple[str, float, float, Sequence[float]]],
+                  path: str | os.PathLike, *, dpi: int = DPI) -> Path:
+    """Data, best-fit model and residuals of a few stars (rows) in a few wavelength windows
+    (columns): ``windows`` = (name, low Å, high Å, line centres to mark). Masked pixels
+    (ivar 0) are not drawn; residuals are in units of the pixel σ."""
+    n_stars, n_win = len(titles), len(windows)
+    if n_stars == 0 or n_win == 0:
+        raise ValueError("spectrum_fits: no star or no window to draw")
+    fig = _figure(PANEL_SIZE[0] * 0.9 * n_win, PANEL_SIZE[1] * 0.9 * n_stars)
+    grid = fig.add_gridspec(2 * n_stars, n_win, height_ratios=[3, 1] * n_stars, hspace=0.08)
+    for i in range(n_stars):
+        for j, (name, lo, hi, centres) in enumerate(windows):
+            ax = fig.add_subplot(grid[2 * i, j])
+            ax_res = fig.add_subplot(grid[2 * i + 1, j], sharex=ax)
+            near = (wavelength >= lo) & (wavelength <= hi) & (ivar[i] > 0)
+            plt.setp(ax.get_xticklabels(), visible=False)
+            if i == 0:
+                ax.set_title(name, fontsize=9)
+            if j == 0:
+                ax.set_ylabel(titles[i], fontsize=7)
+                ax_res.set_ylabel("(d − m)/σ", fontsize=7)
+            if i == n_stars - 1:
+                ax_res.set_xlabel("air wavelength [Å]")
+            if not near.any() or not np.isfinite(model[i, near]).any():
+                _no_data(ax)
+                continue
+            w = wavelength[near]
+            sigma = 1.0 / np.sqrt(ivar[i, near])
+            ax.errorbar(w, flux[i, near], yerr=sigma, fmt=".", ms=2, lw=0.5, color="0.3",
+                        label="data")
+            ax.plot(w, model[i, near], color="tab:red", lw=1, label="model")
+            for c in centres:
+                ax.axvline(c, color="tab:blue", lw=0.6, ls=":")
+            ax_res.plot(w, (flux[i, near] - model[i, near]) / sigma, ".", ms=2, color="0.3")
+            ax_res.axhline(0.0, color="k", lw=0.6)
+            ax.tick_params(labelsize=7)
+            ax_res.tick_params(labelsize=7)
+            if i == 0 and j == 0:
+                ax.legend(fontsize=6, loc="lower left")
     return _save(fig, path, dpi)

@@ -332,24 +332,95 @@ def ensemble(*, model_dirs: Sequence[str], out: str, method: str, survey: str,
     return manifest
 
 
+# ------------------------------------------------------------------ refine
+
+def train_emulator(*, flux: str, ivar: str, table: str, trainset_table: str,
+                   labels: Sequence[str], cfg: Mapping[str, Any], grid_cfg: Mapping[str, Any],
+                   linelist: str | None, model_dir: str, threads: int = 1,
+                   log: Log = log_to_stdout, config_hash: str = "none") -> dict:
+    """The spectral emulator of the refine stage (:mod:`starlabels.refine`), trained on the
+    trainset's observed train rows; ``cfg`` is the ``refine`` section."""
+    from .refine.jobs import train_emulator_job
+    from .simulate.physics import load_linelist
+
+    keep_freed_memory()
+    lines = load_linelist(linelist) if cfg["emulator"]["censor"] else None
+    meta = artifacts.provenance(None, config_hash=config_hash, stage="train_emulator")
+    return train_emulator_job(flux=flux, ivar=ivar, table=table, trainset_table=trainset_table,
+                              labels=list(labels), cfg=cfg, grid_cfg=grid_cfg, lines=lines,
+                              out_dir=model_dir, log=log, threads=threads, metadata=meta)
+
+
+def calibrate_refine(*, emulator_dir: str, flux: str, ivar: str, trainset_table: str,
+                     predictions: Sequence[str], labels: Sequence[str], cfg: Mapping[str, Any],
+                     out: str, threads: int = 1, log: Log = log_to_stdout,
+                     config_hash: str = "none") -> dict:
+    """Refine the trainset's valid stars and calibrate label scale, errors and the χ² flag."""
+    from .refine.jobs import calibrate_refine_job
+
+    meta = artifacts.provenance(None, config_hash=config_hash, stage="calibrate_refine")
+    return calibrate_refine_job(emulator_dir=emulator_dir, flux=flux, ivar=ivar,
+                                trainset_table=trainset_table, predictions=list(predictions),
+                                labels=list(labels), cfg=cfg, out=out, log=log, threads=threads,
+                                metadata=meta)
+
+
+def refine(*, emulator_dir: str, calibration: str, flux: str, ivar: str, table: str,
+           prediction: str, shard: int, n_shards: int, labels: Sequence[str],
+           cfg: Mapping[str, Any], out_table: str, out_models: str, threads: int = 1,
+           log: Log = log_to_stdout, config_hash: str = "none") -> int:
+    """One refine shard (the prediction shard's stars): refined labels, errors, χ², flag, and
+    the best-fit model spectra; returns the stars fitted."""
+    from .refine.jobs import refine_job
+
+    keep_freed_memory()
+    meta = artifacts.provenance(None, config_hash=config_hash, stage="refine", shard=int(shard),
+                                n_shards=int(n_shards))
+    return refine_job(emulator_dir=emulator_dir, calibration=calibration, flux=flux, ivar=ivar,
+                      table=table, prediction=prediction, shard=int(shard),
+                      n_shards=int(n_shards), labels=list(labels), cfg=cfg,
+                      out_table=out_table, out_models=out_models, log=log, threads=threads,
+                      metadata=meta)
+
+
+def refine_report(*, catalog: str, truth: str | None, flux: str, ivar: str,
+                  model_files: Sequence[str], calibration: str, labels: Sequence[str],
+                  survey: str, grid_cfg: Mapping[str, Any], plot_stars: int,
+                  snr_bins: Sequence[float], targets: Mapping[str, Any], linelist: str | None,
+                  metrics: str, plot: str, log: Log = log_to_stdout,
+                  config_hash: str = "none") -> dict:
+    """The refine stage's report against the truth (or the catalogue's labels) and its figure
+    of data, model and residuals (:mod:`starlabels.refine.report`)."""
+    from .refine.report import refine_report as run
+    from .simulate.physics import load_linelist
+
+    meta = artifacts.provenance(None, config_hash=config_hash, stage="refine_report")
+    return run(catalog=catalog, truth=truth, flux=flux, ivar=ivar, model_files=list(model_files),
+               calibration=calibration, labels=list(labels), survey=survey, grid_cfg=grid_cfg,
+               plot_stars=plot_stars, snr_bins=snr_bins, targets=targets,
+               lines=load_linelist(linelist), metrics=metrics, plot=plot, log=log,
+               metadata=meta)
+
+
 # ------------------------------------------------------------------ catalog, validate
 
 def catalog(*, shards: Sequence[str], table: str, clean_table: str, model_dirs: Sequence[str],
             labels: Sequence[str], cfg: Mapping[str, Any], experiment: str, method: str,
             fits_path: str, parquet_path: str, log: Log = log_to_stdout,
             config_hash: str = "none", classes: Mapping[str, float] | None = None,
-            survey: str | None = None) -> pd.DataFrame:
+            survey: str | None = None, refined: Sequence[str] | None = None) -> pd.DataFrame:
     """Merge prediction shards with the star table and flags; write FITS + Parquet catalogues.
 
     ``classes`` (giant_logg_max, dwarf_logg_min) adds a giant / subgiant / dwarf column;
-    ``survey`` names the input-catalogue columns (positions, survey ids) the catalogue carries.
+    ``survey`` names the input-catalogue columns (positions, survey ids) the catalogue carries;
+    ``refined`` (the refine stage's shard tables) adds the refined labels and their flag.
     """
     from .catalog import FLAG_COLUMN, bin_edges, catalog_tables, write_catalog
 
     carry = surveys.get(survey).carry if survey else ()
     out = catalog_tables(shards=shards, table=table, clean_table=clean_table,
                          model_dirs=model_dirs, labels=labels, cfg=cfg, classes=classes,
-                         carry=carry)
+                         carry=carry, refined=refined)
     prov = artifacts.provenance(None, config_hash=config_hash, stage="catalog",
                                 experiment=experiment, method=method, n_members=len(model_dirs))
     metas = [artifacts.load_json(Path(d) / "model.json") for d in model_dirs]
@@ -368,12 +439,13 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
              simulate_cfg: Mapping[str, Any] | None = None, log: Log = log_to_stdout,
              config_hash: str = "none", method: str | None = None,
              method_report: str | None = None, calibration: str | None = None,
-             continuum: Mapping[str, Any] | None = None) -> dict:
+             continuum: Mapping[str, Any] | None = None,
+             refine_report: str | None = None) -> dict:
     """metrics.json and the validation plots (:func:`starlabels.validate.validate`);
     ``method_report`` is the method's report (e.g. deep-REMAP's), merged into the metrics under
     the ``method``'s name; ``calibration`` the stars with literature labels (reported beside
     them); ``continuum`` the normalize stage's continuum section (the marginalised Cramér–Rao
-    bound frees its coefficients)."""
+    bound frees its coefficients); ``refine_report`` the refine stage's, under ``refine``."""
     from .validate import validate as run
 
     return run(catalog=catalog, table=table, flux=flux, ivar=ivar, clean_table=clean_table,
@@ -381,7 +453,7 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
                grid_cfg=grid_cfg, cfg=cfg, metrics=metrics, plots=plots, experiment=experiment,
                linelist=linelist, simulate_cfg=simulate_cfg, log=log, config_hash=config_hash,
                method=method, method_report=method_report, calibration=calibration,
-               continuum=continuum)
+               continuum=continuum, refine_report=refine_report)
 
 
 def summary_tables(*, metrics: str, catalog: str, labels: Sequence[str], metrics_html: str,

@@ -29,9 +29,9 @@ def metrics_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
     has one (``metrics['targets']['sigma_vs_true.<label>']``)."""
     precision = metrics.get("precision", {})
     uncertainty = metrics.get("uncertainty", {})
-    targets = metrics.get("targets", {})
+    targets = metrics["targets"] if "targets" in metrics else {}
     rows = []
-    for label in metrics.get("labels", []):
+    for label in metrics["labels"]:
         row: dict[str, Any] = {"label": LABELS[label].words if label in LABELS else label}
         for comparison, per_label in precision.items():
             stats = per_label.get(label) if isinstance(per_label, Mapping) else None
@@ -54,12 +54,13 @@ def metrics_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
 
 def targets_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
     """Every acceptance target of ``metrics['targets']``: what, measured, target, met."""
+    targets = metrics["targets"] if "targets" in metrics else {}
     return pd.DataFrame([{"target": key, "measured": entry["measured"],
                           "wanted": (f"{entry['target'][0]:g} – {entry['target'][1]:g}"
                                      if isinstance(entry["target"], (list, tuple))
                                      else f"≤ {entry['target']:g}"),
                           "met": "yes" if entry["met"] else "NO"}
-                         for key, entry in metrics.get("targets", {}).items()],
+                         for key, entry in targets.items()],
                         columns=["target", "measured", "wanted", "met"])
 
 
@@ -71,7 +72,7 @@ def catalog_summary(catalog: pd.DataFrame, labels: Sequence[str]) -> tuple[pd.Da
     for label in labels:
         values = catalog[label].to_numpy(dtype=np.float64)
         ok = np.isfinite(values)
-        error = next((c for c in (f"{label}_err", f"{label}_std") if c in catalog), None)
+        error = f"{label}_err" if f"{label}_err" in catalog else None
         rows.append({
             "label": LABELS[label].words if label in LABELS else label,
             "unit": (LABELS[label].unit or "dex") if label in LABELS else "",

@@ -21,7 +21,7 @@ Metrics (written to ``metrics.json``):
   normalize rejects per reason;
 * **repeat pairs** — for stars observed more than once, z = (x₁ − x₂)/sqrt(σ₁² + σ₂²) over every
   pair of their spectra, per label, with σ the catalogue's per-spectrum uncertainty
-  (``<label>_err`` where the catalogue has it, else ``<label>_std``): spread 1 and 68 % within
+  (``<label>_err``): spread 1 and 68 % within
   |z| < 1 when the uncertainties are right (how surveys check them);
 * **giant classes** (MARVELS) — giant / sub-giant / dwarf fractions of the giant candidates from
   the predicted log g, beside the simulated truth (its log g, and the classes the simulator drew
@@ -30,7 +30,8 @@ Metrics (written to ``metrics.json``):
 * **precision report** (simulated surveys) — per label and S/N bin: σ and bias of
   (predicted − true), the median idealised and marginalised Cramér–Rao bounds of the simulator's
   own forward model (``starlabels.limits``), σ's ratio to each, and the z-spread and 68 %
-  coverage of ``<label>_err``;
+  coverage of ``<label>_err``; where the catalogue has refined labels (the refine stage), the
+  same for them beside it;
 * **targets** — the experiment's acceptance targets (``validate.targets``) beside the measured
   figure, and whether each is met;
 * **reference stars** — the stars with literature labels (Gaia FGK benchmark stars, MARVELS
@@ -49,10 +50,9 @@ import pandas as pd
 
 from . import artifacts, scoring, surveys
 from .grid import WavelengthGrid
+from .labels import LABEL_ELEMENTS
 
 MAD_TO_SIGMA = 1.4826
-#: the spectral lines each label is expected to be read from (element, for the gradient ratio)
-LABEL_ELEMENTS = {"fe_h": ["Fe"], "mg_fe": ["Mg"], "al_fe": ["Al"]}
 
 
 def label_stats(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
@@ -163,12 +163,9 @@ def giant_fractions(logg: np.ndarray, giant_max: float, dwarf_min: float) -> dic
 
 
 def uncertainty_column(cat: pd.DataFrame, label: str) -> str | None:
-    """The catalogue's per-spectrum uncertainty of ``label``: ``<label>_err`` where it has one,
-    else ``<label>_std`` (the ensemble spread)."""
-    for suffix in ("err", "std"):
-        if f"{label}_{suffix}" in cat:
-            return f"{label}_{suffix}"
-    return None
+    """The catalogue's per-spectrum uncertainty of ``label`` (``<label>_err``), None where it
+    has none."""
+    return f"{label}_err" if f"{label}_err" in cat else None
 
 
 def repeat_pairs(cat: pd.DataFrame, labels: Sequence[str],
@@ -300,15 +297,37 @@ def precision_report(cat: pd.DataFrame, truth: pd.DataFrame, labels: Sequence[st
             cal = error_calibration(err[inbin], unc[inbin], np.zeros(inbin.sum()))
             crlb = {kind: np.nanmedian(b[label][inbin]) if np.isfinite(b[label][inbin]).any()
                     else np.nan for kind, b in bounds.items()}
-            out.append({"label": label, "snr_lo": lo, "snr_hi": hi, "n": stats["n"],
-                        "sigma": stats["sigma"], "bias": stats["bias"], "crlb": crlb["ideal"],
-                        "sigma_over_crlb": stats["sigma"] / crlb["ideal"]
-                        if crlb["ideal"] > 0 else np.nan,
-                        "crlb_marginalised": crlb["marginalised"],
-                        "sigma_over_crlb_marginalised": stats["sigma"] / crlb["marginalised"]
-                        if crlb["marginalised"] > 0 else np.nan,
-                        "z_sigma": cal["z_sigma"], "coverage_68": cal["coverage_68"]})
+            row = {"label": label, "snr_lo": lo, "snr_hi": hi, "n": stats["n"],
+                   "sigma": stats["sigma"], "bias": stats["bias"], "crlb": crlb["ideal"],
+                   "sigma_over_crlb": stats["sigma"] / crlb["ideal"]
+                   if crlb["ideal"] > 0 else np.nan,
+                   "crlb_marginalised": crlb["marginalised"],
+                   "sigma_over_crlb_marginalised": stats["sigma"] / crlb["marginalised"]
+                   if crlb["marginalised"] > 0 else np.nan,
+                   "z_sigma": cal["z_sigma"], "coverage_68": cal["coverage_68"]}
+            if f"{label}_refined" in sub:
+                # the refine stage's labels beside the network's and the bound
+                row.update(refined_stats(sub, label, inbin, stats["sigma"], crlb["ideal"]))
+            out.append(row)
     return pd.DataFrame(out)
+
+
+def refined_stats(sub: pd.DataFrame, label: str, rows: np.ndarray, network_sigma: float,
+                  crlb: float) -> dict[str, float]:
+    """σ, bias, z-spread and 68 % coverage of ``<label>_refined`` (with
+    ``<label>_refined_err``) against ``<label>_true`` over ``rows``, with its ratios to the
+    network's σ and to the Cramér–Rao bound."""
+    err = sub[f"{label}_refined"].to_numpy(dtype=float) - sub[f"{label}_true"].to_numpy(dtype=float)
+    use = rows & np.isfinite(err)
+    stats = label_stats(err[use], np.zeros(use.sum()))
+    cal = error_calibration(err[use], sub[f"{label}_refined_err"].to_numpy(dtype=float)[use],
+                               np.zeros(use.sum()))
+    return {"n_refined": stats["n"], "sigma_refined": stats["sigma"],
+            "bias_refined": stats["bias"], "z_sigma_refined": cal["z_sigma"],
+            "coverage_68_refined": cal["coverage_68"],
+            "refined_over_network": stats["sigma"] / network_sigma if network_sigma > 0
+            else np.nan,
+            "refined_over_crlb": stats["sigma"] / crlb if crlb > 0 else np.nan}
 
 
 def no_truth(cat: pd.DataFrame, labels: Sequence[str]) -> pd.DataFrame:
@@ -414,7 +433,8 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
              simulate_cfg: Mapping[str, Any] | None = None, log=print,
              config_hash: str = "none", method: str | None = None,
              method_report: str | None = None, calibration: str | None = None,
-             continuum: Mapping[str, Any] | None = None) -> dict[str, Any]:
+             continuum: Mapping[str, Any] | None = None,
+             refine_report: str | None = None) -> dict[str, Any]:
     """Compute metrics.json and draw the validation plots (paths in ``plots``).
 
     ``calibration`` is the survey's table of stars with literature labels; their predictions
@@ -424,8 +444,9 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
     only, the one-to-one-with-truth plot is empty, and precision vs S/N is against the
     catalogue labels. ``cfg`` is the ``validate`` section (keys left out take the schema's
     defaults). A method's own report (``method_report``, e.g. deep-REMAP's calibration and
-    ablation) is merged in under the method's name. ``continuum`` is the normalize stage's
-    continuum section (its order sets the continuum nuisances of the marginalised bound)."""
+    ablation) is merged in under the method's name, the refine stage's report
+    (``refine_report``) under ``refine``. ``continuum`` is the normalize stage's continuum
+    section (its order sets the continuum nuisances of the marginalised bound)."""
     from . import config
     from . import plots as P
     from .simulate.physics import load_linelist
@@ -563,6 +584,8 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
 
     if method_report is not None:
         result[method] = artifacts.load_json(method_report)
+    if refine_report is not None:
+        result["refine"] = artifacts.load_json(refine_report)
     result["provenance"] = artifacts.provenance(None, config_hash=config_hash, stage="validate")
     artifacts.save_json(metrics, result)
     return result

@@ -102,18 +102,18 @@ def test_repeat_pair_z_scores_follow_honest_and_overconfident_uncertainties():
     true = np.repeat(rng.normal(5000, 500, n_stars), visits)
     sigma = rng.uniform(20, 80, star.size)
     cat = pd.DataFrame({"star_id": star, "split": "test", "teff": true + rng.normal(size=star.size)
-                        * sigma, "teff_std": sigma / 2, "teff_err": sigma})
+                        * sigma, "teff_err": sigma})
     out = repeat_pairs(cat, ["teff"])["held_out"]
     assert out["n_pairs"] == n_stars and out["labels"]["teff"]["uncertainty"] == "teff_err"
     assert out["labels"]["teff"]["z_sigma"] == pytest.approx(1.0, abs=0.04)
     assert out["labels"]["teff"]["fraction_within_1"] == pytest.approx(0.683, abs=0.03)
-    # without _err the ensemble spread is used: here half the truth, so z spreads twice as wide
-    half = repeat_pairs(cat.drop(columns="teff_err"), ["teff"])["held_out"]["labels"]["teff"]
-    assert half["uncertainty"] == "teff_std" and half["z_sigma"] == pytest.approx(2.0, abs=0.1)
+    # overconfident errors (half the truth): z spreads twice as wide
+    half = repeat_pairs(cat.assign(teff_err=sigma / 2), ["teff"])["held_out"]["labels"]["teff"]
+    assert half["z_sigma"] == pytest.approx(2.0, abs=0.1)
     # three visits give three pairs; stars with defects and training rows are kept apart
     three = pd.DataFrame({"star_id": ["a", "a", "a", "b", "b", "c"], "split": ["test"] * 5 +
                           ["train"], "teff": [1.0, 2.0, 4.0, 0.0, 1.0, 3.0],
-                          "teff_std": [1.0] * 6})
+                          "teff_err": [1.0] * 6})
     res = repeat_pairs(three, ["teff"], exclude_stars={"b"})
     assert res["held_out"]["n_pairs"] == 3 and res["training"]["n_pairs"] == 0
     np.testing.assert_allclose(res["held_out"]["labels"]["teff"]["rms_difference"],
