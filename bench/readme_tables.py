@@ -98,7 +98,8 @@ def block_ges_precision(runs: dict[int, dict[str, Any]], peer: dict | None) -> s
         cannon, ratio = "—", "—"
         if peer is not None and label in peer["figures"]["labels"]:
             c = peer["figures"]["labels"][label]
-            cannon = f"{fmt(label, c['cannon']['sigma'])} {interval(label, c['cannon']['sigma_ci95'])}"
+            cannon = (f"{fmt(label, c['cannon']['sigma'])} "
+                      f"{interval(label, c['cannon']['sigma_ci95'])}")
             ratio = f"{c['network_over_cannon']:.2f}"
         u = m.get("uncertainty", {}).get(label)
         terc = cov68 = cov95 = "—"
@@ -213,13 +214,158 @@ def block_marvels(runs: dict[int, dict[str, Any]], peer: dict | None) -> str:
     return "\n".join(lines)
 
 
+def block_ges_limit(runs: dict[int, dict[str, Any]], peer: dict | None) -> str:
+    """σ against the true labels per S/N bin beside the simulator's idealised and marginalised
+    Cramér–Rao bounds (metrics.json ``precision_report``)."""
+    m = runs[PRIMARY_SEED]["figures"]["metrics"]["demo_ges"]
+    lines = ["| label | S/N | N | σ | CRLB idealised | CRLB marginalised | σ / marginalised |",
+             "|---|---|---|---|---|---|---|"]
+    for row in m.get("precision_report", []):
+        label = row["label"]
+        digits = 1 if label == "teff" else 4
+        lines.append(f"| {NAMES[label]} | {row['snr_lo']:g}–{row['snr_hi']:g} | {row['n']} | "
+                     f"{fmt(label, row['sigma'])} | {fmt(label, row['crlb'], digits)} | "
+                     f"{fmt(label, row['crlb_marginalised'], digits)} | "
+                     f"{row['sigma_over_crlb_marginalised']:.1f} |")
+    return "\n".join(lines)
+
+
+def block_refine(runs: dict[int, dict[str, Any]], peer: dict | None) -> str:
+    """The refine stage against the network, test stars without defects (metrics.json
+    ``refine``), with its targets."""
+    m = runs[PRIMARY_SEED]["figures"]["metrics"]["demo_ges"]
+    r = m.get("refine")
+    if not r or "precision" not in r:
+        return "The refine stage did not run in the measured default run."
+    lines = ["| label | network σ, S/N ≥ 50 | refined σ, S/N ≥ 50 | ratio (target) | refined 68 % "
+             "coverage (target 0.63–0.73) |", "|---|---|---|---|---|"]
+    targets = r.get("targets", {})
+    for label, e in r["precision"].items():
+        t = targets.get(f"sigma_ratio_{label}")
+        c = targets.get(f"coverage68_{label}")
+        lines.append(
+            f"| {NAMES[label]} | {fmt(label, e['snr_min']['network']['sigma'])} | "
+            f"{fmt(label, e['snr_min']['refined']['sigma'])} | {e['snr_min']['sigma_ratio']:.2f}"
+            + (f" (≤ {t['target']:g}: {'met' if t['met'] else 'missed'})" if t else "")
+            + f" | {e['all']['refined']['coverage_68']:.2f}"
+            + (f" ({'met' if c['met'] else 'missed'})" if c else "") + " |")
+    f = r.get("flags") or {}
+    if f:
+        d, g = targets.get("defective_flagged_fraction"), targets.get("good_flagged_fraction")
+        lines += ["", f"REFINE_POOR_FIT (χ²/pixel above the valid stars' threshold "
+                      f"{r['chi2_red_threshold']:.2f}): "
+                      f"{100 * f['defective_flagged_fraction']:.0f} % "
+                      f"of the {f['n_defective']} test spectra with injected defects"
+                  + (f" (target ≥ {100 * d['target']:.0f} %: {'met' if d['met'] else 'missed'})"
+                     if d else "")
+                  + f", {100 * f['good_flagged_fraction']:.1f} % of the {f['n_good']} good ones"
+                  + (f" (target ≤ {100 * g['target']:.0f} %: {'met' if g['met'] else 'missed'})"
+                     if g else "") + "; per defect: "
+                  + ", ".join(f"{k} {100 * v['flagged_fraction']:.0f} % (N={v['n']})"
+                              for k, v in f["per_defect"].items()) + "."]
+    jobs = runs[PRIMARY_SEED]["figures"]["job_seconds"]
+    refine_jobs = {k: v for k, v in jobs.items() if k.startswith("demo_ges/") and "refine" in k
+                   or k.endswith("train_emulator")}
+    if refine_jobs:
+        lines += ["", "Refine jobs' wall time: " + ", ".join(
+            f"{k.split('/', 1)[1]} {v:.0f} s" for k, v in sorted(refine_jobs.items())) + "."]
+    return "\n".join(lines)
+
+
+def block_marvels_ablation(runs: dict[int, dict[str, Any]], peer: dict | None) -> str:
+    """deep-REMAP's ablation on the calibration stars (metrics.json deep_remap.ablation)."""
+    m = runs[PRIMARY_SEED]["figures"]["metrics"].get("demo_marvels")
+    ablation = (m or {}).get("deep_remap", {}).get("ablation", {})
+    labels = [k for k in ("teff", "logg", "fe_h") if m and k in m["labels"]]
+    lines = ["| variant | members | " + " | ".join(f"σ / bias {NAMES[k]}" for k in labels)
+             + " |", "|---|---|" + "---|" * len(labels)]
+    for name, v in ablation.items():
+        lines.append(f"| {name}: {v.get('description', '')} | {v.get('n_members', '—')} | "
+                     + " | ".join(f"{fmt(k, v[k]['sigma'])} / {fmt(k, v[k]['bias'])}"
+                                  for k in labels if k in v) + " |")
+    return "\n".join(lines)
+
+
+def block_ges_clean(runs: dict[int, dict[str, Any]], peer: dict | None) -> str:
+    """The t-SNE cleaning of demo_ges's training spectra (metrics.json ``clean``)."""
+    c = runs[PRIMARY_SEED]["figures"]["metrics"]["demo_ges"].get("clean")
+    if not c:
+        return "No clean metrics in the measured run."
+    text = (f"t-SNE clean of {c['n_cleaned']} training spectra, {c['n_defective']} with injected "
+            f"defects: {100 * c['defective_rejected_fraction']:.1f} % of the defective and "
+            f"{100 * c['good_rejected_fraction']:.1f} % of the good spectra rejected. Per defect: "
+            + ", ".join(f"{k} {100 * v['rejected_fraction']:.0f} % (N={v['n']})"
+                        for k, v in c.get("per_defect", {}).items()) + ".")
+    for name, what in (("per_population", "chemical population"),
+                       ("per_class", "evolutionary class")):
+        if c.get(name):
+            text += f" Good spectra kept per {what}: " + ", ".join(
+                f"{k} {100 * v['kept_fraction']:.1f} % (N={v['n']})"
+                for k, v in c[name].items()) + "."
+    outliers = c.get("catalogue_outliers")
+    if outliers and outliers["n"]:
+        text += (f" Stars with a wrong-branch catalogue label: {outliers['n']}, "
+                 f"{100 * outliers['rejected_fraction']:.0f} % rejected.")
+    nr = c.get("normalize_rejected")
+    if nr:
+        text += (f" Normalize rejected {nr['n']} spectra, each with its reason ("
+                 + ", ".join(f"{k}: {v}" for k, v in nr.get("per_reason", {}).items()) + ").")
+    return text
+
+
+def _bounds(values: dict[str, float]) -> str:
+    return " / ".join(fmt(k, values[k], 1 if k == "teff" else 4) for k in NAMES if k in values)
+
+
+def block_realism(runs: dict[int, dict[str, Any]], peer: dict | None) -> str:
+    """Per realism knob: the median idealised and marginalised Cramér–Rao bounds
+    (``realism_knobs.json``) and the demo CNN's σ vs true where a run measured it
+    (``realism_knobs_cnn.json``: ``bench/realism_knobs.py --train --tag cnn``; the realistic
+    row: the default run itself)."""
+    bounds = json.loads((RESULTS / "realism_knobs.json").read_text())
+    trained_path = RESULTS / "realism_knobs_cnn.json"
+    trained = json.loads(trained_path.read_text())["figures"]["rows"] \
+        if trained_path.exists() else {}
+    default = runs[PRIMARY_SEED]["figures"]["metrics"]["demo_ges"]["precision"]["vs_true"]
+    rows = bounds["figures"]["rows"]
+    order = ["ideal"] + [r for r in bounds["parameters"]["rows"]
+                         if r not in ("ideal", "realistic")] + ["realistic"]
+    lines = [f"Bounds: {bounds['created_utc'][:10]}, {bounds['machine']['cpu_model']}, "
+             f"{bounds['parameters']['stars_per_row']} stars with "
+             f"{bounds['parameters']['snr_bin'][0]:g} ≤ S/N < "
+             f"{bounds['parameters']['snr_bin'][1]:g}. Each cell Teff (K) / log g / [Fe/H] / [Mg/Fe] / [Al/Fe] (dex).", "",
+             "| row (`realism: ideal` + this knob) | idealised CRLB | marginalised CRLB | "
+             "demo CNN σ vs true (test split) |", "|---|---|---|---|"]
+    for name in order:
+        if name not in rows:
+            continue
+        med = rows[name]["median"]
+        if name == "realistic":
+            cnn = _bounds({k: v["sigma"] for k, v in default.items()}) + \
+                f" (default run, seed {PRIMARY_SEED})"
+        elif name in trained and "cnn" in trained[name]:
+            cnn = _bounds(trained[name]["cnn"]["sigma_vs_true"])
+        else:
+            cnn = "not run"
+        label = {"ideal": "every knob off (`realism: ideal`)",
+                 "realistic": "**every knob on (`realistic`, the default)**"}.get(name, name)
+        lines.append(f"| {label} | {_bounds(med['ideal'])} | {_bounds(med['marginalised'])} | "
+                     f"{cnn} |")
+    return "\n".join(lines)
+
+
 BLOCKS: dict[str, Callable[[dict, dict | None], str]] = {
     "default-run": block_default_run,
     "ges-precision": block_ges_precision,
     "ges-uncertainty": block_ges_uncertainty,
     "ges-science": block_ges_science,
+    "ges-limit": block_ges_limit,
+    "ges-clean": block_ges_clean,
+    "refine": block_refine,
     "paper-comparison": block_paper,
     "marvels": block_marvels,
+    "marvels-ablation": block_marvels_ablation,
+    "realism": block_realism,
 }
 
 

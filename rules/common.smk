@@ -333,7 +333,7 @@ def stage_outputs(exp):
     files += [f"{R}/{exp}/normalized/{n}" for n in
               ("flux.npy", "ivar.npy", "stars.parquet", "rejects.parquet")]
     files += [f"{R}/{exp}/clean/clean.parquet", f"{R}/{exp}/clean/tsne_clean.png"]
-    files += [f"{R}/{exp}/trainset/flux.npy", f"{R}/{exp}/trainset/spectra.parquet"]
+    files += [f"{R}/{exp}/trainset/{n}" for n in ("flux.npy", "ivar.npy", "spectra.parquet")]
     for folder in [*parent_folders(model_files(w)),
                    *(parent_folders(ablation_files(w)) if method(exp).report else [])]:
         files += [f"{folder}/{n}" for n in ("model.pt", "model.json", "history.csv")]

@@ -397,3 +397,23 @@ def write_shard(df: pd.DataFrame, path: str | os.PathLike,
                 meta: Mapping[str, Any] | None = None) -> None:
     """Write a shard table as Parquet; metadata = the frame's attrs (grid, members) + ``meta``."""
     artifacts.save_table(path, df, {**df.attrs, **dict(meta or {})})
+
+
+# ---------------------------------------------------------------- ensemble calibration files
+
+def member_names(model_dirs: Sequence[str | os.PathLike], folder: str | os.PathLike
+                 ) -> list[str]:
+    """The members as paths relative to ``folder`` (an ensemble calibration file's), so the
+    ensemble folder can be copied elsewhere as one piece."""
+    return [os.path.relpath(Path(d).resolve(), Path(folder).resolve()) for d in model_dirs]
+
+
+def check_calibration_members(path: str | os.PathLike, recorded: Sequence[str],
+                              members: Sequence[str | os.PathLike]) -> None:
+    """Refuse an ensemble calibration file (at ``path``, listing ``recorded`` members relative
+    to its folder) applied to other members than it was fitted for."""
+    fitted = sorted(str((Path(path).parent / m).resolve()) for m in recorded)
+    if fitted != sorted(str(Path(m).resolve()) for m in members):
+        raise ValueError(f"{path} was fitted for members {list(recorded)}, but predict uses "
+                         f"{list(map(str, members))}; rerun calibrate_ensemble")
+

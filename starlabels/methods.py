@@ -3,7 +3,7 @@
 Code outside this registry asks a method's record instead of comparing method names. To add a
 method: write its network in ``starlabels/models/`` and its package (train, predict) beside
 :mod:`starlabels.cnn` and :mod:`starlabels.remap`, add a record below, and add its name to
-``method`` (and its settings section, if it has one) in ``schemas/config.schema.yaml``.
+``method`` (and its settings section, if it has one) in ``starlabels/data/config.schema.yaml``.
 
 Every function a record names is called with the same arguments for every method:
 

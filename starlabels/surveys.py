@@ -5,7 +5,7 @@ survey: write its file readers in ``starlabels/io/`` (and a reader factory in
 :mod:`starlabels.io.readers`), its stars table in :mod:`starlabels.selection`, a simulator in
 :mod:`starlabels.simulate.survey` and a manifest builder in :mod:`starlabels.acquire.manifests`,
 add a record below, and add its name to ``survey`` (and its archive to ``source``) in
-``schemas/config.schema.yaml``.
+``starlabels/data/config.schema.yaml``.
 
 Every function a record names is called with the same arguments for every survey:
 

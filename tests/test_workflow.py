@@ -7,7 +7,9 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -102,7 +104,10 @@ def test_catalog_content_and_metrics(tiny_run):
         (results / "tiny_ges" / "logs" / "validate.log").read_text()
     mm = json.loads((results / "tiny_marvels" / "metrics.json").read_text())
     assert mm["evaluation_split"] == "calibration"
-    assert mm["precision"]["n_stars"] == 10
+    # the 10 calibration stars, each spectrum (repeat visits included) evaluated
+    cal = load_table(results / "tiny_marvels" / "catalog" / "starlabels_tiny_marvels.parquet")
+    cal = cal[cal["split"] == "calibration"]
+    assert cal["star_id"].nunique() == 10 and mm["precision"]["n_stars"] == len(cal)
     assert set(mm["giant_candidates"]["true"]) >= {"giant", "subgiant", "dwarf"}
 
 
@@ -152,9 +157,11 @@ def test_forcerun_predict_reruns_only_downstream(repo, tiny_run):
     proc = snakemake(repo, "-n", *tiny_run["args"], "--forcerun", "predict")
     assert proc.returncode == 0, proc.stderr
     counts = job_counts(proc.stdout)
-    # remap_report: deep_remap's report reads the catalogue
+    # remap_report: deep_remap's report reads the catalogue; tiny_ges refines its predictions
+    # (calibrate_refine fits the valid stars from them, refine each shard)
     assert set(counts) == {"predict", "catalog", "validate", "remap_report", "summary_tables",
-                           "all"}, counts
+                           "calibrate_refine", "refine", "refine_report", "all"}, counts
+    assert counts["refine"] == 2           # tiny_ges's 2 shards
     assert counts["predict"] == 4          # 2 shards × 2 experiments
 
 
@@ -396,7 +403,7 @@ def test_slurm_profile_runs_train_and_predict_as_slurm_jobs(repo, tiny_run, slur
                            check=True).stdout
     jobs = [line.split("|") for line in sacct.strip().splitlines()]
     completed = [comment for _, comment, state in jobs if state == "COMPLETED"]
-    assert sum(c.startswith("rule_train_") for c in completed) == 2, sacct
+    assert sum(c.startswith("rule_train_wildcards") for c in completed) == 2, sacct
     assert any(c.startswith("rule_predict") for c in completed), sacct
     assert any(c.startswith("rule_catalog") for c in completed), sacct
     # the cluster run gives the same catalogue as the local run of the same config
@@ -413,10 +420,12 @@ def test_slurm_profile_runs_train_and_predict_as_slurm_jobs(repo, tiny_run, slur
     (["--forcerun", "predict", "--until", "{results}/tiny_ges/predictions/shard_1.parquet"],
      {"predict": 1}),
     # rerun a stage and everything downstream (both experiments calibrate their ensemble;
-    # tiny_marvels is deep_remap: + its ablation member and report)
+    # tiny_marvels is deep_remap: + its ablation member and report; tiny_ges refines)
     (["-R", "clean"], {"clean": 2, "trainset": 2, "train": 4, "train_ablation": 1,
                        "calibrate_ensemble": 2, "predict": 4, "catalog": 2, "validate": 2,
-                       "remap_report": 1, "ensemble": 2, "summary_tables": 2, "all": 1}),
+                       "remap_report": 1, "ensemble": 2, "summary_tables": 2, "all": 1,
+                       "train_emulator": 1, "calibrate_refine": 1, "refine": 2,
+                       "refine_report": 1}),
     # stop after a stage: nothing to do when it is up to date
     (["--until", "clean"], {}),
 ])
@@ -436,5 +445,6 @@ def test_full_size_config_builds_a_small_dag_quickly(repo, tmp_path):
     assert proc.returncode == 0, proc.stderr
     counts = job_counts(proc.stdout)
     assert counts["train"] == 30 and counts["predict"] == 16
-    assert counts["calibrate_ensemble"] == 1 and sum(counts.values()) == 54
+    # + ensemble (the models folder's manifest) and summary_tables (the report's tables)
+    assert counts["calibrate_ensemble"] == 1 and sum(counts.values()) == 56
     assert elapsed < 20, f"dry run took {elapsed:.1f} s"

@@ -1,3 +1,4 @@
+import _workflow_package  # noqa: F401  (the workflow's own starlabels first)
 from starlabels import runtime
 
 job = runtime.job(snakemake)  # the rule log gets everything; config hash of all params

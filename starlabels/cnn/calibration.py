@@ -20,6 +20,7 @@ edges: the outer bins).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -28,7 +29,7 @@ from scipy.optimize import minimize_scalar
 
 from .. import artifacts
 from ..batch import say
-from ..members import load_ensemble, plain
+from ..members import check_calibration_members, load_ensemble, member_names, plain
 from .ensemble import combine, member_outputs, reads_noise
 
 ENSEMBLE_CALIBRATION = "ensemble_calibration.json"
@@ -157,7 +158,8 @@ def calibrate_ensemble(flux_path: str | os.PathLike, ivar_path: str | os.PathLik
     edges = snr_edges(snr, int(cfg["snr_bins"]))
     which = snr_bin(snr, edges)
     result: dict[str, Any] = {"method": "cnn_regression", "labels": labels, "n": int(rows.size),
-                              "members": [str(d) for d in model_dirs], "snr_edges": edges,
+                              "members": member_names(model_dirs, Path(out_path).parent),
+                              "snr_edges": edges,
                               "outlier_fraction": float(cfg["outlier_fraction"]),
                               "scale": {}, "coverage68": {}}
     for j, name in enumerate(labels):
@@ -197,9 +199,7 @@ def load_calibration(path: str | os.PathLike | None, members: Sequence[str | os.
     if not path:
         return None
     calibration = artifacts.load_json(path)
-    if sorted(calibration["members"]) != sorted(str(m) for m in members):
-        raise ValueError(f"{path} was fitted for members {calibration['members']}, but predict "
-                         f"uses {list(map(str, members))}; rerun calibrate_ensemble")
+    check_calibration_members(path, calibration["members"], members)
     return calibration
 
 

@@ -19,7 +19,7 @@ from ..catalog import FLAG_BITS, FLAG_COLUMN
 from ..grid import WavelengthGrid
 from ..labels import ELEMENT_RATIOS
 from ..members import shard_rows
-from ..validate import ensemble_calibration, label_stats
+from ..validate import error_calibration, label_stats
 from .jobs import network_errors
 
 Log = Callable[[str], Any]
@@ -31,7 +31,7 @@ WINDOW_HALF_WIDTH = 2.0
 def compare(pred: np.ndarray, err: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     """σ, bias, robust σ, z-spread and 68 % coverage of ``pred`` ± ``err`` against ``ref``."""
     stats = label_stats(pred, ref)
-    cov = ensemble_calibration(pred, err, ref)
+    cov = error_calibration(pred, err, ref)
     return {**stats, "z_sigma": cov["z_sigma"], "coverage_68": cov["coverage_68"]}
 
 

@@ -16,7 +16,7 @@ import torch
 
 from .. import artifacts
 from ..batch import say
-from ..members import load_member, plain
+from ..members import check_calibration_members, load_member, member_names, plain
 from .bins import bins_from_meta
 from .calibration import (bin_likelihoods, convolved_pit, fit_ensemble_temperature,
                           fit_temperature_coverage, mixture_nll)
@@ -81,22 +81,13 @@ def calibrate_ensemble(flux_path: str | os.PathLike, table_path: str | os.PathLi
     return result
 
 
-def member_names(model_dirs: Sequence[str | os.PathLike], folder: Path) -> list[str]:
-    """The members as paths relative to ``folder`` (the calibration file's), so the ensemble
-    folder can be copied elsewhere as one piece."""
-    return [os.path.relpath(Path(d).resolve(), folder.resolve()) for d in model_dirs]
-
-
 def ensemble_temperatures(path: str | os.PathLike | None, members: Sequence[str | os.PathLike]
                           ) -> list[float] | None:
     """The ensemble's temperatures, checked to belong to exactly these members (None = none)."""
     if not path:
         return None
     calibration = artifacts.load_json(path)
-    fitted = sorted(str((Path(path).parent / m).resolve()) for m in calibration["members"])
-    if fitted != sorted(str(Path(m).resolve()) for m in members):
-        raise ValueError(f"{path} was fitted for members {calibration['members']}, but predict "
-                         f"uses {list(map(str, members))}; rerun calibrate_ensemble")
+    check_calibration_members(path, calibration["members"], members)
     return list(calibration["temperatures"])
 
 
