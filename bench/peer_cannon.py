@@ -90,8 +90,9 @@ def main() -> None:
     train_rows = trainset.loc[use, "source_row"].to_numpy()
     n_holdout = sorted({int(m.get("n_holdout", 0)) for m in metas})
     # the evaluation stars without injected defects
-    ev = catalog.merge(truth.rename(columns={k: f"{k}_true" for k in labels}), on="star_id",
-                       how="left")
+    # (only the truth's labels and defects: its other columns, e.g. snr, are the catalogue's too)
+    ev = catalog.merge(truth[["star_id", "defect", *labels]].rename(
+        columns={k: f"{k}_true" for k in labels}), on="star_id", how="left")
     test = np.flatnonzero(ev["split"].eq("test").to_numpy()
                           & ev["defect"].fillna("").eq("").to_numpy())
     if args.quick:

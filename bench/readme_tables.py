@@ -154,9 +154,10 @@ def block_ges_science(runs: dict[int, dict[str, Any]], peer: dict | None) -> str
         t = m.get("targets", {}).get(f"alpha_sequence_points.{ratio}")
         lines.append(
             f"α-rich sequence: among test stars with {lo} < [Fe/H] < {hi}, "
-            f"{100 * seq['true']:.0f} % {share(seq['true'], seq['true_ci95'])[4:]} truly have "
-            f"{NAMES[ratio]} > {seq['threshold']}; in the catalogue (its own labels select and "
-            f"count) {100 * seq['catalogue']:.0f} % — {seq['catalogue_minus_true_points']:+.1f} "
+            f"{100 * seq['true']:.0f} % (95 % interval {100 * seq['true_ci95'][0]:.0f}–"
+            f"{100 * seq['true_ci95'][1]:.0f} %) truly have {NAMES[ratio]} > {seq['threshold']}; "
+            f"in the catalogue (its own labels select and count) {100 * seq['catalogue']:.0f} % "
+            f"— {seq['catalogue_minus_true_points']:+.1f} "
             f"points" + (f" (target ±{t['target']:.0f}: {'met' if t['met'] else 'missed'})"
                          if t else "") + ".")
         if peer is not None and "alpha_sequence" in peer["figures"]:

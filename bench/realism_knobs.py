@@ -167,8 +167,9 @@ def train_knob(knob: str | None, exp_name: str, out: Path, cores: int) -> dict[s
     config_file.write_text(yaml.safe_dump({"run": [exp_name], "experiments": {
         exp_name: {"simulate": overlay}}}))
     metrics = folder / exp_name / "metrics.json"
-    cmd = [sys.executable, "-m", "snakemake", "--cores", str(cores), "--configfile",
-           str(config_file), "--config", f"results={folder}", str(metrics)]
+    # the target first: --config takes every argument after it as a key=value pair
+    cmd = [sys.executable, "-m", "snakemake", str(metrics), "--cores", str(cores),
+           "--configfile", str(config_file), "--config", f"results={folder}"]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=C.REPO, capture_output=True, text=True)
     if proc.returncode != 0:
