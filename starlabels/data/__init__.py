@@ -30,3 +30,16 @@ def resolve(name: str | Path) -> Path:
     if given.exists() or given.is_absolute() or given.name != str(name) or given.name not in FILES:
         return given
     return path(given.name)
+
+
+def read_line_table(path: str | Path, columns: set[str], what: str):
+    """A line table (CSV, ``#`` comments) with at least ``columns``, sorted by wavelength_air;
+    ValueError naming ``what`` and the missing columns otherwise."""
+    import pandas as pd
+
+    table = pd.read_csv(path, comment="#")
+    missing = set(columns) - set(table.columns)
+    if missing:
+        raise ValueError(f"{path}: {what} table lacks columns {sorted(missing)}")
+    return table.sort_values("wavelength_air").reset_index(drop=True)
+

@@ -55,12 +55,8 @@ class DetectorEffects:
 
 
 def load_sky_lines(path: str | Path | None = None) -> pd.DataFrame:
-    path = Path(path) if path else DEFAULT_SKY_LINES
-    table = pd.read_csv(path, comment="#")
-    missing = {"wavelength_air", "relative_intensity"} - set(table.columns)
-    if missing:
-        raise ValueError(f"{path}: sky line table lacks columns {sorted(missing)}")
-    return table.sort_values("wavelength_air").reset_index(drop=True)
+    return data.read_line_table(Path(path) if path else DEFAULT_SKY_LINES,
+                                {"wavelength_air", "relative_intensity"}, "sky line")
 
 
 def draw_conditions(rng: np.random.Generator, cfg: Mapping[str, Any]) -> Conditions:

@@ -338,12 +338,8 @@ class Exposure:
 def load_telluric_lines(path: str | Path | None = None) -> pd.DataFrame:
     """Telluric line table (wavelength_air in Å, species, tau = central optical depth at the
     reference airmass and water vapour)."""
-    path = Path(path) if path else DEFAULT_TELLURIC
-    table = pd.read_csv(path, comment="#")
-    missing = {"wavelength_air", "tau"} - set(table.columns)
-    if missing:
-        raise ValueError(f"{path}: telluric table lacks columns {sorted(missing)}")
-    return table.sort_values("wavelength_air").reset_index(drop=True)
+    return data.read_line_table(Path(path) if path else DEFAULT_TELLURIC,
+                                {"wavelength_air", "tau"}, "telluric")
 
 
 def telluric_depth(wavelength: np.ndarray, telluric: pd.DataFrame) -> np.ndarray:
