@@ -40,12 +40,12 @@ def disc_mean_abundances(fe_h: np.ndarray,
     """[Mg/Fe], [Al/Fe] of the simulated Milky-Way disc averaged over its thin and thick parts
     at this [Fe/H] (the relations :func:`starlabels.simulate.survey.draw_labels` scatters
     around; ``al_fe_cfg`` is ``simulate.stars.al_fe``)."""
-    from .survey import _disc_mg_fe
+    from .survey import disc_mg_fe, thick_disc_share
 
     fe_h = np.asarray(fe_h, dtype=float)
-    thick_share = np.clip(0.15 + 0.6 * (-fe_h - 0.1) / 0.8, 0.05, 0.7)
-    mg_fe = (thick_share * _disc_mg_fe(fe_h, np.ones(fe_h.shape, bool))
-             + (1 - thick_share) * _disc_mg_fe(fe_h, np.zeros(fe_h.shape, bool)))
+    thick_share = thick_disc_share(fe_h)
+    mg_fe = (thick_share * disc_mg_fe(fe_h, np.ones(fe_h.shape, bool))
+             + (1 - thick_share) * disc_mg_fe(fe_h, np.zeros(fe_h.shape, bool)))
     al_fe = (al_fe_cfg["mg_fe_slope"] * mg_fe + al_fe_cfg["offset"]
              + al_fe_cfg["fe_h_slope"] * fe_h)
     return mg_fe, al_fe

@@ -106,8 +106,8 @@ def draw_labels(n: int, rng: np.random.Generator, population: str,
     teff[clump] = rng.normal(4750.0, 120.0, clump.sum())
     logg[clump] = rng.normal(2.45, 0.1, clump.sum())
     fe_h = rng.normal(-0.15, 0.3, n)
-    thick = rng.random(n) < np.clip(0.15 + 0.6 * (-fe_h - 0.1) / 0.8, 0.05, 0.7)
-    mg_fe = _disc_mg_fe(fe_h, thick) + rng.normal(0.0, 0.04, n)
+    thick = rng.random(n) < thick_disc_share(fe_h)
+    mg_fe = disc_mg_fe(fe_h, thick) + rng.normal(0.0, 0.04, n)
     al = stars_cfg["al_fe"]
     al_fe = al["mg_fe_slope"] * mg_fe + al["offset"] + al["fe_h_slope"] * fe_h \
         + rng.normal(0.0, al["scatter"], n)
@@ -124,7 +124,13 @@ def draw_labels(n: int, rng: np.random.Generator, population: str,
     return labels
 
 
-def _disc_mg_fe(fe_h: np.ndarray, thick: np.ndarray) -> np.ndarray:
+def thick_disc_share(fe_h: np.ndarray) -> np.ndarray:
+    """Share of thick-disc stars at this [Fe/H] in the simulated Milky-Way disc."""
+    return np.clip(0.15 + 0.6 * (-np.asarray(fe_h, dtype=float) - 0.1) / 0.8, 0.05, 0.7)
+
+
+def disc_mg_fe(fe_h: np.ndarray, thick: np.ndarray) -> np.ndarray:
+    """Mean [Mg/Fe] of the thick (``thick`` true) or thin disc at this [Fe/H]."""
     return np.where(thick, 0.30 - 0.2 * np.maximum(fe_h + 0.6, 0.0), -0.15 * fe_h)
 
 
@@ -138,7 +144,7 @@ def _make_al_rich(labels: pd.DataFrame, rng: np.random.Generator, rich: Mapping[
     teff = rng.uniform(4000.0, 5100.0, k)
     logg = 1.2 + 2.2 * (teff - 4000.0) / 1300.0 + rng.normal(0, 0.15, k)
     fe_h = rng.uniform(*rich["fe_h"], k)
-    mg_fe = _disc_mg_fe(fe_h, np.ones(k, dtype=bool)) + rng.normal(0.0, 0.04, k)
+    mg_fe = disc_mg_fe(fe_h, np.ones(k, dtype=bool)) + rng.normal(0.0, 0.04, k)
     al_fe = al["mg_fe_slope"] * mg_fe + al["offset"] + al["fe_h_slope"] * fe_h \
         + rng.normal(0.0, al["scatter"], k)
     mg_fe = mg_fe - rng.uniform(*rich["mg_fe_drop"], k)
@@ -536,6 +542,19 @@ def simulate_gaia_eso(cfg: Mapping[str, Any], raw_dir: str | Path, truth_path: s
     setups = "|".join(i.name for i in instruments)
     log(f"simulate gaia_eso: {(truth.broken != '').sum()} stars with broken archive files "
         f"({dict(truth.loc[truth.broken != '', 'broken'].value_counts())})")
+    # the catalogue draws from the survey's own generator and streams, the spectra from each
+    # star's: drawing it first changes neither, and adds its truth columns (catalogue_outlier)
+    # before the benchmark stars join the truth table
+    cat = observe_catalog_labels(truth, rng, cfg["label_errors"], cfg["catalogue"],
+                                 np.random.default_rng([seed, STREAM_CATALOGUE]))
+    mismatch = np.flatnonzero(truth["defect"].to_numpy() == "label_mismatch")
+    if mismatch.size:
+        donors = rng.integers(0, n, mismatch.size)
+        for label in LABEL_ORDER:
+            cat.loc[cat.index[mismatch], label] = cat[label].to_numpy()[donors]
+    rv_error = cfg["observing"]["catalogue_rv_error_kms"]
+    catalog = ges_catalog_frame(truth, cat, truth["rv_kms"] + rng.normal(0, rv_error, n), setups,
+                                cfg["solar_abundances"], "GE_MW", rv_error)
     # the benchmark stars draw from random streams of their own: the field stars do not change
     from .benchmarks import benchmark_stars
 
@@ -549,21 +568,8 @@ def simulate_gaia_eso(cfg: Mapping[str, Any], raw_dir: str | Path, truth_path: s
     results = _run_parallel(_ges_star, tasks, threads, log, "gaia_eso exposures")
     manifest = pd.DataFrame([f for r in results for f in r["files"]])
     manifest["unit"] = [_unit(s, v) for s, v in zip(manifest["star_id"], manifest["visit"])]
-
-    cat = observe_catalog_labels(truth, rng, cfg["label_errors"], cfg["catalogue"],
-                                 np.random.default_rng([seed, STREAM_CATALOGUE]))
-    mismatch = np.flatnonzero(truth["defect"].to_numpy() == "label_mismatch")
-    if mismatch.size:
-        donors = rng.integers(0, n, mismatch.size)
-        for label in LABEL_ORDER:
-            cat.loc[cat.index[mismatch], label] = cat[label].to_numpy()[donors]
-    rv_error = cfg["observing"]["catalogue_rv_error_kms"]
-    catalog = ges_catalog_frame(truth, cat, truth["rv_kms"] + rng.normal(0, rv_error, n), setups,
-                                cfg["solar_abundances"], "GE_MW", rv_error)
     write_ges_catalog(raw_dir / "catalog.fits", pd.concat([catalog, bench.catalog],
                                                           ignore_index=True))
-    # again: the catalogue draw added truth columns (catalogue_outlier) to the field stars
-    observed = pd.concat([truth, bench.truth], ignore_index=True) if len(bench.truth) else truth
     meta = dict(metadata or {}, survey="gaia_eso", n_stars=len(observed))
     # the benchmark stars' literature labels, as a real run takes them from the resource table
     save_table(raw_dir / "calibration_stars.parquet", bench.calibration, meta)
