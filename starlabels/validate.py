@@ -52,8 +52,6 @@ from . import artifacts, scoring, surveys
 from .grid import WavelengthGrid
 from .labels import LABEL_ELEMENTS
 
-MAD_TO_SIGMA = 1.4826
-
 
 def label_stats(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     d = np.asarray(pred, dtype=float) - np.asarray(ref, dtype=float)
@@ -62,7 +60,7 @@ def label_stats(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
         return {"n": 0, "bias": float("nan"), "sigma": float("nan"), "robust_sigma": float("nan")}
     return {"n": int(d.size), "bias": float(np.mean(d)), "sigma": float(np.std(d, ddof=1))
             if d.size > 1 else 0.0,
-            "robust_sigma": float(1.4826 * np.median(np.abs(d - np.median(d))))}
+            "robust_sigma": scoring.robust_spread(d)}
 
 
 def error_calibration(pred: np.ndarray, err: np.ndarray, true: np.ndarray) -> dict[str, float]:
@@ -199,8 +197,7 @@ def repeat_pairs(cat: pd.DataFrame, labels: Sequence[str],
             block["labels"][label] = {
                 "uncertainty": column, "n_pairs": int(z.size),
                 "z_sigma": float(np.std(z)) if z.size > 1 else float("nan"),
-                "z_robust_sigma": float(MAD_TO_SIGMA * np.median(np.abs(z - np.median(z))))
-                if z.size else float("nan"),
+                "z_robust_sigma": scoring.robust_spread(z),
                 "fraction_within_1": float(np.mean(np.abs(z) < 1)) if z.size else float("nan"),
                 "rms_difference": float(np.sqrt(np.mean((x1 - x2) ** 2))) if x1.size
                 else float("nan")}
