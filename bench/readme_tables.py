@@ -265,8 +265,8 @@ def block_refine(runs: dict[int, dict[str, Any]], peer: dict | None) -> str:
                   + ", ".join(f"{k} {100 * v['flagged_fraction']:.0f} % (N={v['n']})"
                               for k, v in f["per_defect"].items()) + "."]
     jobs = runs[PRIMARY_SEED]["figures"]["job_seconds"]
-    refine_jobs = {k: v for k, v in jobs.items() if k.startswith("demo_ges/") and "refine" in k
-                   or k.endswith("train_emulator")}
+    refine_jobs = {k: v for k, v in jobs.items() if k.startswith("demo_ges/")
+                   and ("refine" in k or k.endswith("train_emulator"))}
     if refine_jobs:
         lines += ["", "Refine jobs' wall time: " + ", ".join(
             f"{k.split('/', 1)[1]} {v:.0f} s" for k, v in sorted(refine_jobs.items())) + "."]

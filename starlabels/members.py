@@ -416,4 +416,3 @@ def check_calibration_members(path: str | os.PathLike, recorded: Sequence[str],
     if fitted != sorted(str(Path(m).resolve()) for m in members):
         raise ValueError(f"{path} was fitted for members {list(recorded)}, but predict uses "
                          f"{list(map(str, members))}; rerun calibrate_ensemble")
-
