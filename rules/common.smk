@@ -297,6 +297,17 @@ def refine_catalog_input(wildcards):
     }
 
 
+def reference_scaled(exp):
+    return EXPERIMENTS[exp]["reference_scale"]["enabled"]
+
+
+def reference_scale_input(wildcards):
+    """catalog's and validate's reference-star scale where the experiment fits one."""
+    if not reference_scaled(wildcards.exp):
+        return {}
+    return {"reference_scale": f"{R}/{wildcards.exp}/catalog/reference_scale.json"}
+
+
 def refine_report_input(wildcards):
     """validate's refine report (merged into metrics.json) where the experiment refines."""
     if not refined(wildcards.exp):
@@ -340,6 +351,7 @@ def stage_outputs(exp):
     files += list(ensemble_calibration_input(w).values())
     files += list(method_report_input(w).values())
     files += shard_files(w)
+    files += list(reference_scale_input(w).values())
     if refined(exp):
         files += [f"{R}/{exp}/models/emulator/{n}" for n in ("model.pt", "model.json",
                                                              "history.csv")]

@@ -6,6 +6,7 @@ rule validate:
         unpack(truth_input),  # simulated surveys only: real data have no truth
         unpack(method_report_input),  # the method's report (deep_remap: calibration, ablation)
         unpack(refine_report_input),  # the refine stage's report, where it runs
+        unpack(reference_scale_input),  # the reference stars' scale, where it is fitted
         catalog=f"{R}/{{exp}}/catalog/starlabels_{{exp}}.parquet",
         table=f"{R}/{{exp}}/normalized/stars.parquet",
         flux=f"{R}/{{exp}}/normalized/flux.npy",

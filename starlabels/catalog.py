@@ -307,6 +307,8 @@ def _provenance_cards(provenance: Mapping[str, Any]) -> list[tuple[str, Any, str
         ("METHOD", _ascii(provenance.get("method", "unknown")), "label method"),
         ("NMEMBER", int(n_members) if n_members is not None else -1,
          "ensemble members used (-1 = unknown)"),
+        ("REFSCALE", _ascii(provenance.get("scaled_labels", "none")),
+         "labels put on the reference stars' scale"),
         ("DATE", _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
          "UTC date this file was written"),
     ]
@@ -521,6 +523,26 @@ def prediction_columns(pred: pd.DataFrame, labels: Sequence[str],
     return out
 
 
+def scaled_columns(values: Mapping[str, np.ndarray], scale: Mapping[str, Any] | None
+                   ) -> dict[str, np.ndarray]:
+    """``values`` (:func:`prediction_columns`) put onto the reference stars' scale by
+    ``scale`` (a :mod:`starlabels.reference_scale` record; None = unchanged), each
+    ``<label>_raw`` placed after its ``<label>``, ``<label>_err_scale`` after ``<label>_err``."""
+    if scale is None:
+        return dict(values)
+    from .reference_scale import apply_reference_scale
+
+    corrected = apply_reference_scale(values, scale)
+    out: dict[str, np.ndarray] = {}
+    for name, column in values.items():
+        out[name] = corrected.get(name, column)
+        if f"{name}_raw" in corrected:
+            out[f"{name}_raw"] = corrected[f"{name}_raw"]
+        if f"{name}_scale" in corrected:          # <label>_err_scale after <label>_err
+            out[f"{name}_scale"] = corrected[f"{name}_scale"]
+    return out
+
+
 def ensemble_label_ranges(metas: Sequence[Mapping[str, Any]]
                           ) -> dict[str, tuple[float, float]]:
     """Each label's training range over all members (OUTSIDE_TRAINING)."""
@@ -563,7 +585,8 @@ def catalog_tables(*, shards: Sequence[str | os.PathLike], table: str | os.PathL
                    clean_table: str | os.PathLike, model_dirs: Sequence[str | os.PathLike],
                    labels: Sequence[str], cfg: Mapping[str, Any],
                    classes: Mapping[str, float] | None = None, carry: Sequence[str] = (),
-                   refined: Sequence[str | os.PathLike] | None = None) -> pd.DataFrame:
+                   refined: Sequence[str | os.PathLike] | None = None,
+                   scale: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """The catalogue from prediction shards, the star table and the clean table.
 
     ``cfg`` is the experiment's ``catalog`` section (flag thresholds); ``classes``
@@ -571,7 +594,8 @@ def catalog_tables(*, shards: Sequence[str | os.PathLike], table: str | os.PathL
     input-catalogue columns copied beside the ids where the star table has them (positions,
     survey identifiers); ``refined`` (the refine stage's shard tables) adds
     ``<label>_refined``, ``<label>_refined_err``, ``refine_chi2_red``, ``refine_converged`` and
-    the REFINE_POOR_FIT flag.
+    the REFINE_POOR_FIT flag; ``scale`` (a :mod:`starlabels.reference_scale` record) puts the
+    labels onto the reference stars' scale, keeping ``<label>_raw``.
     """
     stars = artifacts.load_table(table)
     pred = merge_shards(list(shards), n_rows=len(stars))
@@ -582,8 +606,12 @@ def catalog_tables(*, shards: Sequence[str | os.PathLike], table: str | os.PathL
             out[name] = stars[name].to_numpy()
     out["split"] = stars["split"].to_numpy()
     out["snr"] = stars["snr"].to_numpy()
-    for name, values in prediction_columns(pred, labels, classes).items():
+    for name, values in scaled_columns(prediction_columns(pred, labels), scale).items():
         out[name] = values
+    if classes is not None:
+        out["evolutionary_class"] = evolutionary_class(out["logg"].to_numpy(),
+                                                       classes["giant_logg_max"],
+                                                       classes["dwarf_logg_min"])
     for label in labels:
         # catalogue (reference) labels the survey gave, kept beside ours for comparison
         out[f"{label}_ref"] = stars[label].to_numpy(dtype=float) if label in stars else np.nan

@@ -78,6 +78,9 @@ COLUMNS: dict[str, ColumnInfo] = {
 LABEL_SUFFIXES: dict[str, Suffix] = {
     "": Suffix("{label} predicted by the ensemble", "{ucd}"),
     "err": Suffix("calibrated total 1-sigma uncertainty of {label}", "stat.error;{ucd}"),
+    "raw": Suffix("{label} before the reference-star scale", "{ucd}"),
+    "err_scale": Suffix("systematic 1-sigma error of the {label} scale",
+                        "stat.error.sys;{ucd}"),
     "err_raw": Suffix("uncalibrated 1-sigma uncertainty of {label}", "stat.error;{ucd}"),
     "err_members": Suffix("scatter of the members' {label} (model part)", "stat.stdev;{ucd}"),
     "refined": Suffix("{label} from the refine stage's spectral fit", "{ucd}"),

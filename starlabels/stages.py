@@ -272,6 +272,29 @@ def train_ablation(*, flux: str, table: str, labels: Sequence[str], variant: str
                  threads=threads, log=log, method_cfg=method_cfg, variant=variant, ivar=ivar)
 
 
+# ------------------------------------------------------------------ reference scale
+
+def reference_scale(*, shards: Sequence[str], table: str, calibration: str,
+                    labels: Sequence[str], cfg: Mapping[str, Any], out: str,
+                    log: Log = log_to_stdout, config_hash: str = "none") -> dict:
+    """Fit the trends that put the predicted labels onto the reference stars' scale
+    (:mod:`starlabels.reference_scale`) and save them as JSON for the catalogue."""
+    from .catalog import merge_shards, prediction_columns
+    from .reference_scale import fit_reference_scale
+
+    stars = artifacts.load_table(table)
+    pred = merge_shards(list(shards), n_rows=len(stars))
+    frame = pd.DataFrame({"star_id": stars["star_id"].to_numpy(),
+                          "split": stars["split"].to_numpy(),
+                          **prediction_columns(pred, labels)})
+    reference = artifacts.load_table(calibration)
+    record = fit_reference_scale(frame, reference, labels, cfg, log=log)
+    record["provenance"] = artifacts.provenance(None, config_hash=config_hash,
+                                                stage="reference_scale")
+    artifacts.save_json(out, record)
+    return record
+
+
 # ------------------------------------------------------------------ predict
 
 def calibrate_ensemble(*, flux: str, table: str, model_dirs: Sequence[str],
@@ -408,21 +431,29 @@ def catalog(*, shards: Sequence[str], table: str, clean_table: str, model_dirs: 
             labels: Sequence[str], cfg: Mapping[str, Any], experiment: str, method: str,
             fits_path: str, parquet_path: str, log: Log = log_to_stdout,
             config_hash: str = "none", classes: Mapping[str, float] | None = None,
-            survey: str | None = None, refined: Sequence[str] | None = None) -> pd.DataFrame:
+            survey: str | None = None, refined: Sequence[str] | None = None,
+            reference_scale: str | None = None) -> pd.DataFrame:
     """Merge prediction shards with the star table and flags; write FITS + Parquet catalogues.
 
     ``classes`` (giant_logg_max, dwarf_logg_min) adds a giant / subgiant / dwarf column;
     ``survey`` names the input-catalogue columns (positions, survey ids) the catalogue carries;
-    ``refined`` (the refine stage's shard tables) adds the refined labels and their flag.
+    ``refined`` (the refine stage's shard tables) adds the refined labels and their flag;
+    ``reference_scale`` (the reference_scale rule's JSON) puts the labels onto the reference
+    stars' scale.
     """
     from .catalog import FLAG_COLUMN, bin_edges, catalog_tables, write_catalog
 
     carry = surveys.get(survey).carry if survey else ()
+    scale = artifacts.load_json(reference_scale) if reference_scale else None
+    scaled = sorted(label for label, fit in (scale or {"labels": {}})["labels"].items()
+                    if fit.get("applied"))
     out = catalog_tables(shards=shards, table=table, clean_table=clean_table,
                          model_dirs=model_dirs, labels=labels, cfg=cfg, classes=classes,
-                         carry=carry, refined=refined)
+                         carry=carry, refined=refined,
+                         scale=scale)
     prov = artifacts.provenance(None, config_hash=config_hash, stage="catalog",
-                                experiment=experiment, method=method, n_members=len(model_dirs))
+                                experiment=experiment, method=method, n_members=len(model_dirs),
+                                scaled_labels=",".join(scaled) or "none")
     metas = [artifacts.load_json(Path(d) / "model.json") for d in model_dirs]
     write_catalog(out, fits_path, parquet_path, labels=list(labels), provenance=prov,
                   bins=bin_edges(metas))
@@ -440,12 +471,13 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
              config_hash: str = "none", method: str | None = None,
              method_report: str | None = None, calibration: str | None = None,
              continuum: Mapping[str, Any] | None = None,
-             refine_report: str | None = None) -> dict:
+             refine_report: str | None = None, reference_scale: str | None = None) -> dict:
     """metrics.json and the validation plots (:func:`starlabels.validate.validate`);
     ``method_report`` is the method's report (e.g. deep-REMAP's), merged into the metrics under
     the ``method``'s name; ``calibration`` the stars with literature labels (reported beside
     them); ``continuum`` the normalize stage's continuum section (the marginalised Cramér–Rao
-    bound frees its coefficients); ``refine_report`` the refine stage's, under ``refine``."""
+    bound frees its coefficients); ``refine_report`` the refine stage's, under ``refine``;
+    ``reference_scale`` the reference-star scale's fit, under ``reference_scale``."""
     from .validate import validate as run
 
     return run(catalog=catalog, table=table, flux=flux, ivar=ivar, clean_table=clean_table,
@@ -453,7 +485,8 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
                grid_cfg=grid_cfg, cfg=cfg, metrics=metrics, plots=plots, experiment=experiment,
                linelist=linelist, simulate_cfg=simulate_cfg, log=log, config_hash=config_hash,
                method=method, method_report=method_report, calibration=calibration,
-               continuum=continuum, refine_report=refine_report)
+               continuum=continuum, refine_report=refine_report,
+               reference_scale=reference_scale)
 
 
 def summary_tables(*, metrics: str, catalog: str, labels: Sequence[str], metrics_html: str,

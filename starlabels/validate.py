@@ -395,6 +395,10 @@ def reference_stars_block(cat: pd.DataFrame, calibration: pd.DataFrame,
                 "e_literature": float(lit.at[sid, f"e_{label}"]) if f"e_{label}" in lit
                 else float("nan"),
                 "predicted": float(pred.at[sid, label]),
+                # before the reference-star scale, where the catalogue was put onto it (the
+                # scale was fitted to these stars: see reference_scale's leave-one-out figures)
+                "predicted_raw": float(pred.at[sid, f"{label}_raw"])
+                if f"{label}_raw" in pred else float(pred.at[sid, label]),
                 "predicted_err": float(pred.at[sid, f"{label}_err"])
                 if f"{label}_err" in pred else float("nan")}
         stars.append(entry)
@@ -403,6 +407,25 @@ def reference_stars_block(cat: pd.DataFrame, calibration: pd.DataFrame,
                                                  [s[label]["literature"] for s in stars])
                               for label in compared},
             "not_predicted": [sid for sid in lit.index if sid not in pred.index]}
+
+
+def reference_scale_summary(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Per label of the reference-star scale (:mod:`starlabels.reference_scale`): whether it
+    was applied, the coefficients, the stars used and clipped, and the offsets' bias / robust σ
+    before and after (leave-one-out)."""
+    out: dict[str, Any] = {}
+    for label, fit in record["labels"].items():
+        if not fit.get("applied"):
+            out[label] = {"applied": False, "reason": fit.get("reason", "")}
+            continue
+        used = np.asarray(fit["used"], dtype=bool)
+        out[label] = {"applied": True, "terms": ["constant", *record["terms"]],
+                      "coefficients": fit["coefficients"],
+                      "coefficient_errors": np.sqrt(np.diag(fit["covariance"])).tolist(),
+                      "chi2_red": fit["chi2_red"], "n_used": int(used.sum()),
+                      "clipped": [name for name, u in zip(record["names"], used) if not u],
+                      "before": fit["before"], "after_loo": fit["after_loo"]}
+    return out
 
 
 def reference_stars_lines(block: Mapping[str, Any]) -> list[str]:
@@ -431,7 +454,8 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
              config_hash: str = "none", method: str | None = None,
              method_report: str | None = None, calibration: str | None = None,
              continuum: Mapping[str, Any] | None = None,
-             refine_report: str | None = None) -> dict[str, Any]:
+             refine_report: str | None = None,
+             reference_scale: str | None = None) -> dict[str, Any]:
     """Compute metrics.json and draw the validation plots (paths in ``plots``).
 
     ``calibration`` is the survey's table of stars with literature labels; their predictions
@@ -485,6 +509,10 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
         log(f"validate: no truth (real data); {eval_split} σ vs reference: " + ", ".join(
             f"{k}={v['sigma']:.3g}" for k, v in result["precision"]["vs_reference"].items()))
 
+    if reference_scale is not None:
+        result["reference_scale"] = reference_scale_summary(artifacts.load_json(reference_scale))
+        for label, fit in result["reference_scale"].items():
+            log(f"validate: reference scale {label}: {fit}")
     if calibration is not None:
         block = reference_stars_block(cat, artifacts.load_table(calibration), labels)
         result["reference_stars"] = block

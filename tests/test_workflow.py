@@ -102,6 +102,21 @@ def test_catalog_content_and_metrics(tiny_run):
     assert {"Sun", "Arcturus (HD 124897)"} <= {s["name"] for s in bench["stars"]}
     assert "reference stars, predicted vs literature" in \
         (results / "tiny_ges" / "logs" / "validate.log").read_text()
+    # the labels are on the benchmark stars' scale: the fitted trend, evaluated at the
+    # uncorrected labels, is what separates them; its uncertainty sits beside _err
+    scale = json.loads((results / "tiny_ges" / "catalog" / "reference_scale.json").read_text())
+    for label in ("teff", "logg", "fe_h"):
+        fit = scale["labels"][label]
+        assert fit["applied"] and metrics["reference_scale"][label]["applied"]
+        x = np.column_stack([np.ones(len(cat))] + [
+            (cat[f"{t}_raw"] - scale["pivot"][t]) / scale["term_units"][t]
+            for t in scale["terms"]])
+        np.testing.assert_allclose(cat[label], cat[f"{label}_raw"] - x @ fit["coefficients"],
+                                   rtol=1e-9, atol=1e-9)
+        assert (cat[f"{label}_err_scale"] > 0).all()
+        assert [st[label]["predicted_raw"] for st in bench["stars"]] != \
+            [st[label]["predicted"] for st in bench["stars"]]
+    assert "mg_fe_raw" not in cat
     mm = json.loads((results / "tiny_marvels" / "metrics.json").read_text())
     assert mm["evaluation_split"] == "calibration"
     # the 10 calibration stars, each spectrum (repeat visits included) evaluated
@@ -158,9 +173,11 @@ def test_forcerun_predict_reruns_only_downstream(repo, tiny_run):
     assert proc.returncode == 0, proc.stderr
     counts = job_counts(proc.stdout)
     # remap_report: deep_remap's report reads the catalogue; tiny_ges refines its predictions
-    # (calibrate_refine fits the valid stars from them, refine each shard)
+    # (calibrate_refine fits the valid stars from them, refine each shard) and fits its
+    # reference-star scale on them
     assert set(counts) == {"predict", "catalog", "validate", "remap_report", "summary_tables",
-                           "calibrate_refine", "refine", "refine_report", "all"}, counts
+                           "calibrate_refine", "refine", "refine_report", "reference_scale",
+                           "all"}, counts
     assert counts["refine"] == 2           # tiny_ges's 2 shards
     assert counts["predict"] == 4          # 2 shards × 2 experiments
 
@@ -420,12 +437,13 @@ def test_slurm_profile_runs_train_and_predict_as_slurm_jobs(repo, tiny_run, slur
     (["--forcerun", "predict", "--until", "{results}/tiny_ges/predictions/shard_1.parquet"],
      {"predict": 1}),
     # rerun a stage and everything downstream (both experiments calibrate their ensemble;
-    # tiny_marvels is deep_remap: + its ablation member and report; tiny_ges refines)
+    # tiny_marvels is deep_remap: + its ablation member and report; tiny_ges refines and fits
+    # its reference-star scale)
     (["-R", "clean"], {"clean": 2, "trainset": 2, "train": 4, "train_ablation": 1,
                        "calibrate_ensemble": 2, "predict": 4, "catalog": 2, "validate": 2,
                        "remap_report": 1, "ensemble": 2, "summary_tables": 2, "all": 1,
                        "train_emulator": 1, "calibrate_refine": 1, "refine": 2,
-                       "refine_report": 1}),
+                       "refine_report": 1, "reference_scale": 1}),
     # stop after a stage: nothing to do when it is up to date
     (["--until", "clean"], {}),
 ])

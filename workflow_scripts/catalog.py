@@ -9,4 +9,5 @@ stages.catalog(shards=list(i.shards), table=i.table, clean_table=i.clean,
                model_dirs=runtime.folders(i.models), labels=p.labels, cfg=p.catalog,
                experiment=snakemake.wildcards.exp, method=p.method, fits_path=o.fits,
                parquet_path=o.parquet, config_hash=job.config_hash, classes=p.classes,
-               survey=p.survey, refined=i.get("refined"))
+               survey=p.survey, refined=i.get("refined"),
+               reference_scale=i.get("reference_scale"))

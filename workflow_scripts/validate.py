@@ -14,4 +14,5 @@ stages.validate(catalog=i.catalog, table=i.table, flux=i.flux, ivar=i.ivar, clea
                 experiment=snakemake.wildcards.exp, linelist=p.linelist,
                 simulate_cfg=p.simulate, config_hash=job.config_hash, method=p.method,
                 method_report=i.get("method_report"), calibration=i.calibration,
-                continuum=p.continuum, refine_report=i.get("refine_report"))
+                continuum=p.continuum, refine_report=i.get("refine_report"),
+                reference_scale=i.get("reference_scale"))

@@ -1,0 +1,140 @@
+"""The reference-star scale: trends of predicted − literature fitted on the benchmark stars,
+applied to every spectrum (starlabels.reference_scale)."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from starlabels import config
+from starlabels.catalog import scaled_columns
+from starlabels.reference_scale import (apply_reference_scale, design, fit_label,
+                                        fit_reference_scale, reference_rows)
+
+LABELS = ["teff", "logg", "fe_h", "mg_fe", "al_fe"]
+
+
+def _stars(n=14, seed=3):
+    rng = np.random.default_rng(seed)
+    teff = rng.uniform(4300.0, 6600.0, n)
+    logg = rng.uniform(1.5, 4.7, n)
+    fe_h = rng.uniform(-0.6, 0.3, n)
+    return teff, logg, fe_h, rng
+
+
+def _frames(offset_teff, offset_logg, n=14, seed=3, noise=(5.0, 0.01)):
+    """Predictions of n reference stars (split calibration) whose Teff and log g are off by the
+    given functions of the true labels, plus one trained star that must not be used."""
+    teff, logg, fe_h, rng = _stars(n, seed)
+    pred = pd.DataFrame({
+        "star_id": [f"s{k}" for k in range(n)], "split": "calibration",
+        "teff": teff + offset_teff(teff, logg) + rng.normal(0, noise[0], n),
+        "logg": logg + offset_logg(teff, logg) + rng.normal(0, noise[1], n),
+        "fe_h": fe_h + rng.normal(0, 0.01, n), "mg_fe": 0.0, "al_fe": 0.0,
+        "teff_err": noise[0], "logg_err": noise[1], "fe_h_err": 0.01,
+        "mg_fe_err": 0.02, "al_fe_err": 0.03})
+    trained = pred.iloc[:1].assign(star_id="trained", split="train", teff=1e5)
+    cal = pd.DataFrame({"star_id": list(pred["star_id"]) + ["trained"],
+                        "name": [f"star {k}" for k in range(n + 1)],
+                        "teff": list(teff) + [5000.0], "e_teff": np.nan,
+                        "logg": list(logg) + [4.0], "e_logg": 0.0,
+                        "fe_h": list(fe_h) + [0.0], "e_fe_h": np.nan})
+    return pd.concat([pred, trained], ignore_index=True), cal
+
+
+def _cfg(**kw):
+    return config.section("reference_scale", {"enabled": True, **kw})
+
+
+def test_schema_defaults_fit_teff_logg_fe_h_on_a_teff_logg_trend_with_solar_pivot():
+    cfg = config.section("reference_scale", {})
+    assert cfg["enabled"] is False and cfg["labels"] == ["teff", "logg", "fe_h"]
+    assert cfg["terms"] == ["teff", "logg"] and cfg["pivot"]["teff"] == 5772.0
+
+
+def test_a_known_trend_is_recovered_and_removed_from_every_star():
+    # the simulator's kind of offset: +25 K per dex below log g 4.438, +0.1 dex per 1000 K cooler
+    pred, cal = _frames(lambda t, g: 25.0 * (4.438 - g), lambda t, g: 0.1 * (5772.0 - t) / 1000)
+    record = fit_reference_scale(pred, cal, LABELS, _cfg(), log=lambda s: None)
+    teff = record["labels"]["teff"]
+    # design columns [1, (teff − 5772)/1000, logg − 4.438]
+    np.testing.assert_allclose(teff["coefficients"], [0.0, 0.0, -25.0], atol=6.0)
+    np.testing.assert_allclose(record["labels"]["logg"]["coefficients"], [0.0, -0.1, 0.0],
+                               atol=0.015)
+    assert teff["n_used"] == 14 and "trained" not in record["stars"]
+    # a field giant far from every reference star is put back onto the true scale
+    field = {"teff": np.array([4600.0 + 25.0 * 2.0]), "logg": np.array([2.438 + 0.1172]),
+             "fe_h": np.array([0.0])}
+    out = apply_reference_scale(field, record)
+    assert abs(out["teff"][0] - 4600.0) < 15.0 and abs(out["logg"][0] - 2.438) < 0.04
+    np.testing.assert_array_equal(out["teff_raw"], field["teff"])
+    assert out["teff_err_scale"][0] > 0 and "mg_fe" not in out
+
+
+def test_the_scale_uncertainty_is_the_trend_covariance_at_the_star():
+    pred, cal = _frames(lambda t, g: 30.0 + 0 * t, lambda t, g: 0 * t, noise=(20.0, 0.05))
+    record = fit_reference_scale(pred, cal, LABELS, _cfg(), log=lambda s: None)
+    values = {"teff": np.array([5772.0, 4000.0]), "logg": np.array([4.438, 1.0]),
+              "fe_h": np.zeros(2)}
+    out = apply_reference_scale(values, record)
+    x = design(values, record["terms"], record["pivot"])
+    cov = np.asarray(record["labels"]["teff"]["covariance"])
+    np.testing.assert_allclose(out["teff_err_scale"] ** 2, np.diag(x @ cov @ x.T))
+    # at the pivot it is the constant's error; far from the reference stars it grows
+    assert out["teff_err_scale"][1] > 2 * out["teff_err_scale"][0]
+
+
+def test_a_star_far_off_every_trend_is_clipped_and_its_leave_one_out_residual_kept():
+    teff, logg, fe_h, rng = _stars(12)
+    delta = 20.0 + rng.normal(0, 5.0, 12)
+    delta[4] = 400.0                                 # a metal-poor dwarf the network misses
+    x = design({"teff": teff, "logg": logg}, ["teff", "logg"], {"teff": 5772.0, "logg": 4.438})
+    fit = fit_label(delta, np.full(12, 5.0), x, clip_sigma=3.0, min_stars=8)
+    assert fit["applied"] and not fit["used"][4] and fit["n_used"] == 11
+    np.testing.assert_allclose(fit["coefficients"][0] + 0 * teff[0], 20.0, atol=8.0)
+    # leave-one-out: each used star against the trend fitted without it
+    used = np.asarray(fit["used"])
+    others = used.copy()
+    others[0] = False
+    coef = np.linalg.lstsq(x[others], delta[others], rcond=None)[0]
+    assert fit["loo_residual"][0] == pytest.approx(delta[0] - x[0] @ coef)
+    assert fit["loo_residual"][4] is None
+
+
+def test_too_few_stars_or_no_literature_column_leave_the_label_uncorrected():
+    pred, cal = _frames(lambda t, g: 0 * t, lambda t, g: 0 * t, n=6)
+    messages = []
+    record = fit_reference_scale(pred, cal.drop(columns=["fe_h", "e_fe_h"]), LABELS,
+                                 _cfg(min_stars=8), log=messages.append)
+    assert not record["labels"]["teff"]["applied"]
+    assert "6 reference stars" in record["labels"]["teff"]["reason"]
+    assert record["labels"]["fe_h"] == {"applied": False,
+                                        "reason": "the calibration table has no such column"}
+    assert any("not calibrated" in m for m in messages)
+    values = {"teff": np.array([5000.0]), "logg": np.array([3.0]), "fe_h": np.array([0.0])}
+    assert apply_reference_scale(values, record) == {}
+
+
+def test_only_stars_outside_the_training_split_are_reference_rows():
+    pred, cal = _frames(lambda t, g: 0 * t, lambda t, g: 0 * t)
+    rows = reference_rows(pred, cal)
+    assert "trained" not in set(rows["star_id"]) and len(rows) == 14
+    np.testing.assert_array_equal(rows["teff_lit"], cal["teff"][:14])
+
+
+def test_a_term_that_is_not_predicted_is_a_config_error():
+    pred, cal = _frames(lambda t, g: 0 * t, lambda t, g: 0 * t)
+    with pytest.raises(ValueError, match="terms"):
+        fit_reference_scale(pred.drop(columns="logg"), cal, ["teff", "fe_h"], _cfg())
+
+
+def test_catalogue_columns_keep_raw_after_the_label_and_scale_error_after_err():
+    pred, cal = _frames(lambda t, g: 40.0 + 0 * t, lambda t, g: 0 * t)
+    record = fit_reference_scale(pred, cal, LABELS, _cfg(labels=["teff"]), log=lambda s: None)
+    values = {"teff": np.array([5000.0]), "teff_err": np.array([30.0]),
+              "teff_err_raw": np.array([35.0]), "logg": np.array([4.0]),
+              "logg_err": np.array([0.1])}
+    out = scaled_columns(values, record)
+    assert list(out) == ["teff", "teff_raw", "teff_err", "teff_err_scale", "teff_err_raw",
+                         "logg", "logg_err"]
+    assert out["teff"][0] == pytest.approx(5000.0 - 40.0, abs=6.0)
+    assert out["teff_err"][0] == 30.0             # the per-star error is left as it was
+    assert scaled_columns(values, None) == values
