@@ -97,6 +97,19 @@ def main() -> None:
                           & ev["defect"].fillna("").eq("").to_numpy())
     if args.quick:
         train_rows, test = train_rows[:150], test[:40]
+    # where the run put its labels onto the reference stars' scale, The Cannon is put onto it
+    # the same way (its labels of the same reference stars, the same fit), so both are compared
+    # on one scale; both are also compared as they come (the network's <label>_raw)
+    scale_path = folder / "catalog" / "reference_scale.json"
+    scale = artifacts.load_json(scale_path) if scale_path.exists() else None
+    reference = np.zeros(0, dtype=int)
+    if scale is not None:
+        from starlabels.reference_scale import reference_rows
+
+        calibration = artifacts.load_table(folder / "raw" / "observed" /
+                                           "calibration_stars.parquet")
+        frame = ev.assign(row=np.arange(len(ev)))
+        reference = reference_rows(frame, calibration)["row"].to_numpy(dtype=int)
     C.say(f"peer_cannon: {train_rows.size} training spectra, {test.size} test stars, "
           f"{flux.shape[1]} pixels, labels {labels}")
 
@@ -104,7 +117,8 @@ def main() -> None:
     start = time.perf_counter()
     result = run_cannon(python, np.asarray(flux[train_rows]), np.asarray(ivar[train_rows]),
                         stars[labels].to_numpy(dtype=float)[train_rows],
-                        np.asarray(flux[test]), np.asarray(ivar[test]), labels,
+                        np.asarray(flux[np.r_[test, reference]]),
+                        np.asarray(ivar[np.r_[test, reference]]), labels,
                         args.cannon_threads, args.out / "peer_cannon.log")
     C.say(f"peer_cannon: The Cannon trained in {float(result['train_seconds']):.1f} s, tested "
           f"in {float(result['test_seconds']):.1f} s ({time.perf_counter() - start:.1f} s in all)")
@@ -112,12 +126,37 @@ def main() -> None:
     true = ev[[f"{k}_true" for k in labels]].to_numpy(dtype=float)[test]
     snr = ev["snr"].to_numpy(dtype=float)[test]
     network = ev[labels].to_numpy(dtype=float)[test]
-    cannon = result["labels"]
+    network_raw = np.column_stack([
+        ev[f"{k}_raw" if f"{k}_raw" in ev else k].to_numpy(dtype=float)[test] for k in labels])
+    cannon = result["labels"][:test.size]
+    cannon_raw = cannon
     scores: dict = {"labels": {}}
+    if scale is not None:
+        from starlabels import config
+        from starlabels.reference_scale import apply_reference_scale, fit_reference_scale
+
+        applied = [k for k, fit in scale["labels"].items() if fit.get("applied")]
+        cfg = config.section("reference_scale", {
+            "enabled": True, "labels": applied, "terms": scale["terms"],
+            "pivot": scale["pivot"], "clip_sigma": scale["clip_sigma"]})
+        ref = ev.iloc[reference][["star_id", "split"]].reset_index(drop=True)
+        for j, label in enumerate(labels):
+            ref[label] = result["labels"][test.size:, j]
+            ref[f"{label}_err"] = result["errors"][test.size:, j]
+        cannon_scale = fit_reference_scale(ref, calibration, labels, cfg, log=C.say)
+        moved = apply_reference_scale({k: cannon[:, j] for j, k in enumerate(labels)},
+                                      cannon_scale)
+        cannon = np.column_stack([moved.get(k, cannon[:, j]) for j, k in enumerate(labels)])
+        scores["reference_scale"] = {
+            "labels": applied, "n_reference_spectra": int(reference.size),
+            "cannon_coefficients": {k: cannon_scale["labels"][k].get("coefficients")
+                                    for k in applied},
+            "network_coefficients": {k: scale["labels"][k]["coefficients"] for k in applied}}
     edges = scoring.snr_tercile_edges(snr)
     for j, label in enumerate(labels):
         entry = {}
-        for name, pred in (("network", network[:, j]), ("cannon", cannon[:, j])):
+        for name, pred in (("network", network[:, j]), ("cannon", cannon[:, j]),
+                           ("network_raw", network_raw[:, j]), ("cannon_raw", cannon_raw[:, j])):
             block = scoring.sigma_ci(pred - true[:, j])
             block["bias"] = float(np.nanmean(pred - true[:, j]))
             block["sigma_by_snr_tercile"] = [
@@ -125,6 +164,8 @@ def main() -> None:
                 for lo, hi in zip([-np.inf, *edges], [*edges, np.inf])]
             entry[name] = block
         entry["network_over_cannon"] = entry["network"]["sigma"] / entry["cannon"]["sigma"]
+        entry["network_raw_over_cannon_raw"] = (entry["network_raw"]["sigma"]
+                                                / entry["cannon_raw"]["sigma"])
         entry["network_at_least_20pct_better"] = bool(entry["network_over_cannon"] <= 0.8)
         scores["labels"][label] = entry
         C.say(f"peer_cannon: {label}: network σ {entry['network']['sigma']:.4g} "
@@ -168,6 +209,10 @@ def main() -> None:
         f"{n_holdout} of these rows for early stopping.",
         "The Cannon's test step starts every star from the training set's mean labels "
         "(the package's default).",
+        "Where the run put its labels onto the reference stars' scale (catalog/"
+        "reference_scale.json), `network` and `cannon` are both on it: The Cannon also labels "
+        "the same reference spectra and its own trend is fitted and removed the same way "
+        "(starlabels.reference_scale); `network_raw` and `cannon_raw` are both without it.",
     ]
     run.write()
 
