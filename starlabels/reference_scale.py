@@ -42,6 +42,11 @@ def term_unit(term: str) -> float:
 TRAINED_SPLITS = ("train",)
 #: clipping rounds of the fit (it stops earlier when the set of used stars no longer changes)
 MAX_CLIP_ROUNDS = 10
+#: largest condition number of the reference stars' design matrix a trend is fitted on: above
+#: it their predicted term labels span too little (a network that has not learnt them predicts
+#: nearly one value; the 2-member, 3-epoch test ensemble gave 5 000 with coefficients of
+#: 10⁵ K) and the trend would be extrapolated wildly; the demo's 12 benchmark stars give 2.7
+MAX_CONDITION = 100.0
 
 
 def design(frame: pd.DataFrame | Mapping[str, np.ndarray], terms: Sequence[str],
@@ -73,7 +78,7 @@ def fit_label(delta: np.ndarray, sigma: np.ndarray, x: np.ndarray, clip_sigma: f
     """The trend of one label's offsets ``delta`` (predicted − literature, errors ``sigma``)
     over the design ``x``: coefficients, covariance, which stars were used, the reduced χ² and
     each used star's leave-one-out residual. ``applied`` is False (with ``reason``) when fewer
-    than ``min_stars`` stars remain."""
+    than ``min_stars`` stars remain or their design is degenerate (:data:`MAX_CONDITION`)."""
     n_params = x.shape[1]
     need = max(int(min_stars), n_params + 1)
     used = np.isfinite(delta) & np.isfinite(sigma) & (sigma > 0) & np.all(np.isfinite(x), 1)
@@ -81,6 +86,8 @@ def fit_label(delta: np.ndarray, sigma: np.ndarray, x: np.ndarray, clip_sigma: f
         return {"applied": False, "used": used.tolist(),
                 "reason": f"{int(used.sum())} reference stars with this label, {need} needed"}
     for _ in range(MAX_CLIP_ROUNDS):
+        if np.linalg.cond(x[used]) > MAX_CONDITION:
+            break
         coef, cov, chi2_red = _weighted_fit(x[used], delta[used], sigma[used])
         z = (delta - x @ coef) / sigma
         # the spread of the used stars' z, robustly (one far star inflates the χ² it is judged by)
@@ -90,6 +97,11 @@ def fit_label(delta: np.ndarray, sigma: np.ndarray, x: np.ndarray, clip_sigma: f
         if keep.sum() < need or np.array_equal(keep, used):
             break
         used = keep
+    condition = float(np.linalg.cond(x[used]))
+    if condition > MAX_CONDITION:
+        return {"applied": False, "used": used.tolist(),
+                "reason": f"the reference stars' predicted terms span too little for a trend "
+                          f"(condition number {condition:.3g} > {MAX_CONDITION:g})"}
     coef, cov, chi2_red = _weighted_fit(x[used], delta[used], sigma[used])
     loo = np.full(len(delta), np.nan)
     for i in np.flatnonzero(used):

@@ -138,3 +138,73 @@ def test_catalogue_columns_keep_raw_after_the_label_and_scale_error_after_err():
     assert out["teff"][0] == pytest.approx(5000.0 - 40.0, abs=6.0)
     assert out["teff_err"][0] == 30.0             # the per-star error is left as it was
     assert scaled_columns(values, None) == values
+
+
+def test_reference_stars_whose_predictions_barely_differ_fit_no_trend():
+    # an untrained network predicts nearly one Teff and log g for every star: a trend fitted on
+    # those would be extrapolated by orders of magnitude
+    pred, cal = _frames(lambda t, g: 0 * t, lambda t, g: 0 * t)
+    rng = np.random.default_rng(0)
+    pred["teff"] = 5000.0 + rng.normal(0, 5.0, len(pred))
+    pred["logg"] = 3.0 + rng.normal(0, 0.005, len(pred))
+    record = fit_reference_scale(pred, cal, LABELS, _cfg(), log=lambda s: None)
+    for label in ("teff", "logg", "fe_h"):
+        assert not record["labels"][label]["applied"]
+        assert "span too little" in record["labels"][label]["reason"]
+    # a zero point alone is still well defined
+    record = fit_reference_scale(pred, cal, LABELS, _cfg(terms=[]), log=lambda s: None)
+    assert record["labels"]["teff"]["applied"] and len(record["labels"]["teff"]["coefficients"]) == 1
+
+
+def test_the_rule_chain_fits_the_scale_and_the_catalogue_applies_it(tmp_path):
+    """stages.reference_scale on prediction shards and the calibration table, then
+    stages.catalog with its JSON: the FITS and Parquet catalogues carry the corrected labels,
+    <label>_raw, <label>_err_scale and the REFSCALE card; the giants' class uses the corrected
+    log g."""
+    from astropy.io import fits
+
+    from starlabels import artifacts, stages
+
+    labels = ["teff", "logg", "fe_h"]
+    pred, cal = _frames(lambda t, g: 25.0 * (4.438 - g), lambda t, g: 0.1 * (5772 - t) / 1000)
+    pred = pred[pred["split"] != "train"].reset_index(drop=True)
+    field = pd.DataFrame({"star_id": ["f0", "f1"], "split": "test", "teff": [4650.0, 5772.0],
+                          "logg": [2.55, 4.438], "fe_h": [0.0, 0.0], "teff_err": 30.0,
+                          "logg_err": 0.1, "fe_h_err": 0.03})
+    rows = pd.concat([pred[field.columns], field], ignore_index=True)
+    rows["spectrum_id"] = rows["star_id"]
+    rows["snr"] = 100.0
+    rows["n_members"] = 2
+    rows["row"] = np.arange(len(rows))
+    shard = tmp_path / "shard_0.parquet"
+    artifacts.save_table(shard, rows.drop(columns=["star_id", "split", "snr"]))
+    stars = rows[["spectrum_id", "star_id", "split", "snr", *labels]].copy()
+    artifacts.save_table(tmp_path / "stars.parquet", stars)
+    artifacts.save_table(tmp_path / "calibration.parquet", cal[cal["star_id"] != "trained"])
+    artifacts.save_table(tmp_path / "clean.parquet", pd.DataFrame(
+        {"keep": True, "reason": "", "cleaned": False}, index=range(len(rows))))
+    member = tmp_path / "member_0"
+    artifacts.save_json(member / "model.json", {"labels": labels, "label_min": [0, -10, -10],
+                                                "label_max": [1e5, 10, 10]})
+    scale = tmp_path / "reference_scale.json"
+    stages.reference_scale(shards=[str(shard)], table=str(tmp_path / "stars.parquet"),
+                           calibration=str(tmp_path / "calibration.parquet"), labels=labels,
+                           cfg=_cfg(), out=str(scale), log=lambda s: None)
+    fits_path, parquet_path = tmp_path / "cat.fits", tmp_path / "cat.parquet"
+    out = stages.catalog(shards=[str(shard)], table=str(tmp_path / "stars.parquet"),
+                         clean_table=str(tmp_path / "clean.parquet"), model_dirs=[str(member)],
+                         labels=labels, cfg={"snr_min": None, "max_err": {}}, experiment="toy",
+                         method="cnn_regression", fits_path=str(fits_path),
+                         parquet_path=str(parquet_path), reference_scale=str(scale),
+                         classes={"giant_logg_max": 3.5, "dwarf_logg_min": 4.0},
+                         log=lambda s: None)
+    giant = out[out["star_id"] == "f0"].iloc[0]
+    # the field giant is 25 K per dex too hot and 0.11 dex too high in gravity: put back
+    assert giant["teff_raw"] == 4650.0 and abs(giant["teff"] - 4600.0) < 15.0
+    assert abs(giant["logg"] - 2.44) < 0.04 and giant["teff_err"] == 30.0
+    assert giant["teff_err_scale"] > 0 and giant["evolutionary_class"] == "giant"
+    with fits.open(fits_path) as hdul:
+        assert hdul[1].header["REFSCALE"] == "fe_h,logg,teff"
+        names = hdul[1].columns.names
+    assert {"teff_raw", "teff_err_scale", "logg_raw", "fe_h_raw"} <= set(names)
+    np.testing.assert_allclose(artifacts.load_table(parquet_path)["teff"], out["teff"])

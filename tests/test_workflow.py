@@ -102,21 +102,16 @@ def test_catalog_content_and_metrics(tiny_run):
     assert {"Sun", "Arcturus (HD 124897)"} <= {s["name"] for s in bench["stars"]}
     assert "reference stars, predicted vs literature" in \
         (results / "tiny_ges" / "logs" / "validate.log").read_text()
-    # the labels are on the benchmark stars' scale: the fitted trend, evaluated at the
-    # uncorrected labels, is what separates them; its uncertainty sits beside _err
+    # the reference-star scale rule ran, but tiny's 3-epoch ensemble predicts nearly one Teff
+    # and log g for every benchmark star: no trend is fitted on that, the labels stay as
+    # predicted and the record and the metrics say why (tests/test_reference_scale.py covers
+    # the fitted path through the same stages)
     scale = json.loads((results / "tiny_ges" / "catalog" / "reference_scale.json").read_text())
     for label in ("teff", "logg", "fe_h"):
         fit = scale["labels"][label]
-        assert fit["applied"] and metrics["reference_scale"][label]["applied"]
-        x = np.column_stack([np.ones(len(cat))] + [
-            (cat[f"{t}_raw"] - scale["pivot"][t]) / scale["term_units"][t]
-            for t in scale["terms"]])
-        np.testing.assert_allclose(cat[label], cat[f"{label}_raw"] - x @ fit["coefficients"],
-                                   rtol=1e-9, atol=1e-9)
-        assert (cat[f"{label}_err_scale"] > 0).all()
-        assert [st[label]["predicted_raw"] for st in bench["stars"]] != \
-            [st[label]["predicted"] for st in bench["stars"]]
-    assert "mg_fe_raw" not in cat
+        assert not fit["applied"] and "span too little" in fit["reason"]
+        assert metrics["reference_scale"][label] == {"applied": False, "reason": fit["reason"]}
+        assert f"{label}_raw" not in cat and f"{label}_err_scale" not in cat
     mm = json.loads((results / "tiny_marvels" / "metrics.json").read_text())
     assert mm["evaluation_split"] == "calibration"
     # the 10 calibration stars, each spectrum (repeat visits included) evaluated
