@@ -123,6 +123,13 @@ def block_ges_precision(runs: dict[int, dict[str, Any]], peer: dict | None) -> s
             f"{t['cannon_processes']} process(es); each of the {t['network_members']} network "
             f"members took {min(t['network_train_seconds_per_member']):.0f}–"
             f"{max(t['network_train_seconds_per_member']):.0f} s.")
+        rs = peer["figures"].get("reference_scale")
+        if rs:
+            lines.append(
+                f"Both on the reference stars' scale: The Cannon labelled the same "
+                f"{rs['n_reference_spectra']} benchmark spectra and its own trend was fitted and "
+                f"removed the same way ({', '.join(NAMES[k] for k in rs['labels'])}); both as "
+                f"they come: [Reference-star scale](#reference-star-scale).")
     return "\n".join(lines)
 
 
@@ -168,6 +175,45 @@ def block_ges_science(runs: dict[int, dict[str, Any]], peer: dict | None) -> str
         if bins:
             lines.append(f"| {NAMES[label]} | " + " · ".join(fmt(label, b["bias"], None)
                                                              for b in bins) + " |")
+    return "\n".join(lines)
+
+
+def block_ges_reference_scale(runs: dict[int, dict[str, Any]], peer: dict | None) -> str:
+    """The reference-star scale of demo_ges (metrics.json ``reference_scale``, every seed) and
+    what it does to the test stars' σ (peer_cannon.json: the network's ``_raw`` against its
+    catalogue labels, and The Cannon put onto its own scale the same way)."""
+    m = runs[PRIMARY_SEED]["figures"]["metrics"]["demo_ges"]
+    scale = m.get("reference_scale")
+    if not scale:
+        return "The measured run put no label onto a reference scale."
+    lines = ["| label | trend (seed %d): constant, per 1000 K, per dex of log g (± 1σ) | "
+             "other seeds | stars used (clipped) | reference stars' offset bias / robust σ: "
+             "before → after (leave-one-out) | test stars' σ vs truth: `_raw` → catalogue | "
+             "The Cannon: as it comes → on its own reference scale |" % PRIMARY_SEED,
+             "|---|---|---|---|---|---|---|"]
+    for label, fit in scale.items():
+        if not fit.get("applied"):
+            lines.append(f"| {NAMES[label]} | not applied: {fit.get('reason', '')} "
+                         f"| | | | | |")
+            continue
+        coef = ", ".join(f"{c:+.3g} ± {e:.2g}" for c, e in zip(fit["coefficients"],
+                                                               fit["coefficient_errors"]))
+        others = "; ".join(
+            ", ".join(f"{c:+.3g}" for c in r["figures"]["metrics"]["demo_ges"]
+                      ["reference_scale"][label].get("coefficients", []))
+            for s, r in sorted(runs.items()) if s != PRIMARY_SEED) or "—"
+        clipped = ", ".join(fit["clipped"]) or "none"
+        b, a = fit["before"], fit["after_loo"]
+        offsets = (f"{fmt(label, b['bias'])} / {fmt(label, b['sigma'])} → "
+                   f"{fmt(label, a['bias'])} / {fmt(label, a['sigma'])}")
+        test = cannon = "—"
+        if peer is not None and label in peer["figures"]["labels"]:
+            c = peer["figures"]["labels"][label]
+            if "network_raw" in c:
+                test = f"{fmt(label, c['network_raw']['sigma'])} → {fmt(label, c['network']['sigma'])}"
+                cannon = f"{fmt(label, c['cannon_raw']['sigma'])} → {fmt(label, c['cannon']['sigma'])}"
+        lines.append(f"| {NAMES[label]} | {coef} | {others} | {fit['n_used']} ({clipped}) | "
+                     f"{offsets} | {test} | {cannon} |")
     return "\n".join(lines)
 
 
@@ -360,6 +406,7 @@ BLOCKS: dict[str, Callable[[dict, dict | None], str]] = {
     "ges-precision": block_ges_precision,
     "ges-uncertainty": block_ges_uncertainty,
     "ges-science": block_ges_science,
+    "ges-reference-scale": block_ges_reference_scale,
     "ges-limit": block_ges_limit,
     "ges-clean": block_ges_clean,
     "refine": block_refine,

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from starlabels import artifacts
-from starlabels.cnn.calibration import (calibrated_error, fit_scale, snr_bin, snr_edges)
+from starlabels.cnn.calibration import (calibrated_error, calibrated_mean, fit_scale, snr_bin,
+                                        snr_edges)
 from starlabels.cnn.ensemble import combine
 from starlabels.cnn.train import degrade, holdout_rows, predict_scaled_with_variance, train_member
 from starlabels.members import load_member
@@ -274,3 +275,57 @@ def test_a_bin_prior_holds_a_small_bins_factor_near_the_overall_one():
     sigma, error = np.full(n, 10.0), np.full(n, 5.0)
     residual = 3.0 * sigma * rng.normal(size=n) + error * rng.normal(size=n)
     assert fit_scale(residual, sigma, error, 0.0, prior=(1.0, 0.25)) == pytest.approx(3.0, rel=0.05)
+
+
+def test_calibrated_mean_maps_back_only_the_labels_the_calibration_scales():
+    mean = np.array([[5000.0, 0.10], [6000.0, 0.30]])
+    calibration = {"dilution": {"mg_fe": {"slope": 0.5, "predicted_mean": 0.2,
+                                             "catalogue_mean": 0.15, "n": 100}}}
+    out = calibrated_mean(mean, calibration, ["teff", "mg_fe"])
+    assert out[:, 0].tolist() == [5000.0, 6000.0]
+    np.testing.assert_allclose(out[:, 1], [0.15 - 0.2, 0.15 + 0.2])
+    assert np.array_equal(calibrated_mean(mean, None, ["teff", "mg_fe"]), mean)
+    assert np.array_equal(calibrated_mean(mean, {"scale": {}}, ["teff", "mg_fe"]), mean)
+
+
+def test_ensemble_calibration_undoes_a_diluted_slope_and_fits_errors_to_the_mapped_means(
+        tmp_path, monkeypatch):
+    """Members whose Teff responds to the truth with slope 0.6 (what training on noisy labels
+    does to a weakly measured label): with label_scale on teff the calibration finds the slope
+    on the valid rows (catalogue errors deconvolved), the mapped means are unbiased at every
+    true Teff, and the error factor is fitted to them; log g is left alone."""
+    from starlabels.cnn import calibration as cal
+
+    survey = toy_survey(tmp_path / "toy", n=4000, label_error=np.full(4000, 150.0))
+    frame = survey["frame"]
+    rng = np.random.default_rng(1)
+    truth = frame["true_teff"].to_numpy()
+    diluted = 5500.0 + 0.6 * (truth - 5500.0) + rng.normal(0, 60.0, len(frame))
+    members = [(None, {"labels": LABELS})]
+    monkeypatch.setattr(cal, "load_ensemble", lambda dirs, device: members)
+    monkeypatch.setattr(cal, "reads_noise", lambda m: False)
+
+    def outputs(_members, flux):
+        # the rows come in order, a batch at a time: find them by their flux
+        rows = [int(np.flatnonzero((full == f.numpy()).all(axis=1))[0]) for f in flux]
+        mean = np.stack([diluted[rows], frame["logg"].to_numpy()[rows]], axis=1)[None]
+        return torch.from_numpy(mean), torch.full(mean.shape, 50.0 ** 2, dtype=torch.float64)
+
+    full = np.asarray(artifacts.load_matrix(survey["flux"]))
+    monkeypatch.setattr(cal, "member_outputs", lambda m, f, v=None: outputs(m, f))
+    settings = {"snr_bins": 1, "snr_prior_width": 0.25, "outlier_fraction": 0.02,
+                "label_scale": {"labels": ["teff"], "outlier_sigma": 5.0}}
+    (tmp_path / "member_0").mkdir()
+    result = cal.calibrate_ensemble(survey["flux"], None, survey["table"],
+                                    [tmp_path / "member_0"], settings,
+                                    tmp_path / "calibration.json", log=lambda s: None)
+    assert result["dilution"]["teff"]["slope"] == pytest.approx(0.6, rel=0.05)
+    assert set(result["dilution"]) == {"teff"}
+    valid = frame["split"].eq("valid").to_numpy()
+    mapped = calibrated_mean(np.stack([diluted, frame["logg"]], axis=1), result, LABELS)
+    residual = mapped[valid, 0] - truth[valid]
+    cool, hot = truth[valid] < 4800, truth[valid] > 6200
+    assert abs(residual[cool].mean()) < 25 and abs(residual[hot].mean()) < 25
+    # the error factor is fitted to the mapped means: 60 K / 0.6 = 100 K against raw 50 K
+    assert result["scale"]["teff"][0] == pytest.approx(2.0, rel=0.15)
+    assert result["coverage68"]["teff"]["after"] == pytest.approx(0.68, abs=0.05)

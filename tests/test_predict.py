@@ -287,3 +287,18 @@ def test_empty_shard_still_writes_a_table(survey, members, tmp_path):
                                                   members, 4, 5, device="cpu", log=_quiet), path)
     back = artifacts.load_table(path)
     assert n == 0 and len(back) == 0 and {"spectrum_id", "teff", "teff_err"} <= set(back.columns)
+
+
+def test_a_calibration_with_a_label_scale_maps_the_means_and_scales_the_errors(survey, members):
+    plain_out = predict_shard(survey["flux"], survey["table"], members, 0, 1, device="cpu",
+                              log=_quiet)
+    calibration = {"snr_edges": [], "scale": {"teff": [1.5], "logg": [1.0]},
+                   "dilution": {"teff": {"slope": 0.8, "predicted_mean": 5500.0,
+                                            "catalogue_mean": 5400.0, "n": 50}}}
+    out = predict_shard(survey["flux"], survey["table"], members, 0, 1, device="cpu",
+                        log=_quiet, calibration=calibration)
+    np.testing.assert_allclose(out["teff"], 5400.0 + (plain_out["teff"] - 5500.0) / 0.8)
+    np.testing.assert_array_equal(out["logg"], plain_out["logg"])
+    # the network's own errors stay as predicted; the calibrated one is factor × raw
+    np.testing.assert_array_equal(out["teff_err_raw"], plain_out["teff_err_raw"])
+    np.testing.assert_allclose(out["teff_err"], 1.5 * plain_out["teff_err_raw"])

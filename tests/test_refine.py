@@ -273,7 +273,7 @@ def test_refine_job_writes_every_star_in_order_with_its_flag(trained, tmp_path):
             "grid_hash": GRID.hash(), "grid": {"segments": SEGMENTS}}
     save_emulator(tmp_path / "em", emulator, meta, history)
     calib = {"emulator_training_set_hash": "h", "chi2_red_threshold": 3.0,
-             "labels": {label: {"scale": {"slope": 1.0, "refined_mean": 0.0,
+             "labels": {label: {"scale": {"slope": 1.0, "predicted_mean": 0.0,
                                           "catalogue_mean": 0.0},
                                 "errors": {"a": 2.0, "b": 0.0}} for label in LABELS}}
     artifacts.save_json(tmp_path / "cal.json", calib)

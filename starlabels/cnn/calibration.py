@@ -16,6 +16,11 @@ ln(a_bin/a_label) near zero (width ``snr_prior_width``), because where the catal
 exceed the network's, ~150 stars pin a factor down to tens of per cent only. The edges are
 stored with the factors and predict assigns a spectrum to a bin by its S/N (beyond the outer
 edges: the outer bins).
+
+For the labels of ``label_scale.labels`` the ensemble's means are first mapped back onto the
+catalogue's scale (:mod:`starlabels.dilution`: a network trained on noisy labels responds to the
+true [Mg/Fe] with a slope well below one), and the factors are fitted to the mapped means;
+predict applies both.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ from scipy.optimize import minimize_scalar
 
 from .. import artifacts
 from ..batch import say
+from ..dilution import apply_scale, label_scale
 from ..members import check_calibration_members, load_ensemble, member_names, plain
 from .ensemble import combine, member_outputs, reads_noise
 
@@ -103,6 +109,22 @@ def calibrated_error(err_raw: np.ndarray, snr: np.ndarray,
     return err_raw * factors
 
 
+def calibrated_mean(mean: np.ndarray, calibration: Mapping[str, Any] | None,
+                    labels: Sequence[str]) -> np.ndarray:
+    """The ensemble's means ((rows, labels)) with the calibration's label scales applied (the
+    labels it maps back onto the catalogue's scale; the others, or no calibration: as they
+    are)."""
+    mean = np.asarray(mean, dtype=np.float64)
+    scales = (calibration or {}).get("dilution", {})
+    if not scales:
+        return mean
+    out = mean.copy()
+    for j, name in enumerate(labels):
+        if name in scales:
+            out[:, j] = apply_scale(mean[:, j], scales[name])
+    return out
+
+
 def coverage(residual: np.ndarray, sigma: np.ndarray, catalogue_error: np.ndarray,
              level: float = 0.6827) -> float:
     """Share of residuals inside the ``level`` interval of N(0, σ² + e²)."""
@@ -161,9 +183,21 @@ def calibrate_ensemble(flux_path: str | os.PathLike, ivar_path: str | os.PathLik
                               "members": member_names(model_dirs, Path(out_path).parent),
                               "snr_edges": edges,
                               "outlier_fraction": float(cfg["outlier_fraction"]),
-                              "scale": {}, "coverage68": {}}
+                              "scale": {}, "coverage68": {}, "dilution": {}}
+    undilute = cfg["label_scale"]
     for j, name in enumerate(labels):
-        residual = values[rows, j] - combined["mean"][:, j]
+        mean = combined["mean"][:, j]
+        if name in undilute["labels"]:
+            # the means first go back onto the catalogue's scale (regression dilution, see
+            # starlabels.dilution); the error factors below are then fitted to those means, so
+            # they carry the 1/slope that stretches the errors with them
+            scale = label_scale(mean, values[rows, j], errors[:, j], undilute["outlier_sigma"])
+            result["dilution"][name] = scale
+            mean = apply_scale(mean, scale)
+            say(log, f"calibration {name}: the ensemble's means respond to the true label with "
+                     f"slope {scale['slope']:.3g} ({scale['n']} valid stars, catalogue errors "
+                     f"deconvolved); mapped back onto the catalogue's scale")
+        residual = values[rows, j] - mean
         # one factor for the label from every valid star, then each S/N bin's own, held near it
         # by a prior: a bin of ~150 stars whose catalogue errors exceed the network's own pins
         # its factor down to tens of per cent only

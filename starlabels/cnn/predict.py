@@ -29,7 +29,7 @@ from torch import nn
 from .. import artifacts
 from ..batch import say
 from ..members import ModelDir, label_scaling, load_ensemble, open_shard_inputs, shard_rows
-from .calibration import calibrated_error, load_calibration
+from .calibration import calibrated_error, calibrated_mean, load_calibration
 from .ensemble import combine, member_outputs, reads_noise
 
 
@@ -51,7 +51,8 @@ def iter_shard_predictions(flux_path: str | os.PathLike, table_path: str | os.Pa
     """Ensemble labels for shard ``shard`` of ``n_shards`` (contiguous matrix rows), yielded as
     consecutive chunks of about ``chunk_rows`` rows (at least one chunk, maybe empty).
 
-    Columns: spectrum_id, row, then per label ``<label>`` (ensemble mean), ``<label>_err``
+    Columns: spectrum_id, row, then per label ``<label>`` (ensemble mean; mapped back onto the
+    catalogue's scale where the calibration says so), ``<label>_err``
     (``calibration``'s factor × raw; without a calibration, the raw value), ``<label>_err_raw``
     and ``<label>_err_members``, then n_members. Each chunk's ``attrs`` carry grid_hash, labels,
     shard, n_shards, members and whether the errors are calibrated. A chunk is a whole number of
@@ -116,6 +117,7 @@ def iter_shard_predictions(flux_path: str | os.PathLike, table_path: str | os.Pa
                     say(log, f"shard {shard}: {stop}/{n_rows} spectra, "
                               f"{stop / max(elapsed, 1e-9):.0f} spectra/s, {elapsed:.1f} s")
             first = rows.start + chunk_start
+            out["mean"] = calibrated_mean(out["mean"], calibration, labels)
             err = calibrated_error(out["err_raw"],
                                    None if snr is None else snr[first:first + n_chunk],
                                    calibration, labels)

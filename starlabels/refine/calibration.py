@@ -23,6 +23,8 @@ from typing import Any, Mapping
 import numpy as np
 from scipy import optimize
 
+from ..dilution import apply_scale, label_scale  # noqa: F401  (refined labels' scale)
+
 #: iterations of the outlier clip of the scale and error fits
 CLIP_PASSES = 3
 
@@ -34,39 +36,6 @@ def chi2_threshold(chi2_red: np.ndarray, n_mad: float) -> float:
         raise ValueError("no finite χ² to set the flag threshold from")
     med = np.median(logs)
     return float(np.exp(med + n_mad * 1.4826 * np.median(np.abs(logs - med))))
-
-
-def label_scale(refined: np.ndarray, catalogue: np.ndarray, catalogue_err: np.ndarray,
-                outlier_sigma: float) -> dict[str, float]:
-    """Slope of refined on true labels and the two means that map refined labels back onto
-    the catalogue's scale: true ≈ catalogue_mean + (refined − refined_mean) / slope."""
-    use = np.isfinite(refined) & np.isfinite(catalogue) & np.isfinite(catalogue_err)
-    slope, ref_mean, cat_mean = 1.0, float("nan"), float("nan")
-    for _ in range(CLIP_PASSES):
-        x, y, e = refined[use], catalogue[use], catalogue_err[use]
-        if x.size < 3:
-            break
-        ref_mean, cat_mean = float(x.mean()), float(y.mean())
-        true_var = float(y.var() - np.mean(e ** 2))
-        # a catalogue whose own errors fill its spread cannot tell the scale: keep it
-        slope = float(np.mean((x - ref_mean) * (y - cat_mean)) / true_var) if true_var > 0 \
-            else 1.0
-        if not np.isfinite(slope) or slope <= 0:
-            slope = 1.0
-        resid = catalogue - (cat_mean + (refined - ref_mean) / slope)
-        spread = 1.4826 * np.median(np.abs(resid[use] - np.median(resid[use])))
-        keep = use & (np.abs(resid) <= outlier_sigma * max(spread, 1e-12))
-        if keep.sum() == use.sum():
-            break
-        use = keep
-    return {"slope": slope, "refined_mean": ref_mean, "catalogue_mean": cat_mean,
-            "n": int(use.sum())}
-
-
-def apply_scale(values: np.ndarray, scale: Mapping[str, float]) -> np.ndarray:
-    if not np.isfinite(scale["refined_mean"]):
-        return values
-    return scale["catalogue_mean"] + (values - scale["refined_mean"]) / scale["slope"]
 
 
 def error_model(delta: np.ndarray, formal: np.ndarray, catalogue_err: np.ndarray,
@@ -122,7 +91,7 @@ def calibrate(refined: np.ndarray, formal: np.ndarray, chi2_red: np.ndarray,
         scale = label_scale(refined[use, k], catalogue[use, k], catalogue_err[use, k],
                             cfg["outlier_sigma"])
         if not cfg["rescale_labels"]:
-            scale = dict(scale, slope=1.0, refined_mean=float("nan"),
+            scale = dict(scale, slope=1.0, predicted_mean=float("nan"),
                          catalogue_mean=float("nan"))
         slope = scale["slope"]
         values = apply_scale(refined[use, k], scale)
