@@ -153,16 +153,25 @@ def main() -> None:
                                     for k in applied},
             "network_coefficients": {k: scale["labels"][k]["coefficients"] for k in applied}}
     edges = scoring.snr_tercile_edges(snr)
+    best = cannon_raw.copy()           # The Cannon at its best, label by label (see the notes)
     for j, label in enumerate(labels):
         entry = {}
-        for name, pred in (("network", network[:, j]), ("cannon", cannon[:, j]),
-                           ("network_raw", network_raw[:, j]), ("cannon_raw", cannon_raw[:, j])):
+        versions = [("network", network[:, j]), ("network_raw", network_raw[:, j]),
+                    ("cannon_raw", cannon_raw[:, j])]
+        if scale is not None:
+            versions.append(("cannon_scaled", cannon[:, j]))
+        for name, pred in versions:
             block = scoring.sigma_ci(pred - true[:, j])
             block["bias"] = float(np.nanmean(pred - true[:, j]))
             block["sigma_by_snr_tercile"] = [
                 scoring.sigma_ci((pred - true[:, j])[(snr >= lo) & (snr < hi)])["sigma"]
                 for lo, hi in zip([-np.inf, *edges], [*edges, np.inf])]
             entry[name] = block
+        chosen = "cannon_raw"
+        if "cannon_scaled" in entry and entry["cannon_scaled"]["sigma"] < entry["cannon_raw"]["sigma"]:
+            chosen = "cannon_scaled"
+            best[:, j] = cannon[:, j]
+        entry["cannon"] = dict(entry[chosen], version=chosen)
         entry["network_over_cannon"] = entry["network"]["sigma"] / entry["cannon"]["sigma"]
         entry["network_raw_over_cannon_raw"] = (entry["network_raw"]["sigma"]
                                                 / entry["cannon_raw"]["sigma"])
@@ -170,13 +179,14 @@ def main() -> None:
         scores["labels"][label] = entry
         C.say(f"peer_cannon: {label}: network σ {entry['network']['sigma']:.4g} "
               f"{entry['network']['sigma_ci95']}, The Cannon σ {entry['cannon']['sigma']:.4g} "
-              f"{entry['cannon']['sigma_ci95']}, ratio {entry['network_over_cannon']:.2f}")
+              f"{entry['cannon']['sigma_ci95']} ({chosen}), ratio "
+              f"{entry['network_over_cannon']:.2f}")
     if "fe_h" in labels and "mg_fe" in labels:
         j, k = labels.index("fe_h"), labels.index("mg_fe")
         scores["alpha_sequence"] = {
             name: scoring.abundance_sequence(true[:, j], true[:, k], pred[:, j], pred[:, k],
                                              (-0.5, -0.2), 0.2)
-            for name, pred in (("network", network), ("cannon", cannon))}
+            for name, pred in (("network", network), ("cannon", best))}
     scores["snr_tercile_edges"] = edges
     bench_dir = folder / "benchmarks"
     predict_seconds = sum(float(np.loadtxt(f, skiprows=1, usecols=0, ndmin=1)[0])
@@ -212,7 +222,10 @@ def main() -> None:
         "Where the run put its labels onto the reference stars' scale (catalog/"
         "reference_scale.json), `network` and `cannon` are both on it: The Cannon also labels "
         "the same reference spectra and its own trend is fitted and removed the same way "
-        "(starlabels.reference_scale); `network_raw` and `cannon_raw` are both without it.",
+        "(starlabels.reference_scale) into `cannon_scaled`; `network_raw` and `cannon_raw` "
+        "are both without it. `cannon` (and the ratio) is The Cannon at its better of the two, "
+        "label by label (`version` says which): its own reference-scale fit can be worse than "
+        "none when its labels of the reference stars scatter far beyond its formal errors.",
     ]
     run.write()
 

@@ -125,11 +125,15 @@ def block_ges_precision(runs: dict[int, dict[str, Any]], peer: dict | None) -> s
             f"{max(t['network_train_seconds_per_member']):.0f} s.")
         rs = peer["figures"].get("reference_scale")
         if rs:
+            chosen = {k: v["cannon"].get("version") for k, v in peer["figures"]["labels"].items()}
             lines.append(
-                f"Both on the reference stars' scale: The Cannon labelled the same "
-                f"{rs['n_reference_spectra']} benchmark spectra and its own trend was fitted and "
-                f"removed the same way ({', '.join(NAMES[k] for k in rs['labels'])}); both as "
-                f"they come: [Reference-star scale](#reference-star-scale).")
+                f"The Cannon also labelled the same {rs['n_reference_spectra']} benchmark spectra "
+                f"and its own trend was fitted and removed the same way "
+                f"({', '.join(NAMES[k] for k in rs['labels'])}); its column is its better of "
+                f"that and its labels as they come (here: "
+                + ", ".join(f"{NAMES[k]} {'scaled' if v == 'cannon_scaled' else 'as it comes'}"
+                            for k, v in chosen.items())
+                + "); both versions: [Reference-star scale](#reference-star-scale).")
     return "\n".join(lines)
 
 
@@ -210,8 +214,11 @@ def block_ges_reference_scale(runs: dict[int, dict[str, Any]], peer: dict | None
         if peer is not None and label in peer["figures"]["labels"]:
             c = peer["figures"]["labels"][label]
             if "network_raw" in c:
-                test = f"{fmt(label, c['network_raw']['sigma'])} → {fmt(label, c['network']['sigma'])}"
-                cannon = f"{fmt(label, c['cannon_raw']['sigma'])} → {fmt(label, c['cannon']['sigma'])}"
+                test = (f"{fmt(label, c['network_raw']['sigma'])} → "
+                        f"{fmt(label, c['network']['sigma'])}")
+            if "cannon_scaled" in c:
+                cannon = (f"{fmt(label, c['cannon_raw']['sigma'])} → "
+                          f"{fmt(label, c['cannon_scaled']['sigma'])}")
         lines.append(f"| {NAMES[label]} | {coef} | {others} | {fit['n_used']} ({clipped}) | "
                      f"{offsets} | {test} | {cannon} |")
     return "\n".join(lines)
