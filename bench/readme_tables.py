@@ -131,8 +131,9 @@ def block_ges_precision(runs: dict[int, dict[str, Any]], peer: dict | None) -> s
                 f"and its own trend was fitted and removed the same way "
                 f"({', '.join(NAMES[k] for k in rs['labels'])}); its column is its better of "
                 f"that and its labels as they come (here: "
-                + ", ".join(f"{NAMES[k]} {'scaled' if v == 'cannon_scaled' else 'as it comes'}"
-                            for k, v in chosen.items())
+                + (", ".join(f"{NAMES[k]} {'scaled' if v == 'cannon_scaled' else 'as it comes'}"
+                             for k, v in chosen.items())
+                   if "cannon_scaled" in chosen.values() else "as they come, on every label")
                 + "); both versions: [Reference-star scale](#reference-star-scale).")
     return "\n".join(lines)
 
