@@ -595,7 +595,8 @@ def catalog_tables(*, shards: Sequence[str | os.PathLike], table: str | os.PathL
     survey identifiers); ``refined`` (the refine stage's shard tables) adds
     ``<label>_refined``, ``<label>_refined_err``, ``refine_chi2_red``, ``refine_converged`` and
     the REFINE_POOR_FIT flag; ``scale`` (a :mod:`starlabels.reference_scale` record) puts the
-    labels onto the reference stars' scale, keeping ``<label>_raw``.
+    labels onto the reference stars' scale, keeping ``<label>_raw`` (refined labels too: the
+    emulator learnt the same catalogue scale).
     """
     stars = artifacts.load_table(table)
     pred = merge_shards(list(shards), n_rows=len(stars))
@@ -622,6 +623,16 @@ def catalog_tables(*, shards: Sequence[str | os.PathLike], table: str | os.PathL
         for label in labels:
             for suffix in ("refined", "refined_err"):
                 out[f"{label}_{suffix}"] = ref[f"{label}_{suffix}"].to_numpy()
+        if scale is not None:
+            # the emulator learnt the same catalogue labels as the network, so its labels share
+            # that catalogue's scale: the same trend, evaluated at the refined labels, moves them
+            from .reference_scale import apply_reference_scale
+
+            moved = apply_reference_scale(
+                {label: out[f"{label}_refined"].to_numpy() for label in labels}, scale)
+            for label in labels:
+                if label in moved:
+                    out[f"{label}_refined"] = moved[label]
         for column in ("refine_chi2_red", "refine_converged", "refine_unlike_training"):
             out[column] = ref[column].to_numpy()
     out["clean_keep"] = cleaned["keep"].to_numpy(dtype=bool)

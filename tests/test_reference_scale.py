@@ -1,5 +1,7 @@
 """The reference-star scale: trends of predicted − literature fitted on the benchmark stars,
 applied to every spectrum (starlabels.reference_scale)."""
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -190,6 +192,14 @@ def test_the_rule_chain_fits_the_scale_and_the_catalogue_applies_it(tmp_path):
     stages.reference_scale(shards=[str(shard)], table=str(tmp_path / "stars.parquet"),
                            calibration=str(tmp_path / "calibration.parquet"), labels=labels,
                            cfg=_cfg(), out=str(scale), log=lambda s: None)
+    refined = rows[["spectrum_id", "row"]].copy()
+    for label in labels:
+        refined[f"{label}_refined"] = rows[label] + (10.0 if label == "teff" else 0.01)
+        refined[f"{label}_refined_err"] = 1.0
+    refined["refine_chi2_red"] = 1.0
+    refined["refine_converged"] = True
+    refined["refine_unlike_training"] = False
+    artifacts.save_table(tmp_path / "refined_0.parquet", refined)
     fits_path, parquet_path = tmp_path / "cat.fits", tmp_path / "cat.parquet"
     out = stages.catalog(shards=[str(shard)], table=str(tmp_path / "stars.parquet"),
                          clean_table=str(tmp_path / "clean.parquet"), model_dirs=[str(member)],
@@ -197,12 +207,19 @@ def test_the_rule_chain_fits_the_scale_and_the_catalogue_applies_it(tmp_path):
                          method="cnn_regression", fits_path=str(fits_path),
                          parquet_path=str(parquet_path), reference_scale=str(scale),
                          classes={"giant_logg_max": 3.5, "dwarf_logg_min": 4.0},
-                         log=lambda s: None)
+                         refined=[str(tmp_path / "refined_0.parquet")], log=lambda s: None)
     giant = out[out["star_id"] == "f0"].iloc[0]
     # the field giant is 25 K per dex too hot and 0.11 dex too high in gravity: put back
     assert giant["teff_raw"] == 4650.0 and abs(giant["teff"] - 4600.0) < 15.0
     assert abs(giant["logg"] - 2.44) < 0.04 and giant["teff_err"] == 30.0
     assert giant["teff_err_scale"] > 0 and giant["evolutionary_class"] == "giant"
+    # the refined labels learnt the same catalogue scale: the same trend, at their own values
+    record = json.loads(scale.read_text())
+    x = design({"teff": np.array([4660.0]), "logg": np.array([2.56])}, record["terms"],
+               record["pivot"])
+    assert giant["teff_refined"] == pytest.approx(
+        4660.0 - (x @ record["labels"]["teff"]["coefficients"])[0])
+    assert giant["teff_refined_err"] == 1.0
     with fits.open(fits_path) as hdul:
         assert hdul[1].header["REFSCALE"] == "fe_h,logg,teff"
         names = hdul[1].columns.names
