@@ -19,6 +19,8 @@ from typing import Mapping
 
 import numpy as np
 
+from .scoring import robust_spread
+
 #: iterations of the outlier clip of the scale fit
 CLIP_PASSES = 3
 
@@ -42,7 +44,7 @@ def label_scale(predicted: np.ndarray, catalogue: np.ndarray, catalogue_err: np.
         if not np.isfinite(slope) or slope <= 0:
             slope = 1.0
         resid = catalogue - (cat_mean + (predicted - ref_mean) / slope)
-        spread = 1.4826 * np.median(np.abs(resid[use] - np.median(resid[use])))
+        spread = robust_spread(resid[use])
         keep = use & (np.abs(resid) <= outlier_sigma * max(spread, 1e-12))
         if keep.sum() == use.sum():
             break

@@ -31,6 +31,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from .scoring import robust_spread
+
 #: a Teff term is in units of 1000 K (the others in dex) so the coefficients read per 1000 K
 #: and per dex; the fit is the same for any scaling
 TEFF_TERM_UNIT = 1000.0
@@ -92,8 +94,7 @@ def fit_label(delta: np.ndarray, sigma: np.ndarray, x: np.ndarray, clip_sigma: f
         z = (delta - x @ coef) / sigma
         # the spread of the used stars' z, robustly (one far star inflates the χ² it is judged by)
         z = z / max(_robust_sigma(z[used]), 1.0)
-        keep = np.isfinite(z) & (np.abs(np.nan_to_num(z, nan=np.inf)) <= clip_sigma) \
-            & np.isfinite(delta)
+        keep = np.abs(np.where(np.isfinite(z), z, np.inf)) <= clip_sigma
         if keep.sum() < need or np.array_equal(keep, used):
             break
         used = keep
@@ -117,10 +118,7 @@ def fit_label(delta: np.ndarray, sigma: np.ndarray, x: np.ndarray, clip_sigma: f
 
 
 def _robust_sigma(values: np.ndarray) -> float:
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return float("nan")
-    return float(1.4826 * np.median(np.abs(values - np.median(values))))
+    return robust_spread(values[np.isfinite(values)])
 
 
 def reference_rows(pred: pd.DataFrame, calibration: pd.DataFrame) -> pd.DataFrame:
@@ -155,7 +153,7 @@ def fit_reference_scale(pred: pd.DataFrame, calibration: pd.DataFrame, labels: S
     if missing_terms:
         raise ValueError(f"reference_scale.terms {missing_terms} are not predicted labels "
                          f"({list(labels)})")
-    x = design(rows, terms, pivot) if len(rows) else np.zeros((0, len(terms) + 1))
+    x = design(rows, terms, pivot)
     for label in cfg["labels"]:
         if label not in labels:
             continue
@@ -164,9 +162,9 @@ def fit_reference_scale(pred: pd.DataFrame, calibration: pd.DataFrame, labels: S
                                        "reason": "the calibration table has no such column"}
             log(f"reference_scale: {label}: not calibrated, the table has no literature values")
             continue
-        predicted = rows[label].to_numpy(dtype=float) if len(rows) else np.zeros(0)
-        literature = rows[f"{label}_lit"].to_numpy(dtype=float) if len(rows) else np.zeros(0)
-        e_pred = rows[f"{label}_err"].to_numpy(dtype=float) if len(rows) else np.zeros(0)
+        predicted = rows[label].to_numpy(dtype=float)
+        literature = rows[f"{label}_lit"].to_numpy(dtype=float)
+        e_pred = rows[f"{label}_err"].to_numpy(dtype=float)
         e_lit = (np.nan_to_num(rows[f"e_{label}_lit"].to_numpy(dtype=float))
                  if f"e_{label}_lit" in rows else np.zeros(len(rows)))
         delta = predicted - literature

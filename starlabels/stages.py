@@ -444,13 +444,11 @@ def catalog(*, shards: Sequence[str], table: str, clean_table: str, model_dirs: 
     from .catalog import FLAG_COLUMN, bin_edges, catalog_tables, write_catalog
 
     carry = surveys.get(survey).carry if survey else ()
-    scale = artifacts.load_json(reference_scale) if reference_scale else None
-    scaled = sorted(label for label, fit in (scale or {"labels": {}})["labels"].items()
-                    if fit.get("applied"))
+    scale = artifacts.load_json(reference_scale) if reference_scale else {"labels": {}}
+    scaled = sorted(label for label, fit in scale["labels"].items() if fit.get("applied"))
     out = catalog_tables(shards=shards, table=table, clean_table=clean_table,
                          model_dirs=model_dirs, labels=labels, cfg=cfg, classes=classes,
-                         carry=carry, refined=refined,
-                         scale=scale)
+                         carry=carry, refined=refined, scale=scale if scaled else None)
     prov = artifacts.provenance(None, config_hash=config_hash, stage="catalog",
                                 experiment=experiment, method=method, n_members=len(model_dirs),
                                 scaled_labels=",".join(scaled) or "none")

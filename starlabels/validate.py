@@ -418,12 +418,12 @@ def reference_scale_summary(record: Mapping[str, Any]) -> dict[str, Any]:
         if not fit.get("applied"):
             out[label] = {"applied": False, "reason": fit.get("reason", "")}
             continue
-        used = np.asarray(fit["used"], dtype=bool)
         out[label] = {"applied": True, "terms": ["constant", *record["terms"]],
                       "coefficients": fit["coefficients"],
                       "coefficient_errors": np.sqrt(np.diag(fit["covariance"])).tolist(),
-                      "chi2_red": fit["chi2_red"], "n_used": int(used.sum()),
-                      "clipped": [name for name, u in zip(record["names"], used) if not u],
+                      "chi2_red": fit["chi2_red"], "n_used": fit["n_used"],
+                      "clipped": [name for name, u in zip(record["names"], fit["used"])
+                                  if not u],
                       "before": fit["before"], "after_loo": fit["after_loo"]}
     return out
 

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 import numpy as np
 from scipy import optimize
 
-from ..dilution import apply_scale, label_scale  # noqa: F401  (refined labels' scale)
+from ..dilution import apply_scale, label_scale
 
 #: iterations of the outlier clip of the scale and error fits
 CLIP_PASSES = 3
