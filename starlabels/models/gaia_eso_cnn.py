@@ -23,6 +23,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from . import cpu_layers
+
 #: noise of a masked pixel (ivar 0) in :func:`noise_encoding`: as if σ were the continuum itself
 MASKED_SIGMA = 1.0
 #: σ of the noise channel's reference level: the encoding is log10(σ / SIGMA_REFERENCE), so a
@@ -113,10 +115,10 @@ class GaiaEsoCNN(nn.Module):
         conv_layers: list[nn.Module] = []
         in_channels = 2 if self.noise_channel else 1
         for i, (channels, kernel) in enumerate(zip(conv_channels, kernel_sizes)):
-            conv_layers += [nn.Conv1d(in_channels, int(channels), int(kernel)),
+            conv_layers += [cpu_layers.Conv1d(in_channels, int(channels), int(kernel)),
                             nn.LeakyReLU(negative_slope)]
             if i < len(pool_sizes):
-                conv_layers.append(nn.MaxPool1d(int(pool_sizes[i])))
+                conv_layers.append(cpu_layers.MaxPool1d(int(pool_sizes[i])))
             in_channels = int(channels)
         if drop["conv"]:
             conv_layers.append(nn.Dropout(drop["conv"]))
