@@ -35,3 +35,10 @@ rule all:
     input:
         final_targets(),
     default_target: True
+
+
+rule ablation:
+    """deep-REMAP's ablation study for every experiment that lists ablation variants: not part
+    of the default run (its members are as many trainings again as the ensemble)."""
+    input:
+        ablation_targets(),

@@ -65,15 +65,24 @@ def provenance_line(run: dict[str, Any]) -> str:
 
 def block_default_run(runs: dict[int, dict[str, Any]], peer: dict | None) -> str:
     lines = [provenance_line(runs[PRIMARY_SEED]), "",
-             "| base seed | wall time (target ≤ 10 min) | machine |", "|---|---|---|"]
+             "| base seed | wall time (target ≤ 10 min) | job-seconds | then `ablation` target "
+             "| machine |", "|---|---|---|---|---|"]
+
+    def minutes(wall: float) -> str:
+        return f"{int(wall // 60)} min {wall % 60:.0f} s"
+
     for seed, run in sorted(runs.items()):
-        wall = run["figures"]["wall_seconds"]
-        lines.append(f"| {seed} | {int(wall // 60)} min {wall % 60:.0f} s "
-                     f"({'met' if wall <= 600 else 'missed'}) | {run['machine']['cpu_model']}, "
-                     f"load before {run['load_average']['before'][0]} |")
+        f = run["figures"]
+        wall, ablation = f["wall_seconds"], f.get("ablation") or {}
+        after = (f"{minutes(ablation['wall_seconds'])} "
+                 f"({sum(ablation['job_seconds'].values()):.0f} job-s)") if ablation else "not run"
+        lines.append(f"| {seed} | {minutes(wall)} ({'met' if wall <= 600 else 'missed'}) "
+                     f"| {sum(f['job_seconds'].values()):.0f} | {after} "
+                     f"| {run['machine']['cpu_model']}, load before "
+                     f"{run['load_average']['before'][0]} |")
     jobs = runs[PRIMARY_SEED]["figures"]["job_seconds"]
     slow = sorted(jobs.items(), key=lambda kv: -kv[1])[:6]
-    lines += ["", "Longest jobs (seed %d): " % PRIMARY_SEED
+    lines += ["", "Longest jobs of the default run (seed %d): " % PRIMARY_SEED
               + ", ".join(f"{k} {v:.0f} s" for k, v in slow) + "."]
     return "\n".join(lines)
 
@@ -328,9 +337,13 @@ def block_refine(runs: dict[int, dict[str, Any]], peer: dict | None) -> str:
 
 
 def block_marvels_ablation(runs: dict[int, dict[str, Any]], peer: dict | None) -> str:
-    """deep-REMAP's ablation on the calibration stars (metrics.json deep_remap.ablation)."""
-    m = runs[PRIMARY_SEED]["figures"]["metrics"].get("demo_marvels")
-    ablation = (m or {}).get("deep_remap", {}).get("ablation", {})
+    """deep-REMAP's ablation on the calibration stars (the ablation target's ablation.json)."""
+    f = runs[PRIMARY_SEED]["figures"]
+    m = f["metrics"].get("demo_marvels")
+    ablation = (f.get("ablation") or {}).get("figures", {}).get("demo_marvels", {}).get(
+        "variants", {})
+    if not ablation:
+        return "The measured run did not run the ablation target."
     labels = [k for k in ("teff", "logg", "fe_h") if m and k in m["labels"]]
     lines = ["| variant | members | " + " | ".join(f"σ / bias {NAMES[k]}" for k in labels)
              + " |", "|---|---|" + "---|" * len(labels)]

@@ -235,9 +235,17 @@ def ablation_files(wildcards):
     )
 
 
+def ablation_targets():
+    """The ablation study's outputs for every experiment run whose method has ablation variants
+    and whose config lists some."""
+    return [f"{R}/{exp}/{out}" for exp in config["run"]
+            if method(exp).variants and EXPERIMENTS[exp][method(exp).section]["ablation"]
+            for out in ("ablation.md", "ablation.json")]
+
+
 def method_report_input(wildcards):
     """validate's extra input where the method writes a report (deep_remap: calibration and
-    ablation)."""
+    classes)."""
     path = method(wildcards.exp).report
     return {"method_report": f"{R}/{wildcards.exp}/{path}"} if path else {}
 
@@ -345,8 +353,7 @@ def stage_outputs(exp):
               ("flux.npy", "ivar.npy", "stars.parquet", "rejects.parquet")]
     files += [f"{R}/{exp}/clean/clean.parquet", f"{R}/{exp}/clean/tsne_clean.png"]
     files += [f"{R}/{exp}/trainset/{n}" for n in ("flux.npy", "ivar.npy", "spectra.parquet")]
-    for folder in [*parent_folders(model_files(w)),
-                   *(parent_folders(ablation_files(w)) if method(exp).report else [])]:
+    for folder in parent_folders(model_files(w)):  # ablation members: the `ablation` target
         files += [f"{folder}/{n}" for n in ("model.pt", "model.json", "history.csv")]
     files += list(ensemble_calibration_input(w).values())
     files += list(method_report_input(w).values())

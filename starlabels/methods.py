@@ -100,7 +100,7 @@ METHODS: Registry[Method] = Registry("method", {
         calibrates_ensemble=_remap_ensemble_level,
         calibrate=Hook("starlabels.remap.ensemble:calibrate_job"),
         calibration_section="remap.calibration",
-        report_outputs=("ablation.md", "plots/reliability.png", "plots/embedding_map.png"),
+        report_outputs=("plots/reliability.png", "plots/embedding_map.png"),
         report="remap_report.json"),
 })
 

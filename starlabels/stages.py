@@ -498,16 +498,27 @@ def summary_tables(*, metrics: str, catalog: str, labels: Sequence[str], metrics
 
 
 def remap_report(*, flux: str, table: str, catalog: str, truth: str | None,
-                 model_dirs: Sequence[str], ablation_dirs: Mapping[str, str],
-                 classes: Mapping[str, float], targets: Mapping[str, Any], metrics: str,
-                 ablation_md: str, reliability_plot: str, embedding_plot: str,
-                 log: Log = log_to_stdout, config_hash: str = "none",
+                 model_dirs: Sequence[str], classes: Mapping[str, float],
+                 targets: Mapping[str, Any], metrics: str, reliability_plot: str,
+                 embedding_plot: str, log: Log = log_to_stdout, config_hash: str = "none",
                  ensemble_calibration: str | None = None) -> dict:
-    """deep_remap: calibration, ablation and giant classes (:mod:`starlabels.remap.report`)."""
+    """deep_remap: held-out calibration, calibration stars and giant classes
+    (:mod:`starlabels.remap.report`)."""
     from .remap.report import remap_report as run
 
     return run(flux=flux, table=table, catalog=catalog, truth=truth, model_dirs=model_dirs,
-               ablation_dirs=ablation_dirs, classes=classes, targets=targets, metrics=metrics,
-               ablation_md=ablation_md, reliability_plot=reliability_plot,
-               embedding_plot=embedding_plot, log=log, config_hash=config_hash,
-               ensemble_calibration=ensemble_calibration)
+               classes=classes, targets=targets, metrics=metrics,
+               reliability_plot=reliability_plot, embedding_plot=embedding_plot, log=log,
+               config_hash=config_hash, ensemble_calibration=ensemble_calibration)
+
+
+def ablation_report(*, flux: str, table: str, truth: str | None, model_dirs: Sequence[str],
+                    ablation_dirs: Mapping[str, str], ablation_md: str, ablation_json: str,
+                    log: Log = log_to_stdout, config_hash: str = "none",
+                    ensemble_calibration: str | None = None) -> dict:
+    """deep_remap: the ablation study on the calibration stars (:mod:`starlabels.remap.report`)."""
+    from .remap.report import ablation_report as run
+
+    return run(flux=flux, table=table, truth=truth, model_dirs=model_dirs,
+               ablation_dirs=ablation_dirs, ablation_md=ablation_md, ablation_json=ablation_json,
+               log=log, config_hash=config_hash, ensemble_calibration=ensemble_calibration)

@@ -465,7 +465,7 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
     only, the one-to-one-with-truth plot is empty, and precision vs S/N is against the
     catalogue labels. ``cfg`` is the ``validate`` section (keys left out take the schema's
     defaults). A method's own report (``method_report``, e.g. deep-REMAP's calibration and
-    ablation) is merged in under the method's name, the refine stage's report
+    classes) is merged in under the method's name, the refine stage's report
     (``refine_report``) under ``refine``. ``continuum`` is the normalize stage's continuum
     section (its order sets the continuum nuisances of the marginalised bound)."""
     from . import config

@@ -124,7 +124,7 @@ def test_catalog_content_and_metrics(tiny_run):
 def test_deep_remap_outputs(tiny_run):
     """tiny_marvels runs deep_remap: distributions, neighbours, classes, ablation, calibration."""
     results = tiny_run["results"] / "tiny_marvels"
-    for rel in ("ablation.md", "remap_report.json", "plots/reliability.png",
+    for rel in ("ablation.md", "ablation.json", "remap_report.json", "plots/reliability.png",
                 "plots/embedding_map.png", "ablation/no_pretrain/model.json",
                 "models/ensemble_calibration.json"):
         assert (results / rel).stat().st_size > 0, rel
@@ -143,7 +143,16 @@ def test_deep_remap_outputs(tiny_run):
     assert set(cat["evolutionary_class"]) <= {"giant", "subgiant", "dwarf"}
     metrics = json.loads((results / "metrics.json").read_text())
     remap = metrics["deep_remap"]
-    assert set(remap["ablation"]) == {"full", "ensemble", "no_pretrain"}
+    assert set(remap["calibration_stars"]) == {"full", "ensemble"}
+    for label, target in remap["calibration_star_targets"].items():
+        assert target["sigma"] == remap["calibration_stars"]["ensemble"][label]["sigma"]
+    # the ablation study (its own target): the ablation member beside member 0 and the ensemble,
+    # the same figures for those two as the report's
+    ablation = json.loads((results / "ablation.json").read_text())
+    assert set(ablation["variants"]) == {"full", "ensemble", "no_pretrain"}
+    for name in ("full", "ensemble"):
+        assert ablation["variants"][name]["teff"] == remap["calibration_stars"][name]["teff"]
+    assert ablation["provenance"]["stage"] == "ablation_report"
     assert set(remap["heldout"]["labels"]) == {"teff", "logg", "fe_h"}
     assert remap["heldout"]["splits"].keys() >= {"calibration"}
     for member in remap["members"]:
@@ -432,19 +441,23 @@ def test_slurm_profile_runs_train_and_predict_as_slurm_jobs(repo, tiny_run, slur
     (["--forcerun", "predict", "--until", "{results}/tiny_ges/predictions/shard_1.parquet"],
      {"predict": 1}),
     # rerun a stage and everything downstream (both experiments calibrate their ensemble;
-    # tiny_marvels is deep_remap: + its ablation member and report; tiny_ges refines and fits
-    # its reference-star scale)
-    (["-R", "clean"], {"clean": 2, "trainset": 2, "train": 4, "train_ablation": 1,
+    # tiny_marvels is deep_remap: + its report; tiny_ges refines and fits its reference-star
+    # scale; the ablation study is not part of the default run)
+    (["-R", "clean"], {"clean": 2, "trainset": 2, "train": 4,
                        "calibrate_ensemble": 2, "predict": 4, "catalog": 2, "validate": 2,
                        "remap_report": 1, "ensemble": 2, "summary_tables": 2, "all": 1,
                        "train_emulator": 1, "calibrate_refine": 1, "refine": 2,
                        "refine_report": 1, "reference_scale": 1}),
+    # the ablation study after retraining: its member and its table, nothing of the catalogue
+    (["ablation", "--forcerun", "train_ablation"],
+     {"train_ablation": 1, "ablation_report": 1, "ablation": 1}),
     # stop after a stage: nothing to do when it is up to date
     (["--until", "clean"], {}),
 ])
 def test_readme_rerun_recipes_rerun_exactly_what_they_say(repo, tiny_run, recipe, expected):
     args = [a.format(results=tiny_run["results"]) for a in recipe]
-    proc = snakemake(repo, "-n", *tiny_run["args"], *args)
+    # the recipe first: a target after `--config key=value` would be read as another pair
+    proc = snakemake(repo, "-n", *args, *tiny_run["args"])
     assert proc.returncode == 0, proc.stderr
     assert job_counts(proc.stdout) == expected, proc.stdout[-3000:]
 

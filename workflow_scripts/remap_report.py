@@ -7,8 +7,6 @@ from starlabels import stages  # noqa: E402
 i, o, p = snakemake.input, snakemake.output, snakemake.params
 stages.remap_report(
     flux=i.flux, table=i.table, catalog=i.catalog, truth=i.get("truth"),
-    model_dirs=runtime.folders(i.models),
-    ablation_dirs=dict(zip(p.variants, runtime.folders(i.ablation))), classes=p.classes,
-    targets=p.targets, metrics=o.metrics, ablation_md=o.ablation,
-    reliability_plot=o.reliability, embedding_plot=o.embedding_map,
+    model_dirs=runtime.folders(i.models), classes=p.classes, targets=p.targets,
+    metrics=o.metrics, reliability_plot=o.reliability, embedding_plot=o.embedding_map,
     config_hash=job.config_hash, ensemble_calibration=i.get("ensemble_calibration"))

@@ -15,6 +15,6 @@ Modules, one idea each:
 - :mod:`.member` — one ensemble member: the phases in order, temperature scaling, model folder;
 - :mod:`.ensemble` — one temperature per head for the averaged distribution of all members;
 - :mod:`.predict` — ensemble probability averaging and nearest-neighbour lookup;
-- :mod:`.evaluate` and :mod:`.report` — calibration on held-out stars, the ablation table, the
-  report merged into metrics.json.
+- :mod:`.evaluate` and :mod:`.report` — calibration on held-out stars and the
+  report merged into metrics.json; the ablation study (its own target).
 """

@@ -1,11 +1,16 @@
 """The deep-REMAP report: what the distributions are worth on stars no phase trained on.
 
 :func:`remap_report` writes ``remap_report.json`` (merged into ``metrics.json`` by validate):
-calibration on the held-out stars before and after temperature scaling, the ablation table on the
-calibration stars (``ablation.md``), the giant / sub-giant / dwarf fractions of the giant
-candidates, the reliability diagram and the map of the embedding. The experiment's acceptance
-targets (``validate.targets``: the calibration stars' σ, the held-out 68 % coverage) are reported
-with whether each is met.
+calibration on the held-out stars before and after temperature scaling, σ / bias / coverage of
+member 0 and of the ensemble on the calibration stars, the giant / sub-giant / dwarf fractions of
+the giant candidates, the reliability diagram and the map of the embedding. The experiment's
+acceptance targets (``validate.targets``: the calibration stars' σ, the held-out 68 % coverage) are
+reported with whether each is met.
+
+:func:`ablation_report` writes the ablation study (``ablation.md``, ``ablation.json``): the same
+table on the calibration stars with the ablation members beside member 0 and the ensemble. It is
+its own target (``snakemake ablation``), not part of the catalogue's run: the ablation members are
+as many trainings again as the ensemble, and the catalogue does not depend on them.
 """
 from __future__ import annotations
 
@@ -23,13 +28,13 @@ EMBEDDING_MAP_SEED = 0
 
 
 def remap_report(*, flux: str, table: str, catalog: str, truth: str | None,
-                 model_dirs: Sequence[str], ablation_dirs: Mapping[str, str],
-                 classes: Mapping[str, float], metrics: str, ablation_md: str,
+                 model_dirs: Sequence[str], classes: Mapping[str, float], metrics: str,
                  reliability_plot: str, embedding_plot: str, targets: Mapping[str, Any],
                  log: Log = print, config_hash: str = "none",
                  ensemble_calibration: str | None = None) -> dict:
-    """Calibration on held-out stars (before/after temperature scaling), the ablation table,
-    giant-class fractions, reliability diagram and embedding map of a deep_remap experiment.
+    """Calibration on held-out stars (before/after temperature scaling), member 0 and the
+    ensemble on the calibration stars, giant-class fractions, reliability diagram and embedding
+    map of a deep_remap experiment.
 
     ``targets`` is the experiment's ``validate.targets`` section (``coverage68``,
     ``calibration_stars_sigma``)."""
@@ -37,7 +42,6 @@ def remap_report(*, flux: str, table: str, catalog: str, truth: str | None,
     from ..validate import giant_fractions
     from . import evaluate as E
     from .ensemble import ensemble_temperatures
-    from .train import VARIANTS
 
     stars = artifacts.load_table(table)
     truth_df = artifacts.load_table(truth) if truth else None
@@ -71,26 +75,15 @@ def remap_report(*, flux: str, table: str, catalog: str, truth: str | None,
             for label, m in cal["metrics"]["labels"].items()}
     P.reliability_diagram(cal["curves"], reliability_plot)
 
-    # ablation on the calibration stars
-    calib = np.flatnonzero(stars["split"].eq("calibration").to_numpy())
-    variants: dict[str, list[str]] = {"full": [str(model_dirs[0])],
-                                      "ensemble": [str(d) for d in model_dirs]}
-    variants.update({name: [str(d)] for name, d in ablation_dirs.items()})
-    descriptions = dict(VARIANTS, ensemble=f"all {len(model_dirs)} members, probabilities "
-                                           f"averaged (the catalogue's labels)")
-    calib_ref, _ = E.reference_labels(stars.iloc[calib], truth_df, labels)
-    ablation, text = E.ablation_table(E.load_rows(flux, calib), calib_ref, kind, variants,
-                                      descriptions,
-                                      temperatures={"ensemble": temperatures} if temperatures
-                                      else None)
-    result["ablation"] = ablation
+    # member 0 and the ensemble on the calibration stars
+    table_, text = _calibration_star_table(flux, stars, truth_df, labels, kind, model_dirs, {},
+                                           temperatures)
+    result["calibration_stars"] = table_
     result["calibration_star_targets"] = {
-        label: {"sigma": ablation["ensemble"][label]["sigma"], "target": target,
-                "met": bool(ablation["ensemble"][label]["sigma"] <= target)}
+        label: {"sigma": table_["ensemble"][label]["sigma"], "target": target,
+                "met": bool(table_["ensemble"][label]["sigma"] <= target)}
         for label, target in targets["calibration_stars_sigma"].items()
         if label in labels and target is not None}
-    with artifacts.atomic_path(ablation_md) as tmp:
-        Path(tmp).write_text(text)
     log(text)
 
     # giant / sub-giant / dwarf classes of the giant candidates
@@ -129,4 +122,52 @@ def remap_report(*, flux: str, table: str, catalog: str, truth: str | None,
     result["provenance"] = artifacts.provenance(None, config_hash=config_hash,
                                                 stage="remap_report")
     artifacts.save_json(metrics, result)
+    return result
+
+
+def _calibration_star_table(flux: str, stars: pd.DataFrame, truth_df: pd.DataFrame | None,
+                            labels: Sequence[str], kind: str, model_dirs: Sequence[str],
+                            ablation_dirs: Mapping[str, str],
+                            temperatures: Sequence[float] | None) -> tuple[dict[str, Any], str]:
+    """σ, bias and 68 % coverage on the calibration stars of member 0 (``full``), the ensemble
+    and each ablation member; (dict, Markdown)."""
+    from . import evaluate as E
+    from .train import VARIANTS
+
+    calib = np.flatnonzero(stars["split"].eq("calibration").to_numpy())
+    variants: dict[str, list[str]] = {"full": [str(model_dirs[0])],
+                                      "ensemble": [str(d) for d in model_dirs]}
+    variants.update({name: [str(d)] for name, d in ablation_dirs.items()})
+    descriptions = dict(VARIANTS, ensemble=f"all {len(model_dirs)} members, probabilities "
+                                           f"averaged (the catalogue's labels)")
+    calib_ref, _ = E.reference_labels(stars.iloc[calib], truth_df, list(labels))
+    return E.ablation_table(E.load_rows(flux, calib), calib_ref, kind, variants, descriptions,
+                            temperatures={"ensemble": temperatures} if temperatures else None)
+
+
+def ablation_report(*, flux: str, table: str, truth: str | None, model_dirs: Sequence[str],
+                    ablation_dirs: Mapping[str, str], ablation_md: str, ablation_json: str,
+                    log: Log = print, config_hash: str = "none",
+                    ensemble_calibration: str | None = None) -> dict:
+    """The ablation study of a deep_remap experiment: each ablation member (one part of the
+    recipe switched off, member 0's seed) beside member 0 and the ensemble on the calibration
+    stars; ``ablation.md`` (the table) and ``ablation.json`` (the figures, with provenance)."""
+    from . import evaluate as E
+    from .ensemble import ensemble_temperatures
+
+    stars = artifacts.load_table(table)
+    truth_df = artifacts.load_table(truth) if truth else None
+    labels = list(artifacts.load_json(Path(model_dirs[0]) / "model.json")["labels"])
+    calib = np.flatnonzero(stars["split"].eq("calibration").to_numpy())
+    _, kind = E.reference_labels(stars.iloc[calib], truth_df, labels)
+    temperatures = ensemble_temperatures(ensemble_calibration, model_dirs)
+    ablation, text = _calibration_star_table(flux, stars, truth_df, labels, kind, model_dirs,
+                                             ablation_dirs, temperatures)
+    log(text)
+    result = {"reference": kind, "variants": ablation,
+              "provenance": artifacts.provenance(None, config_hash=config_hash,
+                                                 stage="ablation_report")}
+    with artifacts.atomic_path(ablation_md) as tmp:
+        Path(tmp).write_text(text)
+    artifacts.save_json(ablation_json, result)
     return result
