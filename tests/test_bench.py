@@ -39,7 +39,10 @@ def quick_results(tmp_path_factory):
 
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_envelope(quick_results, name):
-    r = quick_results[name]
+    _check_envelope(quick_results[name], name)
+
+
+def _check_envelope(r: dict, name: str) -> None:
     assert r["name"] == name and r["mode"] == "quick"
     m = r["machine"]
     assert m["hostname"] and m["cpu_model"] and m["logical_cores"] >= 1
@@ -109,6 +112,40 @@ def test_rss_figures(quick_results):
         assert res["peak_rss_anon_sampled_bytes"] > 0
         assert res["wait4_ru_maxrss_bytes"] > 0
     assert r["parameters"]["n_pixels"] == 3401 and r["parameters"]["n_members"] == 1
+
+
+# ---------------------------------------------------------------- refine, shard by shard
+
+def test_refine_throughput_quick(tmp_path):
+    """On its own (not in quick_results): it builds its synthetic run itself, and `-k refine`
+    should not run every other benchmark first."""
+    out = tmp_path / "out"
+    before = _committed_state()
+    proc = subprocess.run([sys.executable, str(BENCH / "refine_throughput.py"), "--quick",
+                           "--out", str(out), "--cache", str(tmp_path / "cache")],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert _committed_state() == before
+    r = json.loads((out / "refine_throughput.json").read_text())
+    _check_envelope(r, "refine_throughput")
+    f, p = r["figures"], r["parameters"]
+    assert p["n_rows"] == 1000 and p["n_shards"] == 4 and p["jobs"] == 2
+    assert p["full_size"] is False and p["threads_per_job"] == 1
+    assert p["emulator_kind"] == "quadratic" and p["n_pixels"] == 400
+    assert f["n_rows"] == f["n_fitted"] == 1000
+    assert 0 < f["seconds"] and f["stars_per_s"] == pytest.approx(1000 / f["seconds"])
+    assert 0 < f["converged_fraction"] <= 1
+    assert r["targets"]["seconds_at_36904"]["measured"] is None    # not the full size
+    shards = f["per_shard"]
+    assert [s["shard"] for s in shards] == [0, 1, 2, 3]
+    assert sum(s["rows"] for s in shards) == sum(s["n_fitted"] for s in shards) == 1000
+    for s in shards:
+        assert 0 < s["seconds"] <= s["process_seconds"] <= f["seconds"] * 1.01
+        assert s["fit_seconds"] is not None and s["fit_seconds"] <= s["seconds"]
+        assert 50 * 2**20 < s["peak_rss_bytes"] < 16 * 2**30
+        assert s["peak_rss_anon_sampled_bytes"] > 0 and s["wait4_ru_maxrss_bytes"] > 0
+    assert f["peak_rss_max_bytes"] == max(s["peak_rss_bytes"] for s in shards)
+    assert not (out / "refine_throughput_work").exists()        # the working folder is removed
 
 
 # ---------------------------------------------------------------- The Cannon beside the network
