@@ -2,7 +2,8 @@
 
 Reads ``bench/results/default_run_seed*.json`` (``bench/default_run.py``: the default run's wall
 time and each experiment's metrics.json, one file per base seed) and
-``bench/results/peer_cannon.json`` (``bench/peer_cannon.py``), and replaces each block of the
+``bench/results/peer_cannon.json`` (``bench/peer_cannon.py``), ``refine_throughput.json``,
+``realism_knobs*.json``, and replaces each block of the
 README between ``<!-- figures:NAME -->`` and ``<!-- /figures:NAME -->`` with a table built from
 them, naming the machine, the date and the commit the figures came from.
 
@@ -385,6 +386,35 @@ def _bounds(values: dict[str, float]) -> str:
     return " / ".join(fmt(k, values[k], 1 if k == "teff" else 4) for k in NAMES if k in values)
 
 
+def block_refine_throughput(runs: dict[int, dict[str, Any]], peer: dict | None) -> str:
+    """Refine throughput at survey size (``refine_throughput.json``:
+    ``bench/refine_throughput.py --run <default run>/demo_ges``)."""
+    path = RESULTS / "refine_throughput.json"
+    if not path.exists():
+        return "`bench/refine_throughput.py` has not been run on this machine kind."
+    r = json.loads(path.read_text())
+    f, p, m = r["figures"], r["parameters"], r["machine"]
+    target = r["targets"]["seconds_at_36904"]
+    verdict = ("not the full size: no verdict" if target["measured"] is None
+               else "met" if target["met"] else "missed")
+    peaks = [s["peak_rss_bytes"] / 2**20 for s in f["per_shard"]]
+    return "\n".join([
+        f"Measured {r['created_utc'][:10]} on {m['cpu_model']} ({m['usable_cores']} cores, "
+        f"{'GPU ' + m['gpu'] if m['gpu'] else 'no GPU'}), commit "
+        f"{str(r['versions']['starlabels_git_commit'])[:10]}; `python bench/refine_throughput.py "
+        f"--run <seed {PRIMARY_SEED} run>/demo_ges`.", "",
+        f"{f['n_rows']:,} stars ({p['base_rows']:,} of the run's spectra tiled, "
+        f"{p['n_pixels']:,} px, emulator `{p['emulator_kind']}`) refined in {p['n_shards']} "
+        f"shards, {p['jobs']} jobs of one thread at a time: **{f['seconds']:.0f} s** "
+        f"({f['stars_per_s']:.0f} stars/s; target ≤ {target['limit']:.0f} s: {verdict}); "
+        f"each job {min(f['shard_process_seconds']):.1f}–{max(f['shard_process_seconds']):.1f} s "
+        f"of which {f['job_overhead_seconds_mean']:.1f} s on average is start-up and loading; "
+        f"peak RSS per job {min(peaks):.0f}–{max(peaks):.0f} MiB against "
+        f"{f['shard_matrix_bytes_max'] / 2**20:.0f} MiB of flux and ivar per shard "
+        f"({f['matrix_bytes_flux_plus_ivar'] / 2**30:.2f} GiB in all); "
+        f"{100 * f['converged_fraction']:.1f} % converged."])
+
+
 def block_realism(runs: dict[int, dict[str, Any]], peer: dict | None) -> str:
     """Per realism knob: the median idealised and marginalised Cramér–Rao bounds
     (``realism_knobs.json``) and the demo CNN's σ vs true where a run measured it
@@ -431,6 +461,7 @@ BLOCKS: dict[str, Callable[[dict, dict | None], str]] = {
     "ges-limit": block_ges_limit,
     "ges-clean": block_ges_clean,
     "refine": block_refine,
+    "refine-throughput": block_refine_throughput,
     "paper-comparison": block_paper,
     "marvels": block_marvels,
     "marvels-ablation": block_marvels_ablation,
