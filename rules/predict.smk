@@ -52,9 +52,11 @@ rule predict:
 
 rule ensemble:
     # models/ is one thing to copy and apply (`starlabels predict`): members, calibration and
-    # this manifest of their checksums and the settings that apply them
+    # this manifest of their checksums, the settings that apply them and the catalogue's
+    # reference-star scale
     input:
         unpack(ensemble_calibration_input),
+        unpack(reference_scale_input),  # the catalogue's scale, applied by `starlabels predict`
         models=model_files,
     output:
         f"{R}/{{exp}}/models/ensemble.json",

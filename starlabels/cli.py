@@ -93,6 +93,9 @@ def _info(args: argparse.Namespace) -> int:
     print(f"rv           {'catalogue column ' + repr(rv['catalogue_column']) if rv['catalogue_column'] else 'file headers'}"
           f"{'' if rv['rest_frame'] else ' (rest frame off: no shift)'}; {rv['convention']}")
     print(f"flags        {info['flags']}")
+    scale = info["reference_scale"]
+    print("ref. scale   " + ("none (the experiment fits no reference-star scale)" if scale is None
+                             else "; ".join(f"{k}: {v}" for k, v in scale.items())))
     for m in info["members"]:
         loss = m["best_valid_loss"]
         # members trained without a held-out part (no early stopping) have no validation loss

@@ -58,12 +58,15 @@ def write_manifest(*, model_dirs: Sequence[str | os.PathLike], out: str | os.Pat
                    options: Mapping[str, Any], catalog_cfg: Mapping[str, Any],
                    classes: Mapping[str, float] | None = None,
                    ensemble_calibration: str | os.PathLike | None = None,
+                   reference_scale: str | os.PathLike | None = None,
                    metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write ``ensemble.json`` beside the member folders: what to apply and how.
 
     Members and the calibration file must lie inside the folder of ``out``; their checksums go
     into the manifest, and every member is checked (:func:`starlabels.members.verify_member`)
-    and must describe the same input spectra."""
+    and must describe the same input spectra. ``reference_scale`` (the experiment's
+    ``catalog/reference_scale.json``, :mod:`starlabels.reference_scale`) is copied into the
+    manifest, so the ensemble's labels land on the catalogue's scale wherever it is applied."""
     from .labels import LABELS
     from .members import META_FILE, file_sha256, verify_member
 
@@ -91,6 +94,9 @@ def write_manifest(*, model_dirs: Sequence[str | os.PathLike], out: str | os.Pat
         "predict": {"keep_quantile": float(keep_quantile), "options": dict(options)},
         "catalog": dict(catalog_cfg), "classes": dict(classes) if classes else None,
         "carry": list(surveys.get(survey).carry), "spectra": spectra,
+        "reference_scale": (None if reference_scale is None else
+                            dict(artifacts.load_json(reference_scale),
+                                 source_sha256=file_sha256(reference_scale))),
         "provenance": dict(metadata or {}),
     }
     artifacts.save_json(out, manifest)
@@ -234,6 +240,8 @@ class Ensemble:
         calibration = manifest.get("calibration")
         self.calibration = folder / calibration["file"] if calibration else None
         self.spectra: dict[str, Any] = manifest["spectra"]
+        # the catalogue's reference-star scale (None: the experiment fits none)
+        self.reference_scale: dict[str, Any] | None = manifest.get("reference_scale")
         self.metas: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------ loading
@@ -293,6 +301,9 @@ class Ensemble:
                      "hash": grid["hash"], "segments": grid["segments"]},
             "normalize": self.spectra["normalize"], "rv": self.spectra["rv"],
             "flags": self.manifest["catalog"],
+            "reference_scale": (None if self.reference_scale is None else {
+                label: ("applied" if fit.get("applied") else f"not applied: {fit.get('reason')}")
+                for label, fit in self.reference_scale["labels"].items()}),
             "checksums": "verified",
         }
 
@@ -423,7 +434,8 @@ class Ensemble:
         with the method's own
         predict function, as one shard, and build the catalogue's columns and flags."""
         from . import stages
-        from .catalog import FLAG_COLUMN, bin_edges, finish_catalog, prediction_columns
+        from .catalog import (FLAG_COLUMN, bin_edges, evolutionary_class, finish_catalog,
+                              prediction_columns, scaled_columns)
 
         prov = artifacts.provenance(None, stage="starlabels predict", method=self.method.name,
                                     experiment=self.manifest["provenance"].get("experiment",
@@ -446,9 +458,15 @@ class Ensemble:
                        ivar=str(tmp / "ivar.npy"))
         pred = artifacts.load_table(shard)
         out = pd.DataFrame({c: table[c].to_numpy() for c in columns if c in table})
-        for name, values in prediction_columns(pred, self.labels,
-                                               self.manifest["classes"]).items():
+        # as the workflow's catalogue: onto the reference stars' scale, then the classes
+        for name, values in scaled_columns(prediction_columns(pred, self.labels),
+                                           self.reference_scale).items():
             out[name] = values
+        classes = self.manifest["classes"]
+        if classes is not None:
+            out["evolutionary_class"] = evolutionary_class(out["logg"].to_numpy(),
+                                                           classes["giant_logg_max"],
+                                                           classes["dwarf_logg_min"])
         # training ranges of all members, as the workflow's catalogue stage takes them
         catalog = finish_catalog(out, pred, self.labels, self.metas, self.manifest["catalog"])
         log(f"predict: {len(catalog)} stars, {int((catalog[FLAG_COLUMN] != 0).sum())} flagged, "

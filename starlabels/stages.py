@@ -337,10 +337,12 @@ def predict(*, flux: str, table: str, model_dirs: Sequence[str], shard: int, n_s
 def ensemble(*, model_dirs: Sequence[str], out: str, method: str, survey: str,
              labels: Sequence[str], keep_quantile: float, options: Mapping[str, Any],
              catalog_cfg: Mapping[str, Any], classes: Mapping[str, float] | None = None,
-             ensemble_calibration: str | None = None, experiment: str = "unknown",
-             log: Log = log_to_stdout, config_hash: str = "none") -> dict:
-    """models/ensemble.json: the members, their checksums and the settings that apply them, so
-    the models folder is one thing to copy and to use (:mod:`starlabels.ensemble`)."""
+             ensemble_calibration: str | None = None, reference_scale: str | None = None,
+             experiment: str = "unknown", log: Log = log_to_stdout,
+             config_hash: str = "none") -> dict:
+    """models/ensemble.json: the members, their checksums, the settings that apply them and the
+    catalogue's reference-star scale, so the models folder is one thing to copy and to use
+    (:mod:`starlabels.ensemble`)."""
     from .ensemble import write_manifest
 
     meta = artifacts.provenance(None, config_hash=config_hash, stage="ensemble",
@@ -348,9 +350,11 @@ def ensemble(*, model_dirs: Sequence[str], out: str, method: str, survey: str,
     manifest = write_manifest(model_dirs=model_dirs, out=out, method=method, survey=survey,
                               labels=labels, keep_quantile=keep_quantile, options=options,
                               catalog_cfg=catalog_cfg, classes=classes,
-                              ensemble_calibration=ensemble_calibration, metadata=meta)
+                              ensemble_calibration=ensemble_calibration,
+                              reference_scale=reference_scale, metadata=meta)
     log(f"ensemble: {len(manifest['members'])} members of {method} for {survey}, "
-        f"calibration {manifest['calibration']['file'] if manifest['calibration'] else 'none'}; "
+        f"calibration {manifest['calibration']['file'] if manifest['calibration'] else 'none'}, "
+        f"reference-star scale {'from ' + reference_scale if reference_scale else 'none'}; "
         f"wrote {out}")
     return manifest
 

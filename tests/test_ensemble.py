@@ -144,6 +144,53 @@ def test_python_api_on_arrays_equals_the_files(tiny_run):
     assert bad.catalog.empty and bad.rejects["reason"].tolist() == ["zero flux"]
 
 
+def test_the_catalogue_reference_scale_travels_with_the_ensemble(tiny_run, tmp_path, capsys):
+    """ensemble.json carries the experiment's reference-star scale; applying the ensemble puts
+    its labels on it exactly as the catalogue stage does (tiny's untrained ensemble refuses a
+    fit, so a fitted record is written into a copy of the folder)."""
+    from starlabels.catalog import prediction_columns, scaled_columns
+    from starlabels.ensemble import Ensemble
+
+    results = tiny_run["results"]
+    manifest = json.loads((results / "tiny_ges" / "models" / "ensemble.json").read_text())
+    refused = json.loads((results / "tiny_ges" / "catalog" / "reference_scale.json").read_text())
+    assert manifest["reference_scale"]["labels"] == refused["labels"]
+    # tiny_marvels fits no reference scale
+    assert json.loads((results / "tiny_marvels" / "models" / "ensemble.json").read_text())[
+        "reference_scale"] is None
+    copy = tmp_path / "models"
+    shutil.copytree(results / "tiny_ges" / "models", copy)
+    record = dict(manifest["reference_scale"])
+    record["labels"] = dict(record["labels"])
+    record["labels"]["teff"] = {"applied": True, "coefficients": [40.0, 30.0, -20.0],
+                                "covariance": np.diag([25.0, 4.0, 1.0]).tolist()}
+    record["labels"]["fe_h"] = {"applied": True, "coefficients": [-0.05, 0.02, 0.01],
+                                "covariance": np.diag([1e-4, 1e-5, 1e-5]).tolist()}
+    manifest["reference_scale"] = record
+    (copy / "ensemble.json").write_text(json.dumps(manifest))
+    _, files = demo_files(results, n_stars=2)
+    quiet = dict(log=lambda _: None)
+    plain = Ensemble.load(results / "tiny_ges" / "models").predict_files(files, **quiet).catalog
+    scaled = Ensemble.load(copy).predict_files(files, **quiet).catalog
+    expected = scaled_columns({k: plain[k].to_numpy() for k in ("teff", "logg", "fe_h")},
+                              record)
+    for label in ("teff", "fe_h"):
+        np.testing.assert_allclose(scaled[f"{label}_raw"], plain[label], rtol=1e-6)
+        np.testing.assert_allclose(scaled[label], expected[label], rtol=1e-6)
+        np.testing.assert_allclose(scaled[f"{label}_err_scale"], expected[f"{label}_err_scale"],
+                                   rtol=1e-6)
+        assert (scaled[label] != plain[label]).all()
+    np.testing.assert_array_equal(scaled["logg"], plain["logg"])
+    assert "logg_raw" not in scaled and "mg_fe_raw" not in scaled
+    # the columns come in the catalogue's order: <label>, <label>_raw, ... <label>_err_scale
+    cols = list(scaled.columns)
+    assert cols.index("teff_raw") == cols.index("teff") + 1
+    assert cols.index("teff_err_scale") == cols.index("teff_err") + 1
+    proc = in_process(capsys, "info", copy)
+    assert proc.returncode == 0, proc.stderr
+    assert "ref. scale   teff: applied; logg: not applied" in proc.stdout
+
+
 def test_header_rvs_are_used_loudly_without_a_table(tiny_run, tmp_path, capsys):
     results = tiny_run["results"]
     _, files = demo_files(results, n_stars=1)

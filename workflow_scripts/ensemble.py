@@ -9,4 +9,5 @@ stages.ensemble(model_dirs=runtime.folders(i.models), out=snakemake.output[0], m
                 survey=p.survey, labels=p.labels, keep_quantile=p.keep_quantile,
                 options=p.options, catalog_cfg=p.catalog, classes=p.classes,
                 ensemble_calibration=i.get("ensemble_calibration"),
+                reference_scale=i.get("reference_scale"),
                 experiment=snakemake.wildcards.exp, config_hash=job.config_hash)
