@@ -52,7 +52,9 @@ def main() -> None:
                for experiment in config["run"]}
     ablation: dict = {}
     if not args.no_ablation:
-        ablation_wall, ablation_jobs = _timed([*command[:3], "ablation", *command[3:]], args, config["run"],
+        # the target before --configfile, which would read it as another file
+        ablation_command = [*command[:3], "ablation", *command[3:]]
+        ablation_wall, ablation_jobs = _timed(ablation_command, args, config["run"],
                                               "_ablation", jobs)
         ablation = {"wall_seconds": round(ablation_wall, 1), "job_seconds": ablation_jobs,
                     "figures": {e: json.loads((args.results / e / "ablation.json").read_text())

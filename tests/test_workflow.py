@@ -178,10 +178,11 @@ def test_forcerun_predict_reruns_only_downstream(repo, tiny_run):
     counts = job_counts(proc.stdout)
     # remap_report: deep_remap's report reads the catalogue; tiny_ges refines its predictions
     # (calibrate_refine fits the valid stars from them, refine each shard) and fits its
-    # reference-star scale on them
+    # reference-star scale on them, which its ensemble manifest carries
     assert set(counts) == {"predict", "catalog", "validate", "remap_report", "summary_tables",
                            "calibrate_refine", "refine", "refine_report", "reference_scale",
-                           "all"}, counts
+                           "ensemble", "all"}, counts
+    assert counts["ensemble"] == 1         # tiny_ges's; tiny_marvels fits no reference scale
     assert counts["refine"] == 2           # tiny_ges's 2 shards
     assert counts["predict"] == 4          # 2 shards × 2 experiments
 

@@ -76,12 +76,12 @@ def remap_report(*, flux: str, table: str, catalog: str, truth: str | None,
     P.reliability_diagram(cal["curves"], reliability_plot)
 
     # member 0 and the ensemble on the calibration stars
-    table_, text = _calibration_star_table(flux, stars, truth_df, labels, kind, model_dirs, {},
-                                           temperatures)
-    result["calibration_stars"] = table_
+    calib_stars, text = _calibration_star_table(flux, stars, truth_df, labels, kind,
+                                                model_dirs, {}, temperatures)
+    result["calibration_stars"] = calib_stars
     result["calibration_star_targets"] = {
-        label: {"sigma": table_["ensemble"][label]["sigma"], "target": target,
-                "met": bool(table_["ensemble"][label]["sigma"] <= target)}
+        label: {"sigma": calib_stars["ensemble"][label]["sigma"], "target": target,
+                "met": bool(calib_stars["ensemble"][label]["sigma"] <= target)}
         for label, target in targets["calibration_stars_sigma"].items()
         if label in labels and target is not None}
     log(text)
