@@ -65,19 +65,21 @@ def provenance_line(run: dict[str, Any]) -> str:
 
 
 def block_default_run(runs: dict[int, dict[str, Any]], peer: dict | None) -> str:
-    lines = [provenance_line(runs[PRIMARY_SEED]), "",
-             "| base seed | wall time (target ≤ 10 min) | job-seconds | then `ablation` target "
-             "| machine |", "|---|---|---|---|---|"]
-
     def minutes(wall: float) -> str:
         return f"{int(wall // 60)} min {wall % 60:.0f} s"
 
+    # the target as bench/default_run.py recorded it with each run
+    limit = runs[PRIMARY_SEED]["targets"]["wall_seconds"]["limit"]
+    lines = [provenance_line(runs[PRIMARY_SEED]), "",
+             f"| base seed | wall time (target ≤ {limit / 60:.0f} min) | job-seconds "
+             "| then `ablation` target | machine |", "|---|---|---|---|---|"]
     for seed, run in sorted(runs.items()):
         f = run["figures"]
         wall, ablation = f["wall_seconds"], f.get("ablation") or {}
+        met = run["targets"]["wall_seconds"]["met"]
         after = (f"{minutes(ablation['wall_seconds'])} "
                  f"({sum(ablation['job_seconds'].values()):.0f} job-s)") if ablation else "not run"
-        lines.append(f"| {seed} | {minutes(wall)} ({'met' if wall <= 600 else 'missed'}) "
+        lines.append(f"| {seed} | {minutes(wall)} ({'met' if met else 'missed'}) "
                      f"| {sum(f['job_seconds'].values()):.0f} | {after} "
                      f"| {run['machine']['cpu_model']}, load before "
                      f"{run['load_average']['before'][0]} |")

@@ -504,10 +504,12 @@ def _inf_as_nan(values: pd.Series) -> np.ndarray:
 
 
 def prediction_columns(pred: pd.DataFrame, labels: Sequence[str],
-                       classes: Mapping[str, float] | None = None) -> dict[str, np.ndarray]:
+                       classes: Mapping[str, float] | None = None,
+                       scale: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
     """The predicted scalar columns of a shard table, label by label: ``<label>`` and every
     ``<label>_<suffix>`` the method wrote (uncertainties, percentiles, member scatter: the
-    suffixes :mod:`starlabels.columns` knows), then the giant / subgiant / dwarf class when
+    suffixes :mod:`starlabels.columns` knows), put onto the reference stars' scale by ``scale``
+    (:func:`scaled_columns`), then the giant / subgiant / dwarf class of the scaled log g when
     ``classes`` (giant_logg_max, dwarf_logg_min) is given."""
     out: dict[str, np.ndarray] = {}
     for label in labels:
@@ -517,6 +519,7 @@ def prediction_columns(pred: pd.DataFrame, labels: Sequence[str],
                 # a network can overflow to ±inf: the catalogue says "no value" (NaN, flagged
                 # PREDICTION_NAN) rather than print an infinite temperature
                 out[name] = _inf_as_nan(pred[name])
+    out = scaled_columns(out, scale)
     if classes is not None:
         out["evolutionary_class"] = evolutionary_class(out["logg"], classes["giant_logg_max"],
                                                        classes["dwarf_logg_min"])
@@ -525,7 +528,7 @@ def prediction_columns(pred: pd.DataFrame, labels: Sequence[str],
 
 def scaled_columns(values: Mapping[str, np.ndarray], scale: Mapping[str, Any] | None
                    ) -> dict[str, np.ndarray]:
-    """``values`` (:func:`prediction_columns`) put onto the reference stars' scale by
+    """``values`` (the predicted columns, label by label) put onto the reference stars' scale by
     ``scale`` (a :mod:`starlabels.reference_scale` record; None = unchanged), each
     ``<label>_raw`` placed after its ``<label>``, ``<label>_err_scale`` after ``<label>_err``."""
     if scale is None:
@@ -607,12 +610,8 @@ def catalog_tables(*, shards: Sequence[str | os.PathLike], table: str | os.PathL
             out[name] = stars[name].to_numpy()
     out["split"] = stars["split"].to_numpy()
     out["snr"] = stars["snr"].to_numpy()
-    for name, values in scaled_columns(prediction_columns(pred, labels), scale).items():
+    for name, values in prediction_columns(pred, labels, classes, scale).items():
         out[name] = values
-    if classes is not None:
-        out["evolutionary_class"] = evolutionary_class(out["logg"].to_numpy(),
-                                                       classes["giant_logg_max"],
-                                                       classes["dwarf_logg_min"])
     for label in labels:
         # catalogue (reference) labels the survey gave, kept beside ours for comparison
         out[f"{label}_ref"] = stars[label].to_numpy(dtype=float) if label in stars else np.nan

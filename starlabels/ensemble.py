@@ -434,8 +434,7 @@ class Ensemble:
         with the method's own
         predict function, as one shard, and build the catalogue's columns and flags."""
         from . import stages
-        from .catalog import (FLAG_COLUMN, bin_edges, evolutionary_class, finish_catalog,
-                              prediction_columns, scaled_columns)
+        from .catalog import FLAG_COLUMN, bin_edges, finish_catalog, prediction_columns
 
         prov = artifacts.provenance(None, stage="starlabels predict", method=self.method.name,
                                     experiment=self.manifest["provenance"].get("experiment",
@@ -459,14 +458,9 @@ class Ensemble:
         pred = artifacts.load_table(shard)
         out = pd.DataFrame({c: table[c].to_numpy() for c in columns if c in table})
         # as the workflow's catalogue: onto the reference stars' scale, then the classes
-        for name, values in scaled_columns(prediction_columns(pred, self.labels),
-                                           self.reference_scale).items():
+        for name, values in prediction_columns(pred, self.labels, self.manifest["classes"],
+                                               self.reference_scale).items():
             out[name] = values
-        classes = self.manifest["classes"]
-        if classes is not None:
-            out["evolutionary_class"] = evolutionary_class(out["logg"].to_numpy(),
-                                                           classes["giant_logg_max"],
-                                                           classes["dwarf_logg_min"])
         # training ranges of all members, as the workflow's catalogue stage takes them
         catalog = finish_catalog(out, pred, self.labels, self.metas, self.manifest["catalog"])
         log(f"predict: {len(catalog)} stars, {int((catalog[FLAG_COLUMN] != 0).sum())} flagged, "

@@ -76,8 +76,8 @@ def remap_report(*, flux: str, table: str, catalog: str, truth: str | None,
     P.reliability_diagram(cal["curves"], reliability_plot)
 
     # member 0 and the ensemble on the calibration stars
-    calib_stars, text = _calibration_star_table(flux, stars, truth_df, labels, kind,
-                                                model_dirs, {}, temperatures)
+    calib_stars, text, _ = _calibration_star_table(flux, stars, truth_df, labels, model_dirs,
+                                                   {}, temperatures)
     result["calibration_stars"] = calib_stars
     result["calibration_star_targets"] = {
         label: {"sigma": calib_stars["ensemble"][label]["sigma"], "target": target,
@@ -126,11 +126,12 @@ def remap_report(*, flux: str, table: str, catalog: str, truth: str | None,
 
 
 def _calibration_star_table(flux: str, stars: pd.DataFrame, truth_df: pd.DataFrame | None,
-                            labels: Sequence[str], kind: str, model_dirs: Sequence[str],
+                            labels: Sequence[str], model_dirs: Sequence[str],
                             ablation_dirs: Mapping[str, str],
-                            temperatures: Sequence[float] | None) -> tuple[dict[str, Any], str]:
+                            temperatures: Sequence[float] | None
+                            ) -> tuple[dict[str, Any], str, str]:
     """σ, bias and 68 % coverage on the calibration stars of member 0 (``full``), the ensemble
-    and each ablation member; (dict, Markdown)."""
+    and each ablation member; (dict, Markdown, what the labels compared with are)."""
     from . import evaluate as E
     from .train import VARIANTS
 
@@ -140,9 +141,12 @@ def _calibration_star_table(flux: str, stars: pd.DataFrame, truth_df: pd.DataFra
     variants.update({name: [str(d)] for name, d in ablation_dirs.items()})
     descriptions = dict(VARIANTS, ensemble=f"all {len(model_dirs)} members, probabilities "
                                            f"averaged (the catalogue's labels)")
-    calib_ref, _ = E.reference_labels(stars.iloc[calib], truth_df, list(labels))
-    return E.ablation_table(E.load_rows(flux, calib), calib_ref, kind, variants, descriptions,
-                            temperatures={"ensemble": temperatures} if temperatures else None)
+    calib_ref, kind = E.reference_labels(stars.iloc[calib], truth_df, list(labels))
+    table, text = E.ablation_table(E.load_rows(flux, calib), calib_ref, kind, variants,
+                                   descriptions,
+                                   temperatures={"ensemble": temperatures} if temperatures
+                                   else None)
+    return table, text, kind
 
 
 def ablation_report(*, flux: str, table: str, truth: str | None, model_dirs: Sequence[str],
@@ -152,17 +156,14 @@ def ablation_report(*, flux: str, table: str, truth: str | None, model_dirs: Seq
     """The ablation study of a deep_remap experiment: each ablation member (one part of the
     recipe switched off, member 0's seed) beside member 0 and the ensemble on the calibration
     stars; ``ablation.md`` (the table) and ``ablation.json`` (the figures, with provenance)."""
-    from . import evaluate as E
     from .ensemble import ensemble_temperatures
 
     stars = artifacts.load_table(table)
     truth_df = artifacts.load_table(truth) if truth else None
     labels = list(artifacts.load_json(Path(model_dirs[0]) / "model.json")["labels"])
-    calib = np.flatnonzero(stars["split"].eq("calibration").to_numpy())
-    _, kind = E.reference_labels(stars.iloc[calib], truth_df, labels)
     temperatures = ensemble_temperatures(ensemble_calibration, model_dirs)
-    ablation, text = _calibration_star_table(flux, stars, truth_df, labels, kind, model_dirs,
-                                             ablation_dirs, temperatures)
+    ablation, text, kind = _calibration_star_table(flux, stars, truth_df, labels, model_dirs,
+                                                   ablation_dirs, temperatures)
     log(text)
     result = {"reference": kind, "variants": ablation,
               "provenance": artifacts.provenance(None, config_hash=config_hash,
