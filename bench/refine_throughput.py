@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Refine throughput — 36 904 stars through the refine stage, one fresh process per shard.
 
-Issue 14's target: 36 904 stars refined in ≤ 120 s on 2 CPU cores, streamed by shard with flat
+The target: 36 904 stars refined in ≤ 120 s on 2 CPU cores, streamed by shard with flat
 memory. The workload is a finished default run's refine inputs (``--run results/demo_ges``: its
 emulator, calibration, normalised flux and inverse variance, star table and prediction shards)
 tiled to 36 904 rows — each copy of a star gets its own ``spectrum_id`` — and written as
