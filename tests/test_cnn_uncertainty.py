@@ -329,3 +329,38 @@ def test_ensemble_calibration_undoes_a_diluted_slope_and_fits_errors_to_the_mapp
     # the error factor is fitted to the mapped means: 60 K / 0.6 = 100 K against raw 50 K
     assert result["scale"]["teff"][0] == pytest.approx(2.0, rel=0.15)
     assert result["coverage68"]["teff"]["after"] == pytest.approx(0.68, abs=0.05)
+
+
+def test_the_prior_width_pools_bins_that_agree_and_frees_bins_that_differ():
+    """Type-II maximum likelihood τ: three S/N bins drawn with one factor share it (τ at its
+    lower bound, each bin's factor the label's); bins drawn with factors 1, 2 and 4 get a wide
+    τ and keep their own."""
+    from starlabels.cnn.calibration import PRIOR_WIDTH_BOUNDS, fit_prior_width
+
+    rng = np.random.default_rng(11)
+
+    def groups(factors, n=400):
+        out = []
+        for a in factors:
+            sigma, error = np.full(n, 10.0), np.full(n, 20.0)
+            out.append((a * sigma * rng.normal(size=n) + error * rng.normal(size=n), sigma,
+                        error))
+        return out
+
+    same = groups([2.0, 2.0, 2.0])
+    pooled = fit_scale(np.concatenate([g[0] for g in same]), np.concatenate([g[1] for g in same]),
+                       np.concatenate([g[2] for g in same]), 0.0)
+    tau = fit_prior_width(same, pooled, 0.0)
+    assert tau < 0.05
+    held = [fit_scale(*g, 0.0, prior=(pooled, tau)) for g in same]
+    assert max(abs(np.log(f / pooled)) for f in held) < 0.02
+    apart = groups([1.0, 2.0, 4.0])
+    pooled = fit_scale(np.concatenate([g[0] for g in apart]),
+                       np.concatenate([g[1] for g in apart]),
+                       np.concatenate([g[2] for g in apart]), 0.0)
+    tau = fit_prior_width(apart, pooled, 0.0)
+    assert 0.3 < tau <= PRIOR_WIDTH_BOUNDS[1]
+    own = [fit_scale(*g, 0.0, prior=(pooled, tau)) for g in apart]
+    assert own == pytest.approx([1.0, 2.0, 4.0], rel=0.2)
+    # one bin: nothing to compare, the label's factor
+    assert fit_prior_width(apart[:1], pooled, 0.0) == PRIOR_WIDTH_BOUNDS[0]
