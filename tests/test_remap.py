@@ -316,3 +316,21 @@ def test_coverage_temperature_from_noisy_labels_calibrates_for_the_truth():
     # the convolved PIT of the noisy labels is uniform too: its 90% coverage is right
     assert interval_coverage(convolved_pit(prob, TEFF, observed, errors))["0.90"] == \
         pytest.approx(0.90, abs=0.03)
+
+
+def test_coverage_temperature_out_of_reach_is_none_and_the_ensemble_falls_back_to_the_nll():
+    """Catalogue errors four times the network's real error: even the sharpest distribution
+    holds far more than 68% of the noise-convolved labels, so the count cannot pin T down."""
+    from starlabels.remap.calibration import fit_temperature_coverage
+
+    rng = np.random.default_rng(9)
+    truth = rng.uniform(4500, 6500, 2000)
+    estimate = truth + rng.normal(0, 30, truth.size)
+    logits = -0.5 * ((TEFF.centres[None, :] - estimate[:, None]) / 30.0) ** 2
+    errors = np.full(truth.size, 120.0)
+    # labels scattered less than their stated errors: no T holds only 68% of them
+    observed = truth + rng.normal(0, 60.0, truth.size)
+    assert fit_temperature_coverage([logits], TEFF, observed, errors) is None
+    # within reach: a number
+    observed = truth + rng.normal(0, errors)
+    assert fit_temperature_coverage([logits], TEFF, observed, errors) is not None

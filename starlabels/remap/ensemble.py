@@ -53,15 +53,21 @@ def calibrate_ensemble(flux_path: str | os.PathLike, table_path: str | os.PathLi
         floor = 1.0 / (b.high - b.low)
         head = [lg[j] for lg in logits]
         err = None if errors is None else errors[:, j]
+        objective = cfg["ensemble_objective"]
         if not cfg["temperature_scaling"]:
             t = 1.0
-        elif cfg["ensemble_objective"] == "coverage":
-            t = fit_temperature_coverage(head, b, values[:, j], err)
         else:
-            t = fit_ensemble_temperature(head, like, outlier_fraction=eps, outlier_density=floor)
+            t = (fit_temperature_coverage(head, b, values[:, j], err)
+                 if objective == "coverage" else None)
+            if t is None:
+                # the NLL where the count cannot pin T down (see fit_temperature_coverage)
+                if objective == "coverage":
+                    objective = "nll (coverage out of reach)"
+                t = fit_ensemble_temperature(head, like, outlier_fraction=eps,
+                                             outlier_density=floor)
         stacked = torch.stack([torch.as_tensor(h, dtype=torch.float64) for h in head])
         log_like = torch.as_tensor(like).clamp_min(1e-300).log()
-        entry = {"temperature": t, "objective": cfg["ensemble_objective"],
+        entry = {"temperature": t, "objective": objective,
                  "member_temperatures": [m["temperatures"][j] for _, m in members]}
         for tag, temp in (("before", 1.0), ("after", t)):
             entry[f"nll_{tag}"] = float(mixture_nll(stacked, log_like, temp, eps, floor))
@@ -70,7 +76,7 @@ def calibrate_ensemble(flux_path: str | os.PathLike, table_path: str | os.PathLi
                 np.abs(convolved_pit(mix, b, values[:, j], err) - 0.5) <= 0.34))
         result["temperatures"].append(t)
         result["heads"][b.name] = entry
-        say(log, f"ensemble calibration {b.name} ({cfg['ensemble_objective']}): T = {t:.3f} "
+        say(log, f"ensemble calibration {b.name} ({objective}): T = {t:.3f} "
                  f"(members " + ", ".join(f"{m['temperatures'][j]:.3f}" for _, m in members)
                  + f"); on {rows.size} held-out stars, NLL of the averaged distribution "
                    f"{entry['nll_before']:.3f} → {entry['nll_after']:.3f}, 68% coverage of the "
