@@ -333,3 +333,50 @@ def test_fitsverify_catalog(tmp_path, fitsverify):
     path = tmp_path / "ges.fits"
     write_ges_catalog(path, _catalog_frame())
     fitsverify(path)
+
+
+def test_spectrum_files_are_the_bytes_astropy_writes_whatever_layout_came_before(tmp_path):
+    """The SPECTRUM table's header is built once per layout and reused: files of two layouts
+    written alternately are each the file astropy itself writes from freshly built HDUs, with
+    a valid checksum."""
+    from starlabels.io.gaia_eso import _WRITER_COLUMNS
+
+    rng = np.random.default_rng(3)
+    for k, (n, start) in enumerate([(120, 5334.0), (64, 8479.0), (120, 5334.0), (64, 8479.0)]):
+        wave = start + 0.05 * np.arange(n)
+        flux, err = rng.normal(100, 3, n), rng.uniform(1, 2, n)
+        qual = (rng.random(n) < 0.1).astype(np.int32)
+        ours = tmp_path / f"ours{k}.fits"
+        write_ges_spectrum(ours, wave, flux, err, cname=f"X{k}", setup="HR10", snr=50.0 + k,
+                           resolution=19800.0, vrad_kms=float(k), qual=qual)
+        with fits.open(ours, checksum=True) as hdul:
+            primary = fits.PrimaryHDU(header=hdul[0].header.copy())
+        wave_nm = wave / 10.0
+        columns = [fits.Column(name="WAVE", format=f"{n}D", unit="nm", array=wave_nm[None]),
+                   fits.Column(name="FLUX", format=f"{n}E", unit="adu",
+                               array=flux.astype(np.float32)[None]),
+                   fits.Column(name="ERR", format=f"{n}E", unit="adu",
+                               array=err.astype(np.float32)[None]),
+                   fits.Column(name="QUAL", format=f"{n}J", array=qual[None])]
+        table = fits.BinTableHDU.from_columns(columns, name="SPECTRUM")
+        for i, column in enumerate(columns, 1):
+            table.header[f"TUTYP{i}"], table.header[f"TUCD{i}"] = _WRITER_COLUMNS[column.name]
+        table.header["TDMIN1"], table.header["TDMAX1"] = float(wave_nm[0]), float(wave_nm[-1])
+        table.header["NELEM"] = (n, "Number of pixels in each array")
+        table.header["VOCLASS"] = ("SPECTRUM v2.0", "VO data model")
+        for key in ("CHECKSUM", "DATASUM"):
+            primary.header.remove(key, ignore_missing=True)
+        reference = tmp_path / f"astropy{k}.fits"
+        fits.HDUList([primary, table]).writeto(reference, checksum=True)
+        # the same cards in the same order (astropy puts CHECKSUM before DATASUM, fitsfast
+        # after: both valid), the same data bytes, and checksums astropy verifies
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with fits.open(ours, checksum=True) as a, fits.open(reference) as b:
+                for ha, hb in ((a[0].header, b[0].header), (a[1].header, b[1].header)):
+                    cards = lambda h: [(c.keyword, c.value, c.comment) for c in h.cards  # noqa
+                                       if c.keyword not in ("CHECKSUM", "DATASUM")]
+                    assert cards(ha) == cards(hb)
+                start = a[1].fileinfo()["datLoc"]
+                assert start == b[1].fileinfo()["datLoc"]
+        assert ours.read_bytes()[start:] == reference.read_bytes()[start:]

@@ -94,9 +94,21 @@ def write_fits(path: str | os.PathLike, primary: fits.PrimaryHDU, table: fits.Bi
         with atomic_path(path) as tmp:
             fits.HDUList([primary, table]).writeto(tmp, checksum=checksum)
         return
+    write_records(path, primary.header, table.header, records, checksum)
+
+
+def write_records(path: str | os.PathLike, primary_header: fits.Header,
+                  table_header: fits.Header, records: np.ndarray, checksum: bool = True) -> None:
+    """Write a header-only primary HDU and a binary table of plain ``records`` (fixed-size
+    numeric fields whose layout is the FITS row, as :func:`write_fits` checks) atomically; the
+    headers are copied, not changed."""
+    if records.dtype.itemsize != table_header["NAXIS1"] or len(records) != table_header["NAXIS2"]:
+        raise ValueError(f"records of {records.dtype.itemsize} bytes x {len(records)} rows do not "
+                         f"match the table header's NAXIS1 = {table_header['NAXIS1']}, "
+                         f"NAXIS2 = {table_header['NAXIS2']}")
     data_block = _padded(records.astype(records.dtype.newbyteorder(">")).tobytes())
-    primary_header = primary.header.copy()
-    table_header = table.header.copy()
+    primary_header = primary_header.copy()
+    table_header = table_header.copy()
     if checksum:
         primary_bytes = _with_checksum(primary_header, b"")
         table_bytes = _with_checksum(table_header, data_block)
