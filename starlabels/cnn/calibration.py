@@ -53,8 +53,8 @@ SCALE_BOUND = 30.0
 MIN_BIN_STARS = 30
 #: range [lowest, widest] of the S/N prior width τ fitted from the valid split
 PRIOR_WIDTH_BOUNDS = (0.01, 2.0)
-#: the prior's ln a grid reaches this far either side of the label's factor (5 × the widest τ
-#: would be 10: no bin's factor is searched beyond e³ ≈ 20 times the label's)
+#: the prior width's integrals run over ln a within this distance of the label's factor: a bin
+#: of tens of stars already makes factors e³ ≈ 20 times off the label's negligibly likely
 PRIOR_SPAN = 3.0
 #: spectra per forward pass while predicting the valid split (a few hundred stars in all)
 CALIBRATION_BATCH = 256
@@ -103,8 +103,7 @@ def fit_prior_width(groups: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
     likelihood); ``groups`` holds each bin's (residual, raw σ, catalogue error). Bins that agree
     within their noise give τ at its lower bound (one shared factor)."""
     log_centre = np.log(centre)
-    # ±PRIOR_SPAN around the centre on a step far below the smallest τ searched: every prior
-    # of the search is resolved and holds (almost) all its weight inside
+    # a step (0.0025) far below the smallest τ searched, so every prior of the search is resolved
     grid = np.linspace(log_centre - PRIOR_SPAN, log_centre + PRIOR_SPAN, 2401)
     step = grid[1] - grid[0]
     likelihoods = []
