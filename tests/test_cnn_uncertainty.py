@@ -329,6 +329,9 @@ def test_ensemble_calibration_undoes_a_diluted_slope_and_fits_errors_to_the_mapp
     # the error factor is fitted to the mapped means: 60 K / 0.6 = 100 K against raw 50 K
     assert result["scale"]["teff"][0] == pytest.approx(2.0, rel=0.15)
     assert result["coverage68"]["teff"]["after"] == pytest.approx(0.68, abs=0.05)
+    # the valid split's own bootstrap interval of the factor holds it
+    low, high = result["scale_overall_ci95"]["teff"]
+    assert low < result["scale_overall"]["teff"] < high and high - low < 0.5
 
 
 def test_the_prior_width_pools_bins_that_agree_and_frees_bins_that_differ():

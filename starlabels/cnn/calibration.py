@@ -42,6 +42,7 @@ from .. import artifacts
 from ..batch import say
 from ..dilution import apply_scale, label_scale
 from ..members import check_calibration_members, load_ensemble, member_names, plain
+from ..scoring import bootstrap_interval
 from .ensemble import combine, member_outputs, reads_noise
 
 ENSEMBLE_CALIBRATION = "ensemble_calibration.json"
@@ -56,6 +57,9 @@ PRIOR_WIDTH_BOUNDS = (0.01, 2.0)
 #: the prior width's integrals run over ln a within this distance of the label's factor: a bin
 #: of tens of stars already makes factors e³ ≈ 20 times off the label's negligibly likely
 PRIOR_SPAN = 3.0
+#: bootstrap resamples of the valid split for the label factors' 95 % intervals (each a fit of
+#: a few ms; the interval's ends settle to a few per cent of the factor)
+CALIBRATION_BOOTSTRAP = 100
 #: spectra per forward pass while predicting the valid split (a few hundred stars in all)
 CALIBRATION_BATCH = 256
 
@@ -234,7 +238,8 @@ def calibrate_ensemble(flux_path: str | os.PathLike, ivar_path: str | os.PathLik
                               "members": member_names(model_dirs, Path(out_path).parent),
                               "snr_edges": edges,
                               "outlier_fraction": float(cfg["outlier_fraction"]),
-                              "scale": {}, "prior_width": {}, "coverage68": {}, "dilution": {}}
+                              "scale": {}, "scale_overall_ci95": {}, "prior_width": {}, "coverage68": {},
+                              "dilution": {}}
     undilute = cfg["label_scale"]
     for j, name in enumerate(labels):
         mean = combined["mean"][:, j]
@@ -263,12 +268,20 @@ def calibrate_ensemble(flux_path: str | os.PathLike, ivar_path: str | os.PathLik
                    for r, s, e in groups]
         result["scale"][name] = factors
         result.setdefault("scale_overall", {})[name] = overall
+        # how tightly the valid split pins the factor down: where the catalogue's errors exceed
+        # the network's, the calibrated coverage is only as good as this interval
+        result["scale_overall_ci95"][name] = bootstrap_interval(
+            [residual, combined["err_raw"][:, j], errors[:, j]],
+            lambda r, s, e: fit_scale(r, s, e, cfg["outlier_fraction"]),
+            n_boot=CALIBRATION_BOOTSTRAP)
         result["prior_width"][name] = float(width)
         calibrated = combined["err_raw"][:, j] * np.asarray(factors)[which]
         result["coverage68"][name] = {
             "before": coverage(residual, combined["err_raw"][:, j], errors[:, j]),
             "after": coverage(residual, calibrated, errors[:, j])}
-        say(log, f"calibration {name}: overall factor {overall:.3g}; per S/N bin (prior width "
+        low, high = result["scale_overall_ci95"][name]
+        say(log, f"calibration {name}: overall factor {overall:.3g} (bootstrap 95 % "
+                 f"{low:.3g}–{high:.3g}); per S/N bin (prior width "
                  f"{float(width):.3g}) "
                  + ", ".join(f"{f:.3g}" for f in factors)
                  + f" in S/N bins split at {[round(e, 1) for e in edges]}; 68% coverage of the "
