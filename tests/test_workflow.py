@@ -411,8 +411,13 @@ def test_slurm_profile_runs_train_and_predict_as_slurm_jobs(repo, tiny_run, slur
                                                             tiny_config_path, tmp_path):
     start = time.strftime("%Y-%m-%dT%H:%M:%S")
     results = tmp_path / "results"
+    # the catalogue as the target: every job that makes it runs on the cluster, and validate,
+    # the report's tables and the refine report (each a cluster job polled every few seconds)
+    # are left to the local run's tests
+    # (the target first: after --configfile it would be read as another config file)
     proc = snakemake(
-        repo, "--profile", "profiles/slurm", "--configfile", str(tiny_config_path),
+        repo, str(results / "tiny_ges" / "catalog" / "starlabels_tiny_ges.parquet"),
+        "--profile", "profiles/slurm", "--configfile", str(tiny_config_path),
         "--config", f"results={results}", 'run=["tiny_ges"]',
         # the test cluster's account/partition; it has no GPU, so members ask for none
         "--default-resources", "slurm_account=demo", "slurm_partition=main",
