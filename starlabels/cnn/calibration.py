@@ -64,14 +64,20 @@ CALIBRATION_BOOTSTRAP = 100
 CALIBRATION_BATCH = 256
 
 
+def usable(residual: np.ndarray, sigma: np.ndarray, catalogue_error: np.ndarray
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows the calibration likelihood can use (finite, raw σ > 0), as float64 arrays."""
+    r, s, e = (np.asarray(a, dtype=np.float64) for a in (residual, sigma, catalogue_error))
+    ok = np.isfinite(r) & np.isfinite(s) & (s > 0) & np.isfinite(e)
+    return r[ok], s[ok], e[ok]
+
+
 def fit_scale(residual: np.ndarray, sigma: np.ndarray, catalogue_error: np.ndarray,
               outlier_fraction: float, prior: tuple[float, float] | None = None) -> float:
     """The factor a maximising the calibration likelihood (module docstring) of ``residual``
     (catalogue label − prediction) given the raw σ and the catalogue errors; with ``prior``
     (centre a₀, width τ) times a Gaussian prior on ln(a / a₀) of width τ."""
-    r, s, e = (np.asarray(a, dtype=np.float64) for a in (residual, sigma, catalogue_error))
-    ok = np.isfinite(r) & np.isfinite(s) & (s > 0) & np.isfinite(e)
-    r, s, e = r[ok], s[ok], e[ok]
+    r, s, e = usable(residual, sigma, catalogue_error)
     if r.size == 0:
         raise ValueError("no finite residuals to calibrate on")
 
@@ -90,7 +96,7 @@ def fit_scale(residual: np.ndarray, sigma: np.ndarray, catalogue_error: np.ndarr
 def log_likelihood(log_a: np.ndarray, residual: np.ndarray, sigma: np.ndarray,
                    catalogue_error: np.ndarray, outlier_fraction: float) -> np.ndarray:
     """The calibration likelihood's logarithm (module docstring) at each ln a of ``log_a``
-    (finite rows with σ > 0 only: :func:`fit_scale` filters them)."""
+    (the rows :func:`usable` keeps)."""
     var = np.exp(2 * np.asarray(log_a, dtype=np.float64))[:, None] * sigma[None] ** 2 \
         + catalogue_error[None] ** 2
     core = np.exp(-0.5 * residual ** 2 / var) / np.sqrt(2 * np.pi * var)
@@ -111,11 +117,10 @@ def fit_prior_width(groups: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
     grid = np.linspace(log_centre - PRIOR_SPAN, log_centre + PRIOR_SPAN, 2401)
     step = grid[1] - grid[0]
     likelihoods = []
-    for r, s, e in groups:
-        r, s, e = (np.asarray(a, dtype=np.float64) for a in (r, s, e))
-        ok = np.isfinite(r) & np.isfinite(s) & (s > 0) & np.isfinite(e)
-        if ok.any():
-            likelihoods.append(log_likelihood(grid, r[ok], s[ok], e[ok], outlier_fraction))
+    for group in groups:
+        r, s, e = usable(*group)
+        if r.size:
+            likelihoods.append(log_likelihood(grid, r, s, e, outlier_fraction))
     if len(likelihoods) < 2:
         return PRIOR_WIDTH_BOUNDS[0]
 
