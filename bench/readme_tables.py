@@ -330,6 +330,20 @@ def block_refine(runs: dict[int, dict[str, Any]], peer: dict | None) -> str:
                      if g else "") + "; per defect: "
                   + ", ".join(f"{k} {100 * v['flagged_fraction']:.0f} % (N={v['n']})"
                               for k, v in f["per_defect"].items()) + "."]
+        both = f.get("with_catalogue")
+        if both:
+            d = targets.get("defective_flagged_fraction_with_catalogue")
+            g = targets.get("good_flagged_fraction_with_catalogue")
+            lines += ["", "REFINE_POOR_FIT or CATALOGUE_MISMATCH (the survey catalogue's labels "
+                          "against ours, p below the configured limit): "
+                          f"{100 * both['defective_flagged_fraction']:.0f} % of the defective"
+                      + (f" (target ≥ {100 * d['target']:.0f} %: "
+                         f"{'met' if d['met'] else 'missed'})" if d else "")
+                      + f", {100 * both['good_flagged_fraction']:.1f} % of the good"
+                      + (f" (target ≤ {100 * g['target']:.0f} %: "
+                         f"{'met' if g['met'] else 'missed'})" if g else "") + "; per defect: "
+                      + ", ".join(f"{k} {100 * v['flagged_fraction']:.0f} %"
+                                  for k, v in both["per_defect"].items()) + "."]
     jobs = runs[PRIMARY_SEED]["figures"]["job_seconds"]
     refine_jobs = {k: v for k, v in jobs.items() if k.startswith("demo_ges/")
                    and ("refine" in k or k.endswith("train_emulator"))}

@@ -72,6 +72,10 @@ COLUMNS: dict[str, ColumnInfo] = {
     "refine_chi2_red": ColumnInfo("reduced chi-square of the refine stage's best fit",
                                   "stat.fit.chi2"),
     "refine_converged": ColumnInfo("the refine stage's fit converged", "meta.code.status"),
+    "catalogue_chi2": ColumnInfo("chi-square, survey catalogue labels vs ours, 1 dof per label",
+                                 "stat.fit.chi2"),
+    "catalogue_chi2_p": ColumnInfo("probability of a chi-square >= catalogue_chi2 by chance",
+                                   "stat.probability"),
 }
 
 #: ``<label>_<suffix>`` columns ("" = the label itself)

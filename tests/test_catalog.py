@@ -14,7 +14,8 @@ from starlabels import __version__, artifacts
 from starlabels.catalog import (FLAG_BAD_MASK, FLAG_BITS, FLAG_COLUMN, FLAG_DESCRIPTIONS,
                                 FLAG_WARN_MASK,
                                 attach_clean,
-                                column_unit, compute_flags, flag_names, label_ranges,
+                                catalogue_chi2, column_unit, compute_flags, flag_names,
+                                label_ranges,
                                 merge_shards, read_catalog, verify_fits, write_catalog)
 from starlabels.labels import LABELS
 
@@ -70,6 +71,35 @@ def test_compute_flags_each_bit():
     assert (flags & FLAG_BAD_MASK != 0).tolist() == [False] * 4 + [True, False]
     # no S/N test asked for; labels without limits are not tested
     assert compute_flags(df.drop(columns="snr"), ["teff"], {}, None, {})[1] == 0
+
+
+def test_catalogue_chi2_follows_chi2_and_catches_a_mismatched_entry():
+    """Catalogue labels drawn around ours with the joint errors give χ² with one degree of
+    freedom per label compared; an entry that belongs to another star is flagged."""
+    rng = np.random.default_rng(3)
+    n = 20000
+    ours = {"teff": rng.uniform(4000, 7000, n), "logg": rng.uniform(1, 5, n)}
+    err = {"teff": np.full(n, 40.0), "logg": np.full(n, 0.08)}
+    cat_err = {"teff": rng.uniform(30, 120, n), "logg": rng.uniform(0.05, 0.2, n)}
+    catalogue = {k: ours[k] + rng.normal(0, np.hypot(err[k], cat_err[k])) for k in ours}
+    catalogue["logg"][:100] = np.nan                  # these rows compare Teff alone
+    cat_err["teff"][100:200] = np.nan                 # and these log g alone
+    catalogue["teff"][200:300] = np.nan
+    cat_err["logg"][200:300] = np.nan                 # nothing to compare
+    catalogue["teff"][300] += 1500.0                  # another star's entry
+    chi2, p = catalogue_chi2(ours, err, catalogue, cat_err)
+    assert np.isnan(chi2[200:300]).all() and np.isnan(p[200:300]).all()
+    rest = np.r_[400:n]
+    assert np.median(chi2[rest]) == pytest.approx(1.386, rel=0.05)      # χ²₂ median
+    assert np.mean(p[rest] < 1e-3) == pytest.approx(1e-3, abs=1e-3)     # p is uniform
+    assert np.median(chi2[:100]) == pytest.approx(0.455, rel=0.1)       # χ²₁ median
+    assert p[300] < 1e-6
+    df = predictions()
+    df["catalogue_chi2_p"] = [0.5, 1e-5, np.nan, 0.2, 0.3, 0.4]
+    flags = compute_flags(df, CAT_LABELS, {}, None, {}, catalogue_p_min=1e-3)
+    assert ((flags & FLAG_BITS["CATALOGUE_MISMATCH"]) != 0).tolist() == [False, True] + [False] * 4
+    # off when no limit is configured
+    assert not (compute_flags(df, CAT_LABELS, {}, None, {}) & FLAG_BITS["CATALOGUE_MISMATCH"]).any()
 
 
 def test_compute_flags_missing_columns():

@@ -303,3 +303,23 @@ def test_refine_job_writes_every_star_in_order_with_its_flag(trained, tmp_path):
     err = out.loc[good, [f"{k}_refined" for k in LABELS]].to_numpy() - physical(x)[rows][good]
     assert np.all(np.abs(err) < 5 * out.loc[good, [f"{k}_refined_err_formal" for k in LABELS]]
                   .to_numpy())
+
+
+def test_flag_rates_count_either_chi2_bit_and_judge_both_against_the_targets():
+    from starlabels.catalog import FLAG_BITS, FLAG_COLUMN
+    from starlabels.refine.report import CHI2_BITS, check_targets, flag_rates
+
+    poor, mismatch = FLAG_BITS["REFINE_POOR_FIT"], FLAG_BITS["CATALOGUE_MISMATCH"]
+    sub = pd.DataFrame({
+        "defect": ["cosmic_rays", "label_mismatch", "label_mismatch", "zeroed_run", "", "", "", ""],
+        FLAG_COLUMN: [poor, mismatch, 0, 0, 0, 0, mismatch, FLAG_BITS["LOW_SNR"]]})
+    alone, both = flag_rates(sub), flag_rates(sub, CHI2_BITS)
+    assert alone["defective_flagged_fraction"] == 0.25 and alone["good_flagged_fraction"] == 0.0
+    assert both["defective_flagged_fraction"] == 0.5 and both["good_flagged_fraction"] == 0.25
+    assert both["per_defect"]["label_mismatch"] == {"n": 2, "flagged_fraction": 0.5}
+    targets = {"sigma_ratio": {}, "coverage68": None, "flagged_defective_min": 0.5,
+               "flagged_good_max": 0.05}
+    out = check_targets({}, {**alone, "with_catalogue": both}, targets)
+    assert not out["defective_flagged_fraction"]["met"] and out["good_flagged_fraction"]["met"]
+    assert out["defective_flagged_fraction_with_catalogue"]["met"]
+    assert not out["good_flagged_fraction_with_catalogue"]["met"]
