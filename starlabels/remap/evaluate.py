@@ -1,7 +1,8 @@
 """How good and how honest are deep-REMAP's distributions on stars it never trained on?
 
-* :func:`ensemble_probabilities` — the members' averaged distributions for chosen rows, with the
-  fitted temperatures or without (T = 1), so calibration can be judged before and after;
+* :func:`ensemble_probabilities` — the members' averaged distributions for chosen rows,
+  calibrated (the ensemble's transform, or the members' own temperatures) or not (T = 1), so
+  calibration can be judged before and after;
 * :func:`heldout_calibration` — per label, σ/bias of the point estimates, 68% (and other)
   interval coverage, ECE and reliability curves, before and after temperature scaling;
 * :func:`ablation_table` — σ and bias on the calibration stars for the recipe with parts switched
@@ -24,6 +25,7 @@ from .. import artifacts
 from ..members import load_member
 from .bins import LabelBins, bins_from_meta, summarize
 from .calibration import expected_calibration_error, interval_coverage, pit, reliability_curve
+from .ensemble import EnsembleTransform
 from .train import predict_logits
 
 
@@ -42,28 +44,31 @@ def member_logits(flux: np.ndarray, model_dirs: Sequence[str | os.PathLike]
 
 def average_probabilities(members: Sequence[tuple[list[np.ndarray], dict[str, Any]]],
                           calibrated: bool = True,
-                          temperatures: Sequence[float] | None = None) -> list[np.ndarray]:
-    """Average of the members' probabilities per label: temperature-scaled if ``calibrated``,
-    with the ensemble's ``temperatures`` when given, else each member's own."""
+                          ensemble: EnsembleTransform | None = None) -> list[np.ndarray]:
+    """Average of the members' probabilities per label: uncalibrated (T = 1) unless
+    ``calibrated``; calibrated by the ``ensemble``'s transform when given (its temperatures,
+    then its dilation), else with each member's own temperatures."""
     sums: list[np.ndarray] | None = None
     for logits, meta in members:
         if not calibrated:
             temps = [1.0] * len(logits)
         else:
-            temps = meta["temperatures"] if temperatures is None else list(temperatures)
+            temps = meta["temperatures"] if ensemble is None else list(ensemble.temperatures)
         probs = [torch.softmax(torch.from_numpy(lg).double() / t, dim=1).numpy()
                  for lg, t in zip(logits, temps)]
         sums = probs if sums is None else [s + p for s, p in zip(sums, probs)]
-    return [s / len(members) for s in sums]
+    mean = [s / len(members) for s in sums]
+    if calibrated and ensemble is not None:
+        mean = ensemble.apply(mean, bins_from_meta(members[0][1]))
+    return mean
 
 
 def ensemble_probabilities(flux: np.ndarray, model_dirs: Sequence[str | os.PathLike],
-                           calibrated: bool = True,
-                           temperatures: Sequence[float] | None = None
+                           calibrated: bool = True, ensemble: EnsembleTransform | None = None
                            ) -> tuple[list[np.ndarray], list[LabelBins], list[str]]:
     """:func:`average_probabilities` of the members in ``model_dirs`` for ``flux``."""
     members, bins, labels = member_logits(flux, model_dirs)
-    return average_probabilities(members, calibrated, temperatures), bins, labels
+    return average_probabilities(members, calibrated, ensemble), bins, labels
 
 
 def reference_labels(table: pd.DataFrame, truth: pd.DataFrame | None,
@@ -85,13 +90,13 @@ def _stats(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
 
 def heldout_calibration(flux: np.ndarray, ref: pd.DataFrame, model_dirs: Sequence[str],
                         levels=(0.5, 0.68, 0.9, 0.95),
-                        temperatures: Sequence[float] | None = None) -> dict[str, Any]:
+                        ensemble: EnsembleTransform | None = None) -> dict[str, Any]:
     """Metrics before/after temperature scaling on held-out rows, plus the curves for plots."""
     out: dict[str, Any] = {"n": int(len(flux)), "labels": {}}
     curves: dict[str, dict[str, Any]] = {}
     members, bins, labels = member_logits(flux, model_dirs)  # one forward pass for both
     for tag, calibrated in (("before", False), ("after", True)):
-        probs = average_probabilities(members, calibrated, temperatures)
+        probs = average_probabilities(members, calibrated, ensemble)
         for j, (name, b) in enumerate(zip(labels, bins)):
             truth = ref[name].to_numpy(dtype=np.float64)
             ok = np.isfinite(truth)
@@ -112,15 +117,15 @@ def heldout_calibration(flux: np.ndarray, ref: pd.DataFrame, model_dirs: Sequenc
 
 def ablation_table(flux: np.ndarray, ref: pd.DataFrame, ref_kind: str,
                    variants: Mapping[str, Sequence[str]], descriptions: Mapping[str, str],
-                   temperatures: Mapping[str, Sequence[float]] | None = None
+                   ensembles: Mapping[str, EnsembleTransform] | None = None
                    ) -> tuple[dict[str, Any], str]:
     """σ, bias and 68% coverage on the given rows for each variant; (dict, Markdown table).
-    ``temperatures[variant]`` overrides the members' own (the ensemble's calibration)."""
+    ``ensembles[variant]`` replaces the members' own temperatures (the ensemble's
+    calibration)."""
     results: dict[str, Any] = {}
     for name, dirs in variants.items():
         probs, bins, labels = ensemble_probabilities(
-            flux, list(dirs), calibrated=True,
-            temperatures=(temperatures or {}).get(name))
+            flux, list(dirs), calibrated=True, ensemble=(ensembles or {}).get(name))
         entry: dict[str, Any] = {"description": descriptions.get(name, ""),
                                  "n_members": len(dirs)}
         for j, (label, b) in enumerate(zip(labels, bins)):

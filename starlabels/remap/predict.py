@@ -24,7 +24,7 @@ from .. import artifacts
 from ..batch import say
 from ..members import load_member, open_shard_inputs, write_shard
 from .bins import bins_from_meta, summarize
-from .ensemble import ensemble_temperatures
+from .ensemble import EnsembleTransform, load_ensemble_transform
 from .member import load_reference
 
 
@@ -32,11 +32,11 @@ def predict_remap_shard(flux_path: str | os.PathLike, table_path: str | os.PathL
                         model_dirs: Sequence[str | os.PathLike], shard: int, n_shards: int, *,
                         batch_size: int = 64, device: str = "auto", knn: int = 5,
                         log: Callable[[str], Any] = print, threads: int | None = None,
-                        temperatures: Sequence[float] | None = None) -> pd.DataFrame:
+                        ensemble: EnsembleTransform | None = None) -> pd.DataFrame:
     """Ensemble distributions for shard ``shard`` of ``n_shards`` (contiguous matrix rows).
 
-    ``temperatures``: one per head for all members (ensemble calibration); None = each
-    member's own."""
+    ``ensemble``: the ensemble's calibration (its temperatures for all members, then its
+    dilation of the average); None = each member's own temperatures."""
     device, table, table_grid, flux = open_shard_inputs(flux_path, table_path, shard, n_shards,
                                                         batch_size, device, threads)
     members = [load_member(d, device) for d in model_dirs]
@@ -52,7 +52,8 @@ def predict_remap_shard(flux_path: str | os.PathLike, table_path: str | os.PathL
                              f"{table_path} is on grid {table_grid}")
     bins = bins_from_meta(first)
     labels = list(first["labels"])
-    temperatures = [torch.tensor(m["temperatures"] if temperatures is None else temperatures,
+    temperatures = [torch.tensor(m["temperatures"] if ensemble is None
+                                 else list(ensemble.temperatures),
                                  dtype=torch.float32, device=device) for _, m in members]
     reference = load_reference(model_dirs[0])
     ref_emb = F.normalize(reference["embedding"].to(device).float(), dim=1)
@@ -88,8 +89,11 @@ def predict_remap_shard(flux_path: str | os.PathLike, table_path: str | os.PathL
                     embedding[start:stop] = e.cpu().numpy()
                     d, i = torch.cdist(e, ref_emb).topk(k, dim=1, largest=False)
                     knn_dist[start:stop], knn_idx[start:stop] = d.cpu().numpy(), i.cpu().numpy()
+            mean = [(s / len(members)).cpu().numpy() for s in sums]
+            if ensemble is not None:
+                mean = ensemble.apply(mean, bins)
             for j in range(len(bins)):
-                prob[j][start:stop] = (sums[j] / len(members)).cpu().numpy()
+                prob[j][start:stop] = mean[j]
             if (b_i + 1) % max(1, n_batches // 10) == 0 or b_i + 1 == n_batches:
                 elapsed = time.perf_counter() - t0
                 say(log, f"deep_remap shard {shard}: {stop}/{n} spectra, "
@@ -123,12 +127,12 @@ def predict_job(*, flux: str | os.PathLike, ivar: str | os.PathLike | None,
                 metadata: Mapping[str, Any], log: Callable[[str], Any], threads: int | None,
                 ensemble_calibration: str | None, knn: int) -> int:
     """One shard of the workflow's predict rule; returns the rows written. With an ensemble
-    calibration file its temperatures replace the members' own. The ResNet reads the flux only
-    (``ivar`` is not used)."""
-    temperatures = ensemble_temperatures(ensemble_calibration, members)
+    calibration file its transform replaces the members' own temperatures. The ResNet reads the
+    flux only (``ivar`` is not used)."""
+    ensemble = load_ensemble_transform(ensemble_calibration, members)
     df = predict_remap_shard(flux, table, members, shard, n_shards, batch_size=batch_size,
                              device=device, knn=knn, log=log, threads=threads,
-                             temperatures=temperatures)
+                             ensemble=ensemble)
     write_shard(df, out, metadata)
     return len(df)
 

@@ -41,7 +41,7 @@ def remap_report(*, flux: str, table: str, catalog: str, truth: str | None,
     from .. import plots as P
     from ..validate import giant_fractions
     from . import evaluate as E
-    from .ensemble import ensemble_temperatures
+    from .ensemble import load_ensemble_transform
 
     stars = artifacts.load_table(table)
     truth_df = artifacts.load_table(truth) if truth else None
@@ -50,8 +50,8 @@ def remap_report(*, flux: str, table: str, catalog: str, truth: str | None,
     result: dict[str, Any] = {"members": [{"member": m["member"], "temperatures": m["temperatures"],
                                            "calibration_split": m["calibration"]}
                                           for m in member_meta]}
-    temperatures = ensemble_temperatures(ensemble_calibration, model_dirs)
-    result["calibration_level"] = "ensemble" if temperatures else "member"
+    ensemble = load_ensemble_transform(ensemble_calibration, model_dirs)
+    result["calibration_level"] = "ensemble" if ensemble else "member"
     if ensemble_calibration:
         result["ensemble_calibration"] = artifacts.load_json(ensemble_calibration)
 
@@ -60,7 +60,7 @@ def remap_report(*, flux: str, table: str, catalog: str, truth: str | None,
     ref, kind = E.reference_labels(stars.iloc[heldout], truth_df, labels)
     result["reference"] = kind
     cal = E.heldout_calibration(E.load_rows(flux, heldout), ref, list(model_dirs),
-                                temperatures=temperatures)
+                                ensemble=ensemble)
     result["heldout"] = cal["metrics"]
     result["heldout"]["splits"] = stars.iloc[heldout]["split"].value_counts().to_dict()
     for label, m in cal["metrics"]["labels"].items():
@@ -77,7 +77,7 @@ def remap_report(*, flux: str, table: str, catalog: str, truth: str | None,
 
     # member 0 and the ensemble on the calibration stars
     calib_stars, text, _ = _calibration_star_table(flux, stars, truth_df, labels, model_dirs,
-                                                   {}, temperatures)
+                                                   {}, ensemble)
     result["calibration_stars"] = calib_stars
     result["calibration_star_targets"] = {
         label: {"sigma": calib_stars["ensemble"][label]["sigma"], "target": target,
@@ -128,7 +128,7 @@ def remap_report(*, flux: str, table: str, catalog: str, truth: str | None,
 def _calibration_star_table(flux: str, stars: pd.DataFrame, truth_df: pd.DataFrame | None,
                             labels: Sequence[str], model_dirs: Sequence[str],
                             ablation_dirs: Mapping[str, str],
-                            temperatures: Sequence[float] | None
+                            ensemble: Any | None
                             ) -> tuple[dict[str, Any], str, str]:
     """σ, bias and 68 % coverage on the calibration stars of member 0 (``full``), the ensemble
     and each ablation member; (dict, Markdown, what the labels compared with are)."""
@@ -144,8 +144,7 @@ def _calibration_star_table(flux: str, stars: pd.DataFrame, truth_df: pd.DataFra
     calib_ref, kind = E.reference_labels(stars.iloc[calib], truth_df, list(labels))
     table, text = E.ablation_table(E.load_rows(flux, calib), calib_ref, kind, variants,
                                    descriptions,
-                                   temperatures={"ensemble": temperatures} if temperatures
-                                   else None)
+                                   ensembles={"ensemble": ensemble} if ensemble else None)
     return table, text, kind
 
 
@@ -156,14 +155,14 @@ def ablation_report(*, flux: str, table: str, truth: str | None, model_dirs: Seq
     """The ablation study of a deep_remap experiment: each ablation member (one part of the
     recipe switched off, member 0's seed) beside member 0 and the ensemble on the calibration
     stars; ``ablation.md`` (the table) and ``ablation.json`` (the figures, with provenance)."""
-    from .ensemble import ensemble_temperatures
+    from .ensemble import load_ensemble_transform
 
     stars = artifacts.load_table(table)
     truth_df = artifacts.load_table(truth) if truth else None
     labels = list(artifacts.load_json(Path(model_dirs[0]) / "model.json")["labels"])
-    temperatures = ensemble_temperatures(ensemble_calibration, model_dirs)
+    ensemble = load_ensemble_transform(ensemble_calibration, model_dirs)
     ablation, text, kind = _calibration_star_table(flux, stars, truth_df, labels, model_dirs,
-                                                   ablation_dirs, temperatures)
+                                                   ablation_dirs, ensemble)
     log(text)
     result = {"reference": kind, "variants": ablation,
               "provenance": artifacts.provenance(None, config_hash=config_hash,
