@@ -86,6 +86,12 @@ def _coverage_block(z: np.ndarray, with_ci: bool) -> dict[str, Any]:
     return out
 
 
+def coverage_report(z: np.ndarray) -> dict[str, Any]:
+    """Coverage of the normalised residuals ``z`` at each of :data:`COVERAGE_LEVELS`, with
+    bootstrap 95 % intervals, and their robust spread."""
+    return _coverage_block(np.asarray(z, dtype=np.float64), with_ci=True)
+
+
 def uncertainty_report(pred: np.ndarray, err: np.ndarray, true: np.ndarray, snr: np.ndarray,
                        raw: np.ndarray | None = None, members: np.ndarray | None = None
                        ) -> dict[str, Any]:

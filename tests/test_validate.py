@@ -139,3 +139,37 @@ def test_clean_metrics_report_populations_the_cleaning_must_keep():
     assert m["catalogue_outliers"] == {"n": 1, "rejected_fraction": 1.0}
     # a rejected catalogue outlier is not a good spectrum lost: b, b, f kept, c rejected
     assert m["good_rejected_fraction"] == pytest.approx(1 / 5)
+
+
+def test_catalogue_scale_scores_measure_against_the_truth_plus_the_catalogue_offset():
+    """Labels that reproduce the catalogue's offset, with errors right about it: against the
+    truth their coverage falls short, against truth + offset it is the nominal one; the labels
+    before the reference scale (`_raw`) are the ones judged, and defective stars are left out."""
+    from starlabels.simulate.catalogue import systematic_offset
+    from starlabels.validate import catalogue_scale_scores
+
+    rng = np.random.default_rng(5)
+    n = 4000
+    truth = pd.DataFrame({"star_id": [f"s{i}" for i in range(n)],
+                          "teff": rng.uniform(4200, 6500, n), "logg": rng.uniform(1.5, 4.6, n),
+                          "fe_h": rng.normal(-0.2, 0.3, n), "defect": [""] * (n - 40) + ["cosmic_rays"] * 40})
+    offsets = {"teff": [25.0, 0.0], "fe_h": [-0.02, 0.04]}
+    assert systematic_offset(truth, offsets, "fe_h")[0] == pytest.approx(
+        -0.02 * (4.44 - truth.logg[0]) + 0.04 * (5777 - truth.teff[0]) / 1000)
+    err = np.full(n, 0.03)
+    learnt = truth.fe_h + systematic_offset(truth, offsets, "fe_h") + rng.normal(0, 0.03, n)
+    cat = pd.DataFrame({"star_id": truth.star_id, "split": "test",
+                        "fe_h_raw": learnt, "fe_h": learnt - 0.05,   # moved by a reference scale
+                        "fe_h_err": err,
+                        "teff": truth.teff + rng.normal(0, 30, n), "teff_err": 30.0})
+    cat.loc[n - 40:, "fe_h_raw"] += 1.0                            # the defective stars
+    out = catalogue_scale_scores(cat, truth, ["teff", "fe_h"], np.arange(n), offsets)
+    assert out["fe_h"]["column"] == "fe_h_raw" and out["fe_h"]["n"] == n - 40
+    assert out["fe_h"]["coverage68"] == pytest.approx(0.68, abs=0.025)
+    assert abs(out["fe_h"]["bias"]) < 0.003
+    # Teff carries no offset of the catalogue here: against truth + 25 K/dex it is off
+    assert out["teff"]["coverage68"] < 0.6
+    assert out["teff"]["column"] == "teff"
+    # the same labels against the bare truth cover less
+    bare = np.mean(np.abs(learnt[: n - 40] - truth.fe_h[: n - 40]) <= 0.03)
+    assert bare < out["fe_h"]["coverage68"] - 0.05

@@ -17,7 +17,7 @@ section.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -48,6 +48,16 @@ def error_position(truth: pd.DataFrame, spread: np.ndarray) -> np.ndarray:
     q = (0.45 * low_snr + 0.2 * unusual_teff + 0.2 * metal_poor + 0.15 * giant
          + 0.3 * (spread - 0.5))
     return np.clip(q, 0.0, 1.0)
+
+
+def systematic_offset(truth: pd.DataFrame | Mapping[str, np.ndarray],
+                      offsets: Mapping[str, Sequence[float]], label: str) -> np.ndarray:
+    """The catalogue's smooth offset of ``label`` for these true stars (module docstring):
+    a × (4.44 − log g) + b × (5777 − Teff)/1000, [a, b] = ``offsets[label]``."""
+    a, b = offsets[label]
+    below_logg = 4.44 - np.asarray(truth["logg"], dtype=float)
+    cooler = (5777.0 - np.asarray(truth["teff"], dtype=float)) / 1000.0
+    return a * below_logg + b * cooler
 
 
 def observe_catalog_labels(truth: pd.DataFrame, rng: np.random.Generator,
@@ -81,12 +91,9 @@ def observe_catalog_labels(truth: pd.DataFrame, rng: np.random.Generator,
     rho = float(catalogue_cfg["teff_logg_error_correlation"])
     z["logg"] = rho * z["teff"] + np.sqrt(1.0 - rho ** 2) * z["logg"]
     offsets = catalogue_cfg["systematic_offsets"]
-    below_logg = 4.44 - truth["logg"].to_numpy(dtype=float)
-    cooler = (5777.0 - truth["teff"].to_numpy(dtype=float)) / 1000.0
     for label in LABEL_ORDER:
-        a, b = offsets[label]
         out[label] = truth[label].to_numpy() + z[label] * errors[label] \
-            + (a * below_logg + b * cooler)
+            + systematic_offset(truth, offsets, label)
         out[f"e_{label}"] = errors[label]
 
     u = extra_rng.random(n)
