@@ -496,13 +496,13 @@ def precision_vs_snr(summary: pd.DataFrame, path: str | os.PathLike, *, dpi: int
 def reliability_diagram(curves: Mapping[str, Mapping[str, Mapping]], path: str | os.PathLike,
                         *, dpi: int = DPI) -> Path:
     """Per label: top-1 reliability (confidence vs accuracy) and interval coverage vs nominal,
-    before and after temperature scaling. ``curves[label][tag]`` holds 'reliability' (a
-    DataFrame from :func:`starlabels.remap.calibration.reliability_curve`) and 'coverage'
-    ({level: fraction})."""
+    before (T = 1) and after the calibration (the members' temperatures or the ensemble's
+    transform). ``curves[label][tag]`` holds 'reliability' (a DataFrame from
+    :func:`starlabels.remap.calibration.reliability_curve`) and 'coverage' ({level: fraction})."""
     labels = list(curves)
     fig = _figure(2 * PANEL_SIZE[0], PANEL_SIZE[1] * max(1, len(labels)))
     axes = np.atleast_2d(fig.subplots(max(1, len(labels)), 2, squeeze=False))
-    styles = {"before": ("tab:red", "o", "T = 1"), "after": ("tab:blue", "s", "temperature-scaled")}
+    styles = {"before": ("tab:red", "o", "T = 1"), "after": ("tab:blue", "s", "calibrated")}
     for row, label in enumerate(labels):
         rel_ax, cov_ax = axes[row]
         for ax in (rel_ax, cov_ax):
