@@ -494,10 +494,9 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
     result["precision"] = precision_block(cat, true_labels, labels, rows)
     if truth is not None:
         result.update(truth_scores(cat, true_labels, labels, rows, cfg))
-        offsets = ((simulate_cfg or {}).get("catalogue") or {}).get("systematic_offsets")
-        if offsets:
+        if simulate_cfg is not None:
             result["uncertainty_catalogue_scale"] = catalogue_scale_scores(
-                cat, true, labels, rows, offsets)
+                cat, true, labels, rows, simulate_cfg["catalogue"]["systematic_offsets"])
     result["paper_comparison"] = paper_comparison(cat, labels, rows, cfg["paper"])
     result["targets"] = target_report(result, labels, cfg["targets"])
     for name, entry in result["targets"].items():
