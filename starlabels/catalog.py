@@ -180,21 +180,18 @@ def catalogue_chi2(predicted: Mapping[str, np.ndarray], errors: Mapping[str, np.
     """
     from scipy.stats import chi2 as chi2_dist
 
-    total, dof = None, None
-    for label, ours in predicted.items():
-        if label not in catalogue:
-            continue
-        diff = np.asarray(ours, dtype=np.float64) - np.asarray(catalogue[label], dtype=np.float64)
-        var = (np.asarray(errors[label], dtype=np.float64) ** 2
-               + np.asarray(catalogue_errors[label], dtype=np.float64) ** 2)
-        term = diff ** 2 / var
-        usable = np.isfinite(term) & (var > 0)
-        total = np.zeros(diff.shape) if total is None else total
-        dof = np.zeros(diff.shape, dtype=np.int64) if dof is None else dof
-        total += np.where(usable, term, 0.0)
-        dof += usable
-    if total is None:
+    compared = [label for label in predicted if label in catalogue]
+    if not compared:
         raise ValueError("catalogue_chi2: no label has catalogue values")
+
+    def stacked(values: Mapping[str, np.ndarray]) -> np.ndarray:
+        return np.stack([np.asarray(values[label], dtype=np.float64) for label in compared])
+
+    var = stacked(errors) ** 2 + stacked(catalogue_errors) ** 2
+    term = (stacked(predicted) - stacked(catalogue)) ** 2 / var
+    usable = np.isfinite(term) & (var > 0)
+    total = np.where(usable, term, 0.0).sum(axis=0)
+    dof = usable.sum(axis=0)
     chi2 = np.where(dof > 0, total, np.nan)
     p = np.where(dof > 0, chi2_dist.sf(total, np.maximum(dof, 1)), np.nan)
     return chi2, p

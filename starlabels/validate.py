@@ -496,7 +496,7 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
         result.update(truth_scores(cat, true_labels, labels, rows, cfg))
         if simulate_cfg is not None:
             result["uncertainty_catalogue_scale"] = catalogue_scale_scores(
-                cat, true, labels, rows, simulate_cfg["catalogue"]["systematic_offsets"])
+                cat, true_labels, labels, rows, simulate_cfg["catalogue"]["systematic_offsets"])
     result["paper_comparison"] = paper_comparison(cat, labels, rows, cfg["paper"])
     result["targets"] = target_report(result, labels, cfg["targets"])
     for name, entry in result["targets"].items():
@@ -624,13 +624,21 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
 
 # ---------------------------------------------------------------- scores against truth
 
+def evaluation_stars(cat: pd.DataFrame, true_labels: pd.DataFrame, rows: np.ndarray
+                     ) -> pd.DataFrame:
+    """The catalogue's evaluation ``rows`` beside their truth (``true_labels``: the truth table
+    with the labels suffixed ``_true``), without the spectra that carry an injected defect."""
+    sub = cat.loc[rows].merge(true_labels, on="star_id", how="left", suffixes=("", "_truth"))
+    if "defect" in sub:
+        sub = sub[sub["defect"].fillna("").eq("")]
+    return sub
+
+
 def truth_scores(cat: pd.DataFrame, true_labels: pd.DataFrame, labels: Sequence[str],
                  rows: np.ndarray, cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The uncertainty report, bias by true label and α-rich sequence of the evaluation stars
     without injected defects (``true_labels``: the truth with labels suffixed ``_true``)."""
-    sub = cat.loc[rows].merge(true_labels, on="star_id", how="left", suffixes=("", "_truth"))
-    if "defect" in sub:
-        sub = sub[sub["defect"].fillna("").eq("")]
+    sub = evaluation_stars(cat, true_labels, rows)
     out: dict[str, Any] = {"uncertainty": {}, "bias_by_true_label": {}}
     snr = sub["snr"].to_numpy(dtype=float)
     for label in labels:
@@ -653,7 +661,7 @@ def truth_scores(cat: pd.DataFrame, true_labels: pd.DataFrame, labels: Sequence[
     return out
 
 
-def catalogue_scale_scores(cat: pd.DataFrame, truth: pd.DataFrame, labels: Sequence[str],
+def catalogue_scale_scores(cat: pd.DataFrame, true_labels: pd.DataFrame, labels: Sequence[str],
                            rows: np.ndarray, offsets: Mapping[str, Sequence[float]]
                            ) -> dict[str, Any]:
     """What the valid-split calibration can see, measured: per label, σ, bias and the coverage
@@ -666,15 +674,9 @@ def catalogue_scale_scores(cat: pd.DataFrame, truth: pd.DataFrame, labels: Seque
     the error only reference stars (or the simulator) can see."""
     from .simulate.catalogue import systematic_offset
 
-    sub = cat.loc[rows].merge(truth[["star_id", *[c for c in truth.columns
-                                                   if c in ("defect", "teff", "logg")
-                                                   or c in labels]]]
-                              .rename(columns=lambda c: c if c in ("star_id", "defect")
-                                      else f"{c}_true"),
-                              on="star_id", how="left")
-    if "defect" in sub:
-        sub = sub[sub["defect"].fillna("").eq("")]
-    true_stars = {"teff": sub["teff_true"], "logg": sub["logg_true"]}
+    sub = evaluation_stars(cat, true_labels, rows)
+    # the offsets depend on the star's true Teff and log g, labels of the experiment or not
+    true_stars = {k: sub[f"{k}_true" if k in labels else k] for k in ("teff", "logg")}
     out: dict[str, Any] = {}
     for label in labels:
         if label not in offsets or f"{label}_err" not in sub:

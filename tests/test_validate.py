@@ -163,7 +163,8 @@ def test_catalogue_scale_scores_measure_against_the_truth_plus_the_catalogue_off
                         "fe_h_err": err,
                         "teff": truth.teff + rng.normal(0, 30, n), "teff_err": 30.0})
     cat.loc[n - 40:, "fe_h_raw"] += 1.0                            # the defective stars
-    out = catalogue_scale_scores(cat, truth, ["teff", "fe_h"], np.arange(n), offsets)
+    true_labels = truth.rename(columns={k: f"{k}_true" for k in ("teff", "fe_h")})
+    out = catalogue_scale_scores(cat, true_labels, ["teff", "fe_h"], np.arange(n), offsets)
     assert out["fe_h"]["column"] == "fe_h_raw" and out["fe_h"]["n"] == n - 40
     assert out["fe_h"]["coverage68"] == pytest.approx(0.68, abs=0.025)
     assert abs(out["fe_h"]["bias"]) < 0.003

@@ -13,7 +13,8 @@ Modules, one idea each:
 - :mod:`.train` — the training phases: pre-training or fine-tuning with cosine annealing + SWA,
   checkpoints to resume bit for bit;
 - :mod:`.member` — one ensemble member: the phases in order, temperature scaling, model folder;
-- :mod:`.ensemble` — one temperature per head for the averaged distribution of all members;
+- :mod:`.ensemble` — the calibration of all members' averaged distribution, per head (a
+  dilation about its mean, or a shared temperature);
 - :mod:`.predict` — ensemble probability averaging and nearest-neighbour lookup;
 - :mod:`.evaluate` and :mod:`.report` — calibration on held-out stars and the
   report merged into metrics.json; the ablation study (its own target).

@@ -150,10 +150,16 @@ def fit_temperature_coverage(member_logits: Sequence[np.ndarray], bins: LabelBin
     even a point prediction holds more than 68 % of the noise-convolved labels of a ~120-star
     valid split (demo_marvels log g: 0.76 at T = 0.05, the grid's end, for a held-out coverage of
     0.45 against the truth) and the count says nothing more about T."""
-    stacked = [torch.as_tensor(lg, dtype=torch.float64) for lg in member_logits]
-    return _coverage_search(
-        lambda t: torch.stack([torch.softmax(lg / t, dim=1) for lg in stacked]).mean(0).numpy(),
-        bins, observed, errors, level, grid)
+    return _coverage_search(lambda t: average_softmax(member_logits, t), bins, observed, errors,
+                            level, grid)
+
+
+def average_softmax(member_logits: Sequence[np.ndarray | torch.Tensor],
+                    temperature: float) -> np.ndarray:
+    """One head's members' softmax(logits / T), averaged: the distribution the catalogue
+    reports before any dilation."""
+    return torch.stack([torch.softmax(torch.as_tensor(lg, dtype=torch.float64) / temperature,
+                                      dim=1) for lg in member_logits]).mean(0).numpy()
 
 
 def dilate(prob: np.ndarray, bins: LabelBins, factor: float) -> np.ndarray:

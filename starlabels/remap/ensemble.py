@@ -28,8 +28,9 @@ from .. import artifacts
 from ..batch import say
 from ..members import check_calibration_members, load_member, member_names, plain
 from .bins import LabelBins, bins_from_meta
-from .calibration import (bin_likelihoods, convolved_pit, dilate, fit_dilation_coverage,
-                          fit_dilation_nll, fit_ensemble_temperature, fit_temperature_coverage)
+from .calibration import (average_softmax, bin_likelihoods, convolved_pit, dilate,
+                          fit_dilation_coverage, fit_dilation_nll, fit_ensemble_temperature,
+                          fit_temperature_coverage)
 from .member import usable_rows
 from .train import predict_logits
 
@@ -50,12 +51,6 @@ class EnsembleTransform:
         if self.factors is None:
             return [np.asarray(p) for p in averaged]
         return [dilate(p, b, f) for p, b, f in zip(averaged, bins, self.factors)]
-
-
-def averaged(heads: Sequence[np.ndarray | torch.Tensor], temperature: float) -> np.ndarray:
-    """One head's members' softmax(logits / T), averaged."""
-    return torch.stack([torch.softmax(torch.as_tensor(h, dtype=torch.float64) / temperature,
-                                      dim=1) for h in heads]).mean(0).numpy()
 
 
 def calibrate_ensemble(flux_path: str | os.PathLike, table_path: str | os.PathLike,
@@ -88,6 +83,7 @@ def calibrate_ensemble(flux_path: str | os.PathLike, table_path: str | os.PathLi
         like = bin_likelihoods(values[:, j], b, None if errors is None else errors[:, j])
         floor = 1.0 / (b.high - b.low)
         head = [lg[j] for lg in logits]
+        base = average_softmax(head, 1.0)
         err = None if errors is None else errors[:, j]
         objective = cfg["ensemble_objective"]
         t, factor = 1.0, 1.0
@@ -95,12 +91,12 @@ def calibrate_ensemble(flux_path: str | os.PathLike, table_path: str | os.PathLi
             objective = "none"
         elif objective == "nll":
             if dilation:
-                factor = fit_dilation_nll(averaged(head, 1.0), like, b, eps, floor)
+                factor = fit_dilation_nll(base, like, b, eps, floor)
             else:
                 t = fit_ensemble_temperature(head, like, outlier_fraction=eps,
                                              outlier_density=floor)
         else:
-            found = (fit_dilation_coverage(averaged(head, 1.0), b, values[:, j], err)
+            found = (fit_dilation_coverage(base, b, values[:, j], err)
                      if dilation else fit_temperature_coverage(head, b, values[:, j], err))
             if found is None:
                 # where the count cannot pin the width down (see fit_temperature_coverage) the
@@ -119,8 +115,7 @@ def calibrate_ensemble(flux_path: str | os.PathLike, table_path: str | os.PathLi
                                  "member_temperatures": [m["temperatures"][j] for _, m in members]}
         if dilation:
             entry["factor"] = factor
-        for tag, temp, a in (("before", 1.0, 1.0), ("after", t, factor)):
-            mix = dilate(averaged(head, temp), b, a)
+        for tag, mix in (("before", base), ("after", dilate(average_softmax(head, t), b, factor))):
             held = np.clip((mix * like).sum(axis=1), 1e-300, None)
             entry[f"nll_{tag}"] = float(-np.mean(np.log((1.0 - eps) * held + eps * floor)))
             entry[f"coverage68_{tag}"] = float(np.mean(

@@ -15,13 +15,16 @@ as many trainings again as the ensemble, and the catalogue does not depend on th
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from .. import artifacts
 from ..batch import Log
+
+if TYPE_CHECKING:           # the annotation only: the functions import .ensemble where they use it
+    from .ensemble import EnsembleTransform
 
 #: seed of the embedding map's subsample and t-SNE layout (a picture, not a result)
 EMBEDDING_MAP_SEED = 0
@@ -128,7 +131,7 @@ def remap_report(*, flux: str, table: str, catalog: str, truth: str | None,
 def _calibration_star_table(flux: str, stars: pd.DataFrame, truth_df: pd.DataFrame | None,
                             labels: Sequence[str], model_dirs: Sequence[str],
                             ablation_dirs: Mapping[str, str],
-                            ensemble: Any | None
+                            ensemble: EnsembleTransform | None
                             ) -> tuple[dict[str, Any], str, str]:
     """σ, bias and 68 % coverage on the calibration stars of member 0 (``full``), the ensemble
     and each ablation member; (dict, Markdown, what the labels compared with are)."""
