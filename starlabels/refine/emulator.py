@@ -383,7 +383,8 @@ def spectral_basis(model: "PayneEmulator", flux: torch.Tensor, x: torch.Tensor, 
 
 # ---------------------------------------------------------------- training
 
-def _weights(ivar: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
+def pixel_weights(ivar: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
+    """1 / (σ² + s²_λ) where the pixel has data, else 0."""
     return torch.where(ivar > 0, ivar / (1 + ivar * s2), torch.zeros_like(ivar))
 
 
@@ -394,7 +395,7 @@ def chi2_red(model: Emulator, flux: torch.Tensor, ivar: torch.Tensor, x: torch.T
     with torch.no_grad():
         for start in range(0, len(x), batch):
             sl = slice(start, start + batch)
-            w = _weights(ivar[sl], model.s2)
+            w = pixel_weights(ivar[sl], model.s2)
             r = flux[sl] - model(x[sl])
             out.append((w * r * r).sum(1) / (ivar[sl] > 0).sum(1).clamp_min(1))
     return torch.cat(out) if out else torch.zeros(0)
@@ -460,8 +461,11 @@ def train_payne(model: PayneEmulator, flux: torch.Tensor, ivar: torch.Tensor, x:
     params = list(model.mlps.parameters())
     opt = torch.optim.Adam(params, lr=cfg["learning_rate"])
     steps = int(cfg["pretrain_epochs"]) * math.ceil(n / batch)
+    # OneCycleLR divides by the length of each phase: at least two warm-up steps and four in all
+    total = max(steps, 4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["learning_rate"],
-                                                total_steps=max(steps, 1), pct_start=0.1)
+                                                total_steps=total,
+                                                pct_start=max(0.1, 2.0 / total))
     for epoch in range(int(cfg["pretrain_epochs"])):
         order = torch.randperm(n, generator=generator).to(x.device)
         total = 0.0

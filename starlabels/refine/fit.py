@@ -5,7 +5,8 @@ For each star, minimise
 
     χ² = Σ_λ (model_λ − flux_λ)² / (σ²_λ + s²_λ)  [+ Σ_k (x_k − μ_k)² / τ_k² with a prior]
 
-over the labels and, optionally, two nuisances:
+over the labels, the emulator's latent nuisances when it has them (:mod:`.train`; they start at 0,
+the training stars' mean, without a prior), and optionally two more:
 
 * a continuum correction, model = emulator × (1 + Σ c_j P_j) with Legendre polynomials P_j up to
   ``continuum_order`` per grid segment (what the normalize stage's continuum left);
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 
 from ..spectral import C_KMS
-from .emulator import Emulator
+from .emulator import Emulator, pixel_weights
 
 
 @dataclass
@@ -137,6 +138,13 @@ def _evaluate(emulator: Emulator, nuis: Nuisances, params: torch.Tensor, n_label
     return model, out
 
 
+def _padded(labels: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, k) physical inputs: ``labels`` and zeros for the latents after them."""
+    out = torch.zeros((labels.shape[0], k), dtype=labels.dtype, device=labels.device)
+    out[:, :labels.shape[1]] = labels
+    return out
+
+
 def fit_spectra(emulator: Emulator, flux: torch.Tensor, ivar: torch.Tensor,
                 start: torch.Tensor, nuis: Nuisances, *, max_iterations: int,
                 chi2_tolerance: float, label_margin: float,
@@ -149,29 +157,33 @@ def fit_spectra(emulator: Emulator, flux: torch.Tensor, ivar: torch.Tensor,
     (the emulator extrapolates poorly beyond); a star that ends on that edge is not converged.
     A star converges when an accepted step lowers χ² by less than ``chi2_tolerance`` times
     max(1, χ²/pixel) (a poor fit's χ² surface is that much flatter); ``prior_mean`` /
-    ``prior_sigma`` (physical, (B, K)) add a Gaussian prior on the labels.
+    ``prior_sigma`` (physical, (B, K)) add a Gaussian prior on the labels. An emulator with
+    latent inputs after its K labels frees them too; labels and covariance are returned for
+    the K labels, marginalised over the latents.
     """
     device = flux.device
     n_stars = flux.shape[0]
-    k = emulator.n_labels
+    k = emulator.n_labels                      # the emulator's inputs: labels, then latents
+    n_labels = start.shape[1]
     n_par = nuis.n_params(k)
     with torch.no_grad():
-        weight = torch.where(ivar > 0, ivar / (1 + ivar * emulator.s2), torch.zeros_like(ivar))
+        weight = pixel_weights(ivar, emulator.s2)
         root = weight.sqrt()
         n_used = (weight > 0).sum(1)
         limit = 1.0 + float(label_margin)
         params = torch.zeros((n_stars, n_par), device=device)
-        params[:, :k] = emulator.scale(start.to(device)).clamp(-limit, limit)
+        # latents start at 0, the training stars' mean
+        params[:, :k] = emulator.scale(_padded(start.to(device), k)).clamp(-limit, limit)
         prior_curv = torch.zeros((n_stars, n_par, n_par), dtype=torch.float64, device=device)
         if prior_mean is not None:
-            mu = emulator.scale(prior_mean.to(device))
-            tau = (prior_sigma.to(device) / emulator.label_half_range).clamp_min(1e-6)
-            prior_curv[:, range(k), range(k)] = (1.0 / tau ** 2).double()
+            mu = emulator.scale(_padded(prior_mean.to(device), k))[:, :n_labels]
+            tau = (prior_sigma.to(device) / emulator.label_half_range[:n_labels]).clamp_min(1e-6)
+            prior_curv[:, range(n_labels), range(n_labels)] = (1.0 / tau ** 2).double()
 
         def penalty(p: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             if prior_mean is None:
                 return torch.zeros(len(rows), device=device)
-            return (((p[:, :k] - mu[rows]) / tau[rows]) ** 2).sum(1)
+            return (((p[:, :n_labels] - mu[rows]) / tau[rows]) ** 2).sum(1)
 
         def normal(wjac: torch.Tensor, wres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             return ((wjac @ wjac.transpose(1, 2)).double(),
@@ -195,7 +207,8 @@ def fit_spectra(emulator: Emulator, flux: torch.Tensor, ivar: torch.Tensor,
             a = curvature[active] + prior_curv[active]
             g = gradient[active].clone()
             if prior_mean is not None:
-                g[:, :k] -= ((params[active, :k] - mu[active]) / tau[active] ** 2).double()
+                g[:, :n_labels] -= ((params[active, :n_labels] - mu[active])
+                                    / tau[active] ** 2).double()
             diag = a.diagonal(dim1=1, dim2=2).clamp_min(1e-12)
             step = torch.linalg.solve(a + torch.diag_embed(damping[active, None].double() * diag),
                                       g[:, :, None]).squeeze(-1).float()
@@ -226,10 +239,10 @@ def fit_spectra(emulator: Emulator, flux: torch.Tensor, ivar: torch.Tensor,
                 active, f_act, r_act = active[still], f_act[still], r_act[still]
         # formal covariance at the solution (undamped), nuisances marginalised
         cov = torch.linalg.pinv(curvature + prior_curv, hermitian=True)
-        half = emulator.label_half_range.double()
-        label_cov = cov[:, :k, :k] * half[None, :, None] * half[None, None, :]
+        half = emulator.label_half_range[:n_labels].double()
+        label_cov = cov[:, :n_labels, :n_labels] * half[None, :, None] * half[None, None, :]
         at_bound = (params[:, :k].abs() >= limit - 1e-6).any(1)
-        labels = emulator.unscale(params[:, :k])
+        labels = emulator.unscale(params[:, :k])[:, :n_labels]
         chi2_data = chi2 - penalty(params, everyone)
     return FitResult(
         labels=labels.double().cpu().numpy(), covariance=label_cov.cpu().numpy(),

@@ -93,7 +93,8 @@ def load_emulator(folder: str | os.PathLike, device: torch.device
     state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
     if state.get("meta", {}).get("training_set_hash") != meta.get("training_set_hash"):
         raise ValueError(f"{folder}: model.pt and {META_FILE} come from different runs")
-    emulator = build_emulator(meta["kind"], len(meta["labels"]), int(meta["n_pixels"]),
+    emulator = build_emulator(meta["kind"], len(meta["labels"]) + int(meta["latent_nuisances"]),
+                              int(meta["n_pixels"]),
                               meta["label_low"], meta["label_high"], meta["architecture"])
     emulator.load_state_dict(state["state_dict"])
     emulator.to(device).eval().requires_grad_(False)
@@ -178,9 +179,11 @@ def train_emulator_job(*, flux: str | os.PathLike, ivar: str | os.PathLike,
     emulator, history, summary = train_emulator(
         train, valid, dict(cfg["emulator"]), labels=list(labels),
         wavelength=grid.wavelength_air, lines=lines, log=lambda m: say(log, m))
+    inputs = emulator.n_labels
     meta = dict(metadata, kind=emulator.kind, labels=list(labels), n_pixels=grid.n_pixels,
-                label_low=emulator.unscale(-torch.ones(len(labels), device=device)).tolist(),
-                label_high=emulator.unscale(torch.ones(len(labels), device=device)).tolist(),
+                latent_nuisances=inputs - len(labels),
+                label_low=emulator.unscale(-torch.ones(inputs, device=device)).tolist(),
+                label_high=emulator.unscale(torch.ones(inputs, device=device)).tolist(),
                 architecture=emulator.architecture(), grid_hash=grid.hash(),
                 grid={"segments": list(grid_cfg["segments"])},
                 training_set_hash=training_set_hash(train.flux.cpu().numpy(),
@@ -228,7 +231,7 @@ def calibrate_refine_job(*, emulator_dir: str | os.PathLike, flux: str | os.Path
     start_labels, start_errors = _network_labels(predictions, src, labels)
     nuis = nuisances(meta, cfg["fit"], device)
     f, iv = _rows(flux, src), _rows(ivar, src)
-    ok = fittable(start_labels, iv, nuis.n_params(len(labels))) == ""
+    ok = fittable(start_labels, iv, nuis.n_params(emulator.n_labels)) == ""
     batch = fit_batch_size(cfg["fit"], device)
     t0 = time.perf_counter()
     parts = []
@@ -292,7 +295,7 @@ def refine_job(*, emulator_dir: str | os.PathLike, calibration: str | os.PathLik
     start_all = pred[list(labels)].to_numpy(dtype=np.float64)
     err_all = np.column_stack([network_errors(pred, label) for label in labels])
     nuis = nuisances(meta, cfg["fit"], device)
-    n_par = nuis.n_params(len(labels))
+    n_par = nuis.n_params(emulator.n_labels)
     batch = fit_batch_size(cfg["fit"], device)
     threshold = float(calib["chi2_red_threshold"])
     say(log, f"refine: shard {shard}/{n_shards}, {len(rows)} stars (rows {rows.start}.."
