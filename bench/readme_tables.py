@@ -335,7 +335,8 @@ def block_refine(runs: dict[int, dict[str, Any]], peer: dict | None) -> str:
     if not r or "precision" not in r:
         return "The refine stage did not run in the measured default run."
     lines = ["| label | network σ, S/N ≥ 50 | refined σ, S/N ≥ 50 | ratio (target) | refined 68 % "
-             "coverage (target 0.63–0.73) |", "|---|---|---|---|---|"]
+             "coverage (target 0.63–0.73) | combined σ, S/N ≥ 50 / all | combined 68 % "
+             "coverage |", "|---|---|---|---|---|---|---|"]
     targets = r.get("targets", {})
     for label, e in r["precision"].items():
         t = targets.get(f"sigma_ratio_{label}")
@@ -345,7 +346,11 @@ def block_refine(runs: dict[int, dict[str, Any]], peer: dict | None) -> str:
             f"{fmt(label, e['snr_min']['refined']['sigma'])} | {e['snr_min']['sigma_ratio']:.2f}"
             + (f" (≤ {t['target']:g}: {'met' if t['met'] else 'missed'})" if t else "")
             + f" | {e['all']['refined']['coverage_68']:.2f}"
-            + (f" ({'met' if c['met'] else 'missed'})" if c else "") + " |")
+            + (f" ({'met' if c['met'] else 'missed'})" if c else "")
+            + (f" | {fmt(label, e['snr_min']['combined']['sigma'])} / "
+               f"{fmt(label, e['all']['combined']['sigma'])} | "
+               f"{e['all']['combined']['coverage_68']:.2f} |" if "combined" in e["all"]
+               else " | — | — |"))
     f = r.get("flags") or {}
     if f:
         d, g = targets.get("defective_flagged_fraction"), targets.get("good_flagged_fraction")

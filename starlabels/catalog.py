@@ -643,8 +643,9 @@ def catalog_tables(*, shards: Sequence[str | os.PathLike], table: str | os.PathL
     (giant_logg_max, dwarf_logg_min) adds a giant / subgiant / dwarf column; ``carry`` names
     input-catalogue columns copied beside the ids where the star table has them (positions,
     survey identifiers); ``refined`` (the refine stage's shard tables) adds
-    ``<label>_refined``, ``<label>_refined_err``, ``refine_chi2_red``, ``refine_converged`` and
-    the REFINE_POOR_FIT flag; ``scale`` (a :mod:`starlabels.reference_scale` record) puts the
+    ``<label>_refined``, ``<label>_refined_err``, ``<label>_combined``, ``<label>_combined_err``
+    (the refined and the network's label combined), ``refine_chi2_red``, ``refine_converged``
+    and the REFINE_POOR_FIT flag; ``scale`` (a :mod:`starlabels.reference_scale` record) puts the
     labels onto the reference stars' scale, keeping ``<label>_raw`` (refined labels too: the
     emulator learnt the same catalogue scale).
     """
@@ -676,18 +677,20 @@ def catalog_tables(*, shards: Sequence[str | os.PathLike], table: str | os.PathL
         if not ref["spectrum_id"].astype(str).equals(stars["spectrum_id"].astype(str)):
             raise ValueError("refine shards do not list the star table's spectra in its order")
         for label in labels:
-            for suffix in ("refined", "refined_err"):
+            for suffix in ("refined", "refined_err", "combined", "combined_err"):
                 out[f"{label}_{suffix}"] = ref[f"{label}_{suffix}"].to_numpy()
         if scale is not None:
             # the emulator learnt the same catalogue labels as the network, so its labels share
-            # that catalogue's scale: the same trend, evaluated at the refined labels, moves them
+            # that catalogue's scale: the same trend, evaluated at the refined (and combined)
+            # labels, moves them
             from .reference_scale import apply_reference_scale
 
-            moved = apply_reference_scale(
-                {label: out[f"{label}_refined"].to_numpy() for label in labels}, scale)
-            for label in labels:
-                if label in moved:
-                    out[f"{label}_refined"] = moved[label]
+            for kind in ("refined", "combined"):
+                moved = apply_reference_scale(
+                    {label: out[f"{label}_{kind}"].to_numpy() for label in labels}, scale)
+                for label in labels:
+                    if label in moved:
+                        out[f"{label}_{kind}"] = moved[label]
         for column in ("refine_chi2_red", "refine_converged", "refine_unlike_training"):
             out[column] = ref[column].to_numpy()
     out["clean_keep"] = cleaned["keep"].to_numpy(dtype=bool)

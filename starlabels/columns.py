@@ -90,6 +90,8 @@ LABEL_SUFFIXES: dict[str, Suffix] = {
     "refined": Suffix("{label} from the refine stage's spectral fit", "{ucd}"),
     "refined_err": Suffix("calibrated 1-sigma uncertainty of {label}_refined",
                           "stat.error;{ucd}"),
+    "combined": Suffix("{label}, network and fit combined by their errors", "{ucd}"),
+    "combined_err": Suffix("1-sigma uncertainty of the combined {label}", "stat.error;{ucd}"),
     "q16": Suffix("16th percentile of the {label} distribution", "stat.percentile;{ucd}"),
     "q84": Suffix("84th percentile of the {label} distribution", "stat.percentile;{ucd}"),
     "ref": Suffix("{label} in the survey's own catalogue", "{ucd}"),

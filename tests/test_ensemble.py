@@ -21,8 +21,10 @@ from starlabels.catalog import FLAG_BITS, FLAG_COLUMN, read_catalog
 
 pytestmark = pytest.mark.slow
 
-#: bits only the workflow can set (it knows the training split and the t-SNE cleaning)
-WORKFLOW_ONLY_BITS = FLAG_BITS["IN_TRAINING_SET"] | FLAG_BITS["CLEAN_REJECTED"]
+#: bits only the workflow can set (it knows the training split and the t-SNE cleaning, runs the
+#: refine fit, and has the survey catalogue's labels)
+WORKFLOW_ONLY_BITS = (FLAG_BITS["IN_TRAINING_SET"] | FLAG_BITS["CLEAN_REJECTED"]
+                      | FLAG_BITS["REFINE_POOR_FIT"] | FLAG_BITS["CATALOGUE_MISMATCH"])
 
 
 def starlabels(*args: str | Path) -> subprocess.CompletedProcess:

@@ -196,6 +196,8 @@ def test_the_rule_chain_fits_the_scale_and_the_catalogue_applies_it(tmp_path):
     for label in labels:
         refined[f"{label}_refined"] = rows[label] + (10.0 if label == "teff" else 0.01)
         refined[f"{label}_refined_err"] = 1.0
+        refined[f"{label}_combined"] = rows[label] + (5.0 if label == "teff" else 0.005)
+        refined[f"{label}_combined_err"] = 0.7
     refined["refine_chi2_red"] = 1.0
     refined["refine_converged"] = True
     refined["refine_unlike_training"] = False
@@ -220,6 +222,12 @@ def test_the_rule_chain_fits_the_scale_and_the_catalogue_applies_it(tmp_path):
     assert giant["teff_refined"] == pytest.approx(
         4660.0 - (x @ record["labels"]["teff"]["coefficients"])[0])
     assert giant["teff_refined_err"] == 1.0
+    # the combined labels too
+    x = design({"teff": np.array([4655.0]), "logg": np.array([2.555])}, record["terms"],
+               record["pivot"])
+    assert giant["teff_combined"] == pytest.approx(
+        4655.0 - (x @ record["labels"]["teff"]["coefficients"])[0])
+    assert giant["teff_combined_err"] == 0.7
     with fits.open(fits_path) as hdul:
         assert hdul[1].header["REFSCALE"] == "fe_h,logg,teff"
         names = hdul[1].columns.names

@@ -270,6 +270,30 @@ def test_label_scale_and_error_model_recover_known_values():
     assert np.mean(np.abs(back - true) <= errors) == pytest.approx(0.68, abs=0.03)
 
 
+def test_error_correlation_with_the_network_is_recovered_under_shared_catalogue_noise():
+    """Two estimates whose errors correlate at ρ = 0.4, judged against catalogue labels with
+    noise larger than either: ρ comes back once the shared noise is deconvolved, and the
+    combination's σ and stated error follow from it."""
+    rng = np.random.default_rng(9)
+    n = 4000
+    sn, sr = rng.uniform(0.02, 0.04, n), rng.uniform(0.02, 0.05, n)
+    z1, z2 = rng.normal(0, 1, (2, n))
+    net_err = sn * z1
+    ref_err = sr * (0.4 * z1 + np.sqrt(1 - 0.4 ** 2) * z2)
+    e = rng.uniform(0.04, 0.08, n)
+    noise = e * rng.normal(0, 1, n)
+    fit = cal.fit_correlation(net_err - noise, sn, ref_err - noise, sr, e, 5.0)
+    assert fit["rho"] == pytest.approx(0.4, abs=0.1)
+    naive = np.corrcoef(net_err - noise, ref_err - noise)[0, 1]
+    assert naive > 0.7                            # the shared catalogue noise, not deconvolved
+    value, error = cal.combine(net_err, sn, ref_err, sr, fit["rho"])
+    assert np.std(value) < 0.9 * min(np.std(net_err), np.std(ref_err))
+    assert np.mean(np.abs(value) <= error) == pytest.approx(0.68, abs=0.03)
+    kept, kept_err = cal.combine(net_err[:3], sn[:3], np.full(3, np.nan), sr[:3], 0.4)
+    np.testing.assert_allclose(kept, net_err[:3])
+    np.testing.assert_allclose(kept_err, sn[:3])
+
+
 def test_emulator_folder_round_trip(trained, tmp_path):
     emulator, history, _ = trained
     meta = {"kind": emulator.kind, "labels": LABELS, "n_pixels": WAVE.size,
@@ -318,7 +342,8 @@ def test_refine_job_writes_every_star_in_order_with_its_flag(trained, tmp_path):
     calib = {"emulator_training_set_hash": "h", "chi2_red_threshold": 3.0,
              "labels": {label: {"scale": {"slope": 1.0, "predicted_mean": 0.0,
                                           "catalogue_mean": 0.0},
-                                "errors": {"a": 2.0, "b": 0.0}} for label in LABELS}}
+                                "errors": {"a": 2.0, "b": 0.0},
+                                "combination": {"rho": 0.0, "n": 100}} for label in LABELS}}
     artifacts.save_json(tmp_path / "cal.json", calib)
     cfg = {"device": "cpu", "fit": dict(FIT, continuum_order=1, rv=True, prior="none",
                                         prior_scale=3.0, batch_size=4)}
@@ -343,6 +368,19 @@ def test_refine_job_writes_every_star_in_order_with_its_flag(trained, tmp_path):
     assert not out.loc[good, "refine_unlike_training"].any()
     np.testing.assert_allclose(out.loc[good, "teff_refined_err"],
                                2.0 * out.loc[good, "teff_refined_err_formal"], rtol=1e-6)
+    # uncorrelated errors: the inverse-variance mean of the network's and the refined label;
+    # the flagged star keeps the network's label and error
+    net, net_err = pred.set_index("row").loc[out["row"], "logg"].to_numpy(), \
+        0.01 * (HIGH - LOW)[1]
+    ref, ref_err = out["logg_refined"].to_numpy(), out["logg_refined_err"].to_numpy()
+    w = ref_err ** 2 / (net_err ** 2 + ref_err ** 2)
+    np.testing.assert_allclose(out.loc[good, "logg_combined"], (w * net + (1 - w) * ref)[good],
+                               rtol=1e-6)
+    np.testing.assert_allclose(out.loc[good, "logg_combined_err"],
+                               np.sqrt(w * net_err ** 2)[good], rtol=1e-6)
+    flagged = out["row"] == 15
+    assert out.loc[flagged, "logg_combined"].iloc[0] == pytest.approx(net[flagged][0])
+    assert out.loc[flagged, "logg_combined_err"].iloc[0] == pytest.approx(net_err)
     err = out.loc[good, [f"{k}_refined" for k in LABELS]].to_numpy() - physical(x)[rows][good]
     assert np.all(np.abs(err) < 5 * out.loc[good, [f"{k}_refined_err_formal" for k in LABELS]]
                   .to_numpy())

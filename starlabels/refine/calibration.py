@@ -12,7 +12,16 @@ known errors e (deconvolved everywhere below):
    N(0, a²σ² + b² + e²) with outliers clipped. (Matching the 68 % coverage of Δ directly was
    tried and is ill-posed where the catalogue errors exceed the refined ones, as for Teff:
    the valid stars' coverage is then near 0.68 whatever the refined errors are.)
-3. **Flag.** A star is unlike the training set when its χ²/pixel exceeds
+3. **Combination with the network.** The network's and the refined labels err differently (the
+   network learns the catalogue's labels from the whole spectrum; the fit weighs each pixel by
+   its noise through the emulator), so their precision-weighted mean beats both. The
+   correlation ρ of their errors is fitted per label by maximum likelihood of the two
+   residuals against the catalogue, whose shared noise e² is deconvolved:
+   (Δ_net, Δ_ref) ~ N(0, [[σ_n² + e², ρσ_nσ_r + e²], [ρσ_nσ_r + e², σ_r² + e²]]), σ_n and σ_r the
+   calibrated errors. The combined label is w·net + (1 − w)·refined with
+   w = (σ_r² − ρσ_nσ_r) / (σ_n² + σ_r² − 2ρσ_nσ_r) clipped to [0, 1], its error
+   √(w²σ_n² + (1 − w)²σ_r² + 2w(1 − w)ρσ_nσ_r).
+4. **Flag.** A star is unlike the training set when its χ²/pixel exceeds
    exp(median + k · 1.4826 MAD) of log χ²/pixel over the valid stars (robust to the defective
    spectra among them).
 """
@@ -77,11 +86,61 @@ def calibrated_errors(formal: np.ndarray, model: Mapping[str, float], slope: flo
     return np.sqrt(model["a"] ** 2 * s ** 2 + model["b"] ** 2)
 
 
+def fit_correlation(delta_network: np.ndarray, network_err: np.ndarray,
+                    delta_refined: np.ndarray, refined_err: np.ndarray,
+                    catalogue_err: np.ndarray, outlier_sigma: float) -> dict[str, Any]:
+    """ρ of the network's and the refined label's errors by maximum likelihood of their
+    residuals against the catalogue (module docstring, item 3); stars beyond ``outlier_sigma``
+    in either residual are left out (iterated)."""
+    a, b = np.asarray(delta_network, float), np.asarray(delta_refined, float)
+    sn, sr, e = (np.asarray(v, float) for v in (network_err, refined_err, catalogue_err))
+    use = np.isfinite(a) & np.isfinite(b) & (sn > 0) & (sr > 0) & np.isfinite(e)
+    rho = 0.0
+    for _ in range(CLIP_PASSES):
+        if use.sum() < 3:
+            return {"rho": 0.0, "n": int(use.sum())}
+        x, y, p, q, v = a[use], b[use], sn[use], sr[use], e[use] ** 2
+        va, vb = p ** 2 + v, q ** 2 + v
+
+        def nll(r: float) -> float:
+            c = r * p * q + v
+            det = va * vb - c ** 2
+            return float(np.sum(0.5 * np.log(det) + 0.5 * (vb * x ** 2 - 2 * c * x * y
+                                                             + va * y ** 2) / det))
+
+        rho = float(optimize.minimize_scalar(nll, bounds=(-0.99, 0.99), method="bounded").x)
+        keep = use & (np.abs(a) <= outlier_sigma * np.sqrt(sn ** 2 + e ** 2)) \
+            & (np.abs(b) <= outlier_sigma * np.sqrt(sr ** 2 + e ** 2))
+        if keep.sum() == use.sum():
+            break
+        use = keep
+    return {"rho": rho, "n": int(use.sum())}
+
+
+def combine(network: np.ndarray, network_err: np.ndarray, refined: np.ndarray,
+            refined_err: np.ndarray, rho: float) -> tuple[np.ndarray, np.ndarray]:
+    """(label, error) of the precision-weighted mean of the network's and the refined label
+    with error correlation ``rho`` (module docstring, item 3); the network's alone where the
+    refined label or an error is missing."""
+    n, sn = np.asarray(network, float), np.asarray(network_err, float)
+    r, sr = np.asarray(refined, float), np.asarray(refined_err, float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        w = np.clip((sr ** 2 - rho * sn * sr) / (sn ** 2 + sr ** 2 - 2 * rho * sn * sr), 0, 1)
+    w = np.where(np.isfinite(w) & np.isfinite(r), w, 1.0)
+    value = w * n + (1 - w) * np.where(np.isfinite(r), r, 0.0)
+    cross = np.where(np.isfinite(sr), 2 * w * (1 - w) * rho * sn * sr, 0.0)
+    var = w ** 2 * sn ** 2 + (1 - w) ** 2 * np.where(np.isfinite(sr), sr, 0.0) ** 2 + cross
+    return value, np.sqrt(np.clip(var, 0, None))
+
+
 def calibrate(refined: np.ndarray, formal: np.ndarray, chi2_red: np.ndarray,
               converged: np.ndarray, catalogue: np.ndarray, catalogue_err: np.ndarray,
-              labels: list[str], cfg: Mapping[str, Any]) -> dict[str, Any]:
+              labels: list[str], cfg: Mapping[str, Any], network: np.ndarray,
+              network_err: np.ndarray) -> dict[str, Any]:
     """The calibration of a set of valid stars (arrays (N, K) / (N,)); ``cfg`` is the refine
-    section's ``calibration`` block. Stars that did not converge or are flagged take no part."""
+    section's ``calibration`` block; ``network`` / ``network_err`` the network's labels and
+    calibrated errors of the same stars (for the combination). Stars that did not converge or
+    are flagged take no part."""
     threshold = chi2_threshold(chi2_red[converged], cfg["flag_mad"])
     use = converged & (chi2_red <= threshold)
     out: dict[str, Any] = {"chi2_red_threshold": threshold, "n_valid": int(len(chi2_red)),
@@ -97,5 +156,9 @@ def calibrate(refined: np.ndarray, formal: np.ndarray, chi2_red: np.ndarray,
         values = apply_scale(refined[use, k], scale)
         errors = error_model(values - catalogue[use, k], formal[use, k] / slope,
                              catalogue_err[use, k], cfg["outlier_sigma"])
-        out["labels"][label] = {"scale": scale, "errors": errors}
+        combination = fit_correlation(
+            network[use, k] - catalogue[use, k], network_err[use, k],
+            values - catalogue[use, k], calibrated_errors(formal[use, k], errors, slope),
+            catalogue_err[use, k], cfg["outlier_sigma"])
+        out["labels"][label] = {"scale": scale, "errors": errors, "combination": combination}
     return out

@@ -248,7 +248,8 @@ def calibrate_refine_job(*, emulator_dir: str | os.PathLike, flux: str | os.Path
     catalogue = valid[list(labels)].to_numpy(dtype=np.float64)[idx]
     catalogue_err = valid[[f"e_{label}" for label in labels]].to_numpy(dtype=np.float64)[idx]
     result = cal.calibrate(refined, formal, chi2, converged, catalogue, catalogue_err,
-                           list(labels), cfg["calibration"])
+                           list(labels), cfg["calibration"], start_labels[idx],
+                           start_errors[idx])
     result.update(metadata, n_not_fittable=int((~ok).sum()), fit_seconds=time.perf_counter() - t0,
                   emulator_training_set_hash=meta["training_set_hash"])
     artifacts.save_json(out, result)
@@ -256,7 +257,7 @@ def calibrate_refine_job(*, emulator_dir: str | os.PathLike, flux: str | os.Path
              f"{result['n_converged']} converged; χ²/pixel flag above "
              f"{result['chi2_red_threshold']:.3f}; " + ", ".join(
                  f"{k}: slope {v['scale']['slope']:.3f}, a {v['errors']['a']:.2f}, "
-                 f"b {v['errors']['b']:.3g}"
+                 f"b {v['errors']['b']:.3g}, ρ with the network {v['combination']['rho']:.2f}"
                  for k, v in result["labels"].items()))
     return result
 
@@ -269,7 +270,8 @@ def refine_job(*, emulator_dir: str | os.PathLike, calibration: str | os.PathLik
                metadata: Mapping[str, Any]) -> int:
     """Refine the stars of one prediction shard; writes the shard's table (rows in catalogue
     order: ``row``, ``spectrum_id``, ``<label>_refined``, ``<label>_refined_err`` (calibrated),
-    ``<label>_refined_err_formal``, ``refine_chi2_red``, ``refine_converged``,
+    ``<label>_refined_err_formal``, ``<label>_combined`` and ``<label>_combined_err`` (with the
+    network's, :mod:`starlabels.refine.calibration`), ``refine_chi2_red``, ``refine_converged``,
     ``refine_unlike_training``, ``refine_n_iter``, ``refine_rv``, ``refine_note``) and its
     best-fit model spectra (float32 .npy, same rows; a star not fitted has NaN). Returns the
     number of stars fitted."""
@@ -319,7 +321,7 @@ def refine_job(*, emulator_dir: str | os.PathLike, calibration: str | os.PathLik
             if ok.size:
                 prior = network_prior(start[ok], errs[ok], cfg["fit"])
                 res = fit_rows(emulator, nuis, f[ok], iv[ok], start[ok], cfg["fit"], prior)
-                _fill(frame, ok, res, labels, calib, threshold)
+                _fill(frame, ok, res, labels, calib, threshold, start[ok], errs[ok])
                 models[ok] = res.model
                 n_fit += ok.size
             frame["refine_note"] = note
@@ -339,7 +341,8 @@ def _empty_frame(b0: int, b1: int, ids: pd.Series, labels: Sequence[str]) -> pd.
     frame = pd.DataFrame({"row": np.arange(b0, b1, dtype=np.int64),
                           "spectrum_id": ids.iloc[b0:b1].to_numpy()})
     for label in labels:
-        for suffix in ("refined", "refined_err", "refined_err_formal"):
+        for suffix in ("refined", "refined_err", "refined_err_formal", "combined",
+                       "combined_err"):
             frame[f"{label}_{suffix}"] = np.full(n, np.nan)
     frame["refine_chi2_red"] = np.full(n, np.nan)
     frame["refine_converged"] = np.zeros(n, dtype=bool)
@@ -350,16 +353,25 @@ def _empty_frame(b0: int, b1: int, ids: pd.Series, labels: Sequence[str]) -> pd.
 
 
 def _fill(frame: pd.DataFrame, ok: np.ndarray, res: FitResult, labels: Sequence[str],
-          calib: Mapping[str, Any], threshold: float) -> None:
-    """Calibrated labels and errors, χ², convergence and the flag of the fitted rows."""
+          calib: Mapping[str, Any], threshold: float, network: np.ndarray,
+          network_err: np.ndarray) -> None:
+    """Calibrated labels and errors, their combination with the network's (``network``,
+    ``network_err``: its labels and errors of the fitted rows), χ², convergence and the flag
+    of the fitted rows."""
     formal = res.errors
+    chi2 = res.chi2_red
+    # a fit that did not converge or is unlike the training set leaves the network's label
+    trusted = res.converged & (chi2 <= threshold)
     for k, label in enumerate(labels):
         c = calib["labels"][label]
-        frame.loc[ok, f"{label}_refined"] = cal.apply_scale(res.labels[:, k], c["scale"])
-        frame.loc[ok, f"{label}_refined_err"] = cal.calibrated_errors(
-            formal[:, k], c["errors"], c["scale"]["slope"])
+        value = cal.apply_scale(res.labels[:, k], c["scale"])
+        error = cal.calibrated_errors(formal[:, k], c["errors"], c["scale"]["slope"])
+        frame.loc[ok, f"{label}_refined"] = value
+        frame.loc[ok, f"{label}_refined_err"] = error
         frame.loc[ok, f"{label}_refined_err_formal"] = formal[:, k]
-    chi2 = res.chi2_red
+        frame.loc[ok, f"{label}_combined"], frame.loc[ok, f"{label}_combined_err"] = \
+            cal.combine(network[:, k], network_err[:, k], np.where(trusted, value, np.nan),
+                        error, c["combination"]["rho"])
     frame.loc[ok, "refine_chi2_red"] = chi2
     frame.loc[ok, "refine_converged"] = res.converged
     frame.loc[ok, "refine_unlike_training"] = ~(chi2 <= threshold)

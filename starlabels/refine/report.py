@@ -37,8 +37,9 @@ def compare(pred: np.ndarray, err: np.ndarray, ref: np.ndarray) -> dict[str, flo
 
 def precision(sub: pd.DataFrame, labels: Sequence[str], ref_suffix: str,
               snr_bins: Sequence[float], snr_min: float) -> dict[str, Any]:
-    """Per label, network and refined labels against ``<label><ref_suffix>``: over all rows,
-    at S/N ≥ ``snr_min`` (with the ratio of σ), and per S/N bin."""
+    """Per label, network, refined and combined labels against ``<label><ref_suffix>``: over
+    all rows and at S/N ≥ ``snr_min`` (with the refined / network ratio of σ); network and
+    refined per S/N bin."""
     snr = sub["snr"].to_numpy(dtype=float)
     out: dict[str, Any] = {}
     for label in labels:
@@ -46,12 +47,16 @@ def precision(sub: pd.DataFrame, labels: Sequence[str], ref_suffix: str,
         network = (sub[label].to_numpy(dtype=float), network_errors(sub, label))
         refined = (sub[f"{label}_refined"].to_numpy(dtype=float),
                    sub[f"{label}_refined_err"].to_numpy(dtype=float))
+        combined = (sub[f"{label}_combined"].to_numpy(dtype=float),
+                    sub[f"{label}_combined_err"].to_numpy(dtype=float))
         entry: dict[str, Any] = {}
         for name, rows in (("all", np.ones(len(sub), dtype=bool)),
                            ("snr_min", snr >= snr_min)):
             net = compare(network[0][rows], network[1][rows], ref[rows])
             ref_ = compare(refined[0][rows], refined[1][rows], ref[rows])
             entry[name] = {"network": net, "refined": ref_,
+                           "combined": compare(combined[0][rows], combined[1][rows],
+                                               ref[rows]),
                            "sigma_ratio": ref_["sigma"] / net["sigma"] if net["sigma"] > 0
                            else float("nan")}
         entry["by_snr"] = []
