@@ -17,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -601,6 +602,8 @@ def spectrum_fits(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray,
             ax_res.axhline(0.0, color="k", lw=0.6)
             ax.tick_params(labelsize=7)
             ax_res.tick_params(labelsize=7)
+            # a window is a few Å wide: the default ticks' labels run into each other
+            ax_res.xaxis.set_major_locator(MaxNLocator(nbins=4))
             if i == 0 and j == 0:
                 ax.legend(fontsize=6, loc="lower left")
     return _save(fig, path, dpi)
