@@ -126,10 +126,10 @@ def combine(network: np.ndarray, network_err: np.ndarray, refined: np.ndarray,
     r, sr = np.asarray(refined, float), np.asarray(refined_err, float)
     with np.errstate(invalid="ignore", divide="ignore"):
         w = np.clip((sr ** 2 - rho * sn * sr) / (sn ** 2 + sr ** 2 - 2 * rho * sn * sr), 0, 1)
-    w = np.where(np.isfinite(w) & np.isfinite(r), w, 1.0)
-    value = w * n + (1 - w) * np.where(np.isfinite(r), r, 0.0)
-    cross = np.where(np.isfinite(sr), 2 * w * (1 - w) * rho * sn * sr, 0.0)
-    var = w ** 2 * sn ** 2 + (1 - w) ** 2 * np.where(np.isfinite(sr), sr, 0.0) ** 2 + cross
+        both = np.isfinite(w) & np.isfinite(r) & np.isfinite(sr)
+        value = np.where(both, w * n + (1 - w) * r, n)
+        var = np.where(both, w ** 2 * sn ** 2 + (1 - w) ** 2 * sr ** 2
+                       + 2 * w * (1 - w) * rho * sn * sr, sn ** 2)
     return value, np.sqrt(np.clip(var, 0, None))
 
 

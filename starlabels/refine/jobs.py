@@ -360,8 +360,9 @@ def _fill(frame: pd.DataFrame, ok: np.ndarray, res: FitResult, labels: Sequence[
     of the fitted rows."""
     formal = res.errors
     chi2 = res.chi2_red
+    unlike = ~(chi2 <= threshold)
     # a fit that did not converge or is unlike the training set leaves the network's label
-    trusted = res.converged & (chi2 <= threshold)
+    trusted = res.converged & ~unlike
     for k, label in enumerate(labels):
         c = calib["labels"][label]
         value = cal.apply_scale(res.labels[:, k], c["scale"])
@@ -374,6 +375,6 @@ def _fill(frame: pd.DataFrame, ok: np.ndarray, res: FitResult, labels: Sequence[
                         error, c["combination"]["rho"])
     frame.loc[ok, "refine_chi2_red"] = chi2
     frame.loc[ok, "refine_converged"] = res.converged
-    frame.loc[ok, "refine_unlike_training"] = ~(chi2 <= threshold)
+    frame.loc[ok, "refine_unlike_training"] = unlike
     frame.loc[ok, "refine_n_iter"] = res.n_iter.astype(np.int32)
     frame.loc[ok, "refine_rv"] = res.rv
