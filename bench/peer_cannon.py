@@ -136,14 +136,32 @@ def main() -> None:
         from starlabels.reference_scale import apply_reference_scale, fit_reference_scale
 
         applied = [k for k, fit in scale["labels"].items() if fit.get("applied")]
+        anchored = [k for k in applied if scale["labels"][k]["method"] == "reference_stars"]
+        trended = [k for k in applied if k not in anchored]
         cfg = config.section("reference_scale", {
-            "enabled": True, "labels": applied, "terms": scale["terms"],
-            "pivot": scale["pivot"], "clip_sigma": scale["clip_sigma"]})
+            "enabled": True, "labels": anchored, "terms": scale["terms"],
+            "pivot": scale["pivot"], "clip_sigma": scale["clip_sigma"],
+            "abundance_trends": {**scale["abundance_trends"], "labels": []}})
         ref = ev.iloc[reference][["star_id", "split"]].reset_index(drop=True)
         for j, label in enumerate(labels):
             ref[label] = result["labels"][test.size:, j]
             ref[f"{label}_err"] = result["errors"][test.size:, j]
         cannon_scale = fit_reference_scale(ref, calibration, labels, cfg, log=C.say)
+        if trended:
+            # the ratios no reference star anchors: The Cannon's own trend with evolutionary
+            # state, fitted on its labels of the test stars as the run fitted the network's on
+            # the stars outside training
+            import pandas
+
+            from starlabels.abundance_trends import fit_abundance_trends
+
+            own = pandas.DataFrame({"split": "test",
+                                    **{k: cannon[:, j] for j, k in enumerate(labels)}})
+            trend_cfg = config.section("reference_scale", {"abundance_trends": {
+                **scale["abundance_trends"], "labels": trended}})["abundance_trends"]
+            for k, fit in fit_abundance_trends(own, labels, trend_cfg, scale["terms"],
+                                               scale["pivot"], log=C.say).items():
+                cannon_scale["labels"][k] = dict(fit, method="abundance_trend")
         moved = apply_reference_scale({k: cannon[:, j] for j, k in enumerate(labels)},
                                       cannon_scale)
         cannon = np.column_stack([moved.get(k, cannon[:, j]) for j, k in enumerate(labels)])

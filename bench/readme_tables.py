@@ -249,10 +249,23 @@ def block_ges_reference_scale(runs: dict[int, dict[str, Any]], peer: dict | None
             ", ".join(f"{c:+.3g}" for c in r["figures"]["metrics"]["demo_ges"]
                       ["reference_scale"][label].get("coefficients", []))
             for s, r in sorted(runs.items()) if s != PRIMARY_SEED) or "—"
-        clipped = ", ".join(fit["clipped"]) or "none"
-        b, a = fit["before"], fit["after_loo"]
-        offsets = (f"{fmt(label, b['bias'])} / {fmt(label, b['sigma'])} → "
-                   f"{fmt(label, a['bias'])} / {fmt(label, a['sigma'])}")
+        if fit.get("method") == "abundance_trend":
+            # no reference star has this label: the survey's own stars, giants and dwarfs on
+            # one scale; the truth's per-class bias shows whether it worked
+            used = f"{fit['n_used']} of {fit['n_inside']} survey spectra (abundance trend)"
+            classes = m.get("scale_by_class", {}).get(label, {})
+            offsets = "; ".join(
+                f"{cls} {fmt(label, classes['raw'][cls]['median_bias'])} → "
+                f"{fmt(label, classes['catalogue'][cls]['median_bias'])}"
+                for cls in ("dwarf", "subgiant", "giant") if cls in classes.get("raw", {})
+            ) or "—"
+            offsets = f"no reference stars; test stars' median bias vs truth {offsets}"
+        else:
+            clipped = ", ".join(fit["clipped"]) or "none"
+            used = f"{fit['n_used']} ({clipped})"
+            b, a = fit["before"], fit["after_loo"]
+            offsets = (f"{fmt(label, b['bias'])} / {fmt(label, b['sigma'])} → "
+                       f"{fmt(label, a['bias'])} / {fmt(label, a['sigma'])}")
         test = cannon = "—"
         if peer is not None and label in peer["figures"]["labels"]:
             c = peer["figures"]["labels"][label]
@@ -262,7 +275,7 @@ def block_ges_reference_scale(runs: dict[int, dict[str, Any]], peer: dict | None
             if "cannon_scaled" in c:
                 cannon = (f"{fmt(label, c['cannon_raw']['sigma'])} → "
                           f"{fmt(label, c['cannon_scaled']['sigma'])}")
-        lines.append(f"| {NAMES[label]} | {coef} | {others} | {fit['n_used']} ({clipped}) | "
+        lines.append(f"| {NAMES[label]} | {coef} | {others} | {used} | "
                      f"{offsets} | {test} | {cannon} |")
     return "\n".join(lines)
 

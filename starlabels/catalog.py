@@ -354,7 +354,7 @@ def _provenance_cards(provenance: Mapping[str, Any]) -> list[tuple[str, Any, str
         ("NMEMBER", int(n_members) if n_members is not None else -1,
          "ensemble members used (-1 = unknown)"),
         ("REFSCALE", _ascii(provenance.get("scaled_labels", "none")),
-         "labels put on the reference stars' scale"),
+         "labels put on the catalogue scale (_raw before)"),
         ("DATE", _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
          "UTC date this file was written"),
     ]

@@ -82,7 +82,7 @@ COLUMNS: dict[str, ColumnInfo] = {
 LABEL_SUFFIXES: dict[str, Suffix] = {
     "": Suffix("{label} predicted by the ensemble", "{ucd}"),
     "err": Suffix("calibrated total 1-sigma uncertainty of {label}", "stat.error;{ucd}"),
-    "raw": Suffix("{label} before the reference-star scale", "{ucd}"),
+    "raw": Suffix("{label} before the catalogue's scale", "{ucd}"),
     "err_scale": Suffix("systematic 1-sigma error of the {label} scale",
                         "stat.error.sys;{ucd}"),
     "err_raw": Suffix("uncalibrated 1-sigma uncertainty of {label}", "stat.error;{ucd}"),

@@ -20,6 +20,11 @@ value stays in ``<label>_raw`` and the trend's own uncertainty at the star goes 
 every star of the catalogue (it does not average down over a sample), as Gaia-ESO quotes its
 systematic errors apart from the per-star ones.
 
+Abundance ratios the table has no values of ([Mg/Fe], [Al/Fe] for the Gaia FGK benchmarks) get a
+trend of the same form from the survey's own stars instead (:mod:`starlabels.abundance_trends`:
+giants and dwarfs share one [X/Fe] at fixed [Fe/H]), stored in the same record and applied the
+same way.
+
 With a dozen reference stars the fit is only as good as their spread in the term labels; the
 stored record says which stars were used and clipped, and gives the leave-one-out residuals
 (each star predicted by the trend fitted without it), the out-of-sample check of the correction.
@@ -137,7 +142,9 @@ def fit_reference_scale(pred: pd.DataFrame, calibration: pd.DataFrame, labels: S
                         ) -> dict[str, Any]:
     """The per-label trends (module docstring) from predictions ``pred`` (star_id, split, the
     labels and ``<label>_err``) and the calibration table; ``cfg`` is the ``reference_scale``
-    section. Labels the table has no values of are left out with the reason."""
+    section. Labels the table has no values of are left out with the reason; the abundance
+    ratios of ``cfg['abundance_trends']`` no reference star anchors get the trend of
+    :mod:`starlabels.abundance_trends` in the same record (``method`` says which)."""
     terms = list(cfg["terms"])
     pivot = dict(cfg["pivot"])
     rows = reference_rows(pred, calibration)
@@ -158,7 +165,7 @@ def fit_reference_scale(pred: pd.DataFrame, calibration: pd.DataFrame, labels: S
         if label not in labels:
             continue
         if label not in calibration.columns:
-            record["labels"][label] = {"applied": False,
+            record["labels"][label] = {"applied": False, "method": "reference_stars",
                                        "reason": "the calibration table has no such column"}
             log(f"reference_scale: {label}: not calibrated, the table has no literature values")
             continue
@@ -186,7 +193,15 @@ def fit_reference_scale(pred: pd.DataFrame, calibration: pd.DataFrame, labels: S
                 f"(leave-one-out)")
         else:
             log(f"reference_scale: {label}: not calibrated: {fit['reason']}")
-        record["labels"][label] = fit
+        record["labels"][label] = dict(fit, method="reference_stars")
+    from .abundance_trends import fit_abundance_trends
+
+    anchored = [label for label, fit in record["labels"].items() if fit["applied"]]
+    trends = fit_abundance_trends(pred, labels, cfg["abundance_trends"], terms, pivot,
+                                  skip=anchored, log=log)
+    for label, fit in trends.items():
+        record["labels"][label] = dict(fit, method="abundance_trend")
+    record["abundance_trends"] = dict(cfg["abundance_trends"])
     return record
 
 

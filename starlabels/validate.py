@@ -418,16 +418,51 @@ def reference_scale_summary(record: Mapping[str, Any]) -> dict[str, Any]:
     before and after (leave-one-out)."""
     out: dict[str, Any] = {}
     for label, fit in record["labels"].items():
+        method = fit["method"]
         if not fit.get("applied"):
-            out[label] = {"applied": False, "reason": fit.get("reason", "")}
+            out[label] = {"applied": False, "method": method, "reason": fit.get("reason", "")}
             continue
-        out[label] = {"applied": True, "terms": ["constant", *record["terms"]],
+        if method == "abundance_trend":
+            out[label] = {"applied": True, "method": method,
+                          "terms": ["constant", *record["terms"]],
+                          "coefficients": fit["coefficients"],
+                          "coefficient_errors": fit["coefficient_errors"],
+                          "n_used": fit["n_used"], "n_inside": fit["n_inside"],
+                          "residual_sigma": fit["residual_sigma"]}
+            continue
+        out[label] = {"applied": True, "method": method, "terms": ["constant", *record["terms"]],
                       "coefficients": fit["coefficients"],
                       "coefficient_errors": np.sqrt(np.diag(fit["covariance"])).tolist(),
                       "chi2_red": fit["chi2_red"], "n_used": fit["n_used"],
                       "clipped": [name for name, u in zip(record["names"], fit["used"])
                                   if not u],
                       "before": fit["before"], "after_loo": fit["after_loo"]}
+    return out
+
+
+def scale_by_class(cat: pd.DataFrame, true_labels: pd.DataFrame, labels: Sequence[str],
+                   rows: np.ndarray) -> dict[str, Any]:
+    """Whether the catalogue's scale puts giants and dwarfs on one scale, against the truth: per
+    label the catalogue moved (``<label>_raw`` beside it), the median of predicted − true of the
+    evaluation stars without defects in each true evolutionary class (the truth's
+    ``population``), before (``raw``) and after (``catalogue``) the move."""
+    sub = evaluation_stars(cat, true_labels, rows)
+    if "population" not in sub:
+        return {}
+    out: dict[str, Any] = {}
+    for label in labels:
+        if f"{label}_raw" not in sub:
+            continue
+        entry: dict[str, Any] = {}
+        for kind, column in (("raw", f"{label}_raw"), ("catalogue", label)):
+            residual = sub[column].to_numpy(dtype=float) - sub[f"{label}_true"].to_numpy(float)
+            entry[kind] = {}
+            for cls in sorted(sub["population"].dropna().unique()):
+                pick = (sub["population"] == cls).to_numpy() & np.isfinite(residual)
+                if pick.any():
+                    entry[kind][str(cls)] = {"n": int(pick.sum()),
+                                             "median_bias": float(np.median(residual[pick]))}
+        out[label] = entry
     return out
 
 
@@ -519,6 +554,14 @@ def validate(*, catalog: str, table: str, flux: str, clean_table: str, rejects: 
         result["reference_scale"] = reference_scale_summary(artifacts.load_json(reference_scale))
         for label, fit in result["reference_scale"].items():
             log(f"validate: reference scale {label}: {fit}")
+        if truth is not None:
+            result["scale_by_class"] = scale_by_class(cat, true_labels, labels, rows)
+            for label, entry in result["scale_by_class"].items():
+                log(f"validate: {label} median predicted − true per class, before → after the "
+                    f"catalogue's scale: " + ", ".join(
+                        f"{cls} {entry['raw'][cls]['median_bias']:+.4g} → "
+                        f"{entry['catalogue'][cls]['median_bias']:+.4g}"
+                        for cls in entry["raw"] if cls in entry["catalogue"]))
     if calibration is not None:
         block = reference_stars_block(cat, artifacts.load_table(calibration), labels)
         result["reference_stars"] = block
@@ -671,7 +714,8 @@ def catalogue_scale_scores(cat: pd.DataFrame, true_labels: pd.DataFrame, labels:
     reference stars moved them). The network learns that offset from its training labels and
     the valid split's catalogue labels carry it too, so no calibration against them can widen
     ``_err`` for it; the gap between these figures and the ``uncertainty`` block is the part of
-    the error only reference stars (or the simulator) can see."""
+    the error only reference stars, the abundance trends (:mod:`starlabels.abundance_trends`)
+    or the simulator can see."""
     from .simulate.catalogue import systematic_offset
 
     sub = evaluation_stars(cat, true_labels, rows)

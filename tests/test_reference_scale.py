@@ -108,7 +108,7 @@ def test_too_few_stars_or_no_literature_column_leave_the_label_uncorrected():
                                  _cfg(min_stars=8), log=messages.append)
     assert not record["labels"]["teff"]["applied"]
     assert "6 reference stars" in record["labels"]["teff"]["reason"]
-    assert record["labels"]["fe_h"] == {"applied": False,
+    assert record["labels"]["fe_h"] == {"applied": False, "method": "reference_stars",
                                         "reason": "the calibration table has no such column"}
     assert any("not calibrated" in m for m in messages)
     values = {"teff": np.array([5000.0]), "logg": np.array([3.0]), "fe_h": np.array([0.0])}

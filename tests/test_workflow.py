@@ -107,10 +107,13 @@ def test_catalog_content_and_metrics(tiny_run):
     # predicted and the record and the metrics say why (tests/test_reference_scale.py covers
     # the fitted path through the same stages)
     scale = json.loads((results / "tiny_ges" / "catalog" / "reference_scale.json").read_text())
-    for label in ("teff", "logg", "fe_h"):
+    for label in ("teff", "logg", "fe_h", "mg_fe", "al_fe"):
+        # the abundance ratios' trend is refused for the same reason
         fit = scale["labels"][label]
         assert not fit["applied"] and "span too little" in fit["reason"]
-        assert metrics["reference_scale"][label] == {"applied": False, "reason": fit["reason"]}
+        method = "abundance_trend" if label in ("mg_fe", "al_fe") else "reference_stars"
+        assert metrics["reference_scale"][label] == {"applied": False, "method": method,
+                                                     "reason": fit["reason"]}
         assert f"{label}_raw" not in cat and f"{label}_err_scale" not in cat
     mm = json.loads((results / "tiny_marvels" / "metrics.json").read_text())
     assert mm["evaluation_split"] == "calibration"
