@@ -14,8 +14,9 @@ label, over the catalogue's spectra outside the trained splits:
 
 by least squares with iterated clipping at ``clip_sigma`` robust σ (a chemically distinct
 population, such as Al-rich, Mg-poor giants, is clipped rather than fitted), inside
-``fe_h_range``. The polynomial carries the Galaxy's chemistry (the thick disc's share rises
-towards low [Fe/H]); the c_t are the trend with evolutionary state, which
+``fe_h_range`` (by default near solar, where the thin disc dominates: the predicted [Fe/H]
+selects and conditions, and its errors would otherwise lend the giants some of the metal-poor
+stars' chemistry). The polynomial carries the Galaxy's chemistry; the c_t are the trend with evolutionary state, which
 :func:`starlabels.reference_scale.apply_reference_scale` subtracts (the record has the same form
 as a reference-star trend with a constant of zero): stars at the pivot (the Sun) keep the
 catalogue's zero point, which nothing here can check. The trend's uncertainty at each star goes
