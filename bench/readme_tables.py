@@ -138,11 +138,20 @@ def block_ges_precision(runs: dict[int, dict[str, Any]], peer: dict | None) -> s
         rs = peer["figures"].get("reference_scale")
         if rs:
             chosen = {k: v["cannon"].get("version") for k, v in peer["figures"]["labels"].items()}
+            # which labels the run anchored on the reference stars and which it put onto the
+            # dwarfs' scale by the abundance trends (the network's record says)
+            methods = {k: v.get("method", "reference_stars")
+                       for k, v in m.get("reference_scale", {}).items()}
+            anchored = [k for k in rs["labels"] if methods.get(k) != "abundance_trend"]
+            trended = [k for k in rs["labels"] if methods.get(k) == "abundance_trend"]
+            trend_text = (f"; its {' and '.join(NAMES[k] for k in trended)} were put onto the "
+                          f"dwarfs' scale by its own labels of the test stars, as the run's "
+                          f"were by the stars outside training" if trended else "")
             lines.append(
                 f"The Cannon also labelled the same {rs['n_reference_spectra']} benchmark spectra "
                 f"and its own trend was fitted and removed the same way "
-                f"({', '.join(NAMES[k] for k in rs['labels'])}); its column is its better of "
-                f"that and its labels as they come (here: "
+                f"({', '.join(NAMES[k] for k in anchored)}){trend_text}; its column is its "
+                f"better of that and its labels as they come (here: "
                 + (", ".join(f"{NAMES[k]} {'scaled' if v == 'cannon_scaled' else 'as it comes'}"
                              for k, v in chosen.items())
                    if "cannon_scaled" in chosen.values() else "as they come, on every label")

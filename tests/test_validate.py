@@ -174,3 +174,23 @@ def test_catalogue_scale_scores_measure_against_the_truth_plus_the_catalogue_off
     # the same labels against the bare truth cover less
     bare = np.mean(np.abs(learnt[: n - 40] - truth.fe_h[: n - 40]) <= 0.03)
     assert bare < out["fe_h"]["coverage68"] - 0.05
+
+
+def test_scale_by_class_gives_each_classs_median_bias_before_and_after_the_scale():
+    from starlabels.validate import scale_by_class
+
+    n = 60
+    population = np.array(["dwarf", "giant", "subgiant"])[np.arange(n) % 3]
+    true = np.linspace(-0.1, 0.3, n)
+    raw = true + np.where(population == "giant", 0.05, 0.0)
+    cat = pd.DataFrame({"star_id": [f"s{k}" for k in range(n)], "split": "test",
+                        "mg_fe_raw": raw, "mg_fe": true + 0.001, "al_fe": true})
+    truth = pd.DataFrame({"star_id": cat["star_id"], "mg_fe_true": true, "al_fe_true": true,
+                          "population": population, "defect": ""})
+    out = scale_by_class(cat, truth, ["mg_fe", "al_fe"], np.arange(n))
+    assert set(out) == {"mg_fe"}          # al_fe was not moved: no _raw, no entry
+    assert out["mg_fe"]["raw"]["giant"]["median_bias"] == pytest.approx(0.05)
+    assert out["mg_fe"]["raw"]["dwarf"]["median_bias"] == pytest.approx(0.0)
+    assert out["mg_fe"]["catalogue"]["giant"]["median_bias"] == pytest.approx(0.001)
+    assert out["mg_fe"]["catalogue"]["subgiant"]["n"] == 20
+    assert scale_by_class(cat, truth.drop(columns="population"), ["mg_fe"], np.arange(n)) == {}
