@@ -222,7 +222,18 @@ def block_ges_science(runs: dict[int, dict[str, Any]], peer: dict | None) -> str
             f"in the catalogue (its own labels select and count) {100 * seq['catalogue']:.0f} % "
             f"— {seq['catalogue_minus_true_points']:+.1f} "
             f"points" + (f" (target ±{t['target']:.0f}: {'met' if t['met'] else 'missed'})"
-                         if t else "") + ".")
+                         if t else "") + "; the same stars counted with their predicted "
+            f"{NAMES[ratio]}: {100 * seq['true_stars_predicted']:.0f} %.")
+        others = []
+        for s, r in sorted(runs.items()):
+            o = r["figures"]["metrics"]["demo_ges"]
+            if s == PRIMARY_SEED or ratio not in o.get("alpha_sequence", {}):
+                continue
+            ot = o.get("targets", {}).get(f"alpha_sequence_points.{ratio}")
+            others.append(f"{s}: {o['alpha_sequence'][ratio]['catalogue_minus_true_points']:+.1f}"
+                          + (f" ({'met' if ot['met'] else 'missed'})" if ot else ""))
+        if others:
+            lines[-1] += f" Other seeds, points: {'; '.join(others)}."
         if peer is not None and "alpha_sequence" in peer["figures"]:
             c = peer["figures"]["alpha_sequence"]["cannon"]
             lines[-1] += f" The Cannon: {100 * c['catalogue']:.0f} %."
