@@ -106,9 +106,12 @@ def fit_abundance_trends(pred: pd.DataFrame, labels: Sequence[str], cfg: Mapping
     for label in cfg["labels"]:
         if label not in labels or label in skip:
             continue
-        if "fe_h" not in labels:
-            out[label] = {"applied": False,
-                          "reason": "[Fe/H] is not predicted: no polynomial to condition on"}
+        reason = ("[Fe/H] is not predicted: no polynomial to condition on"
+                  if "fe_h" not in labels else
+                  "reference_scale.terms is empty: no trend with evolutionary state to fit"
+                  if not terms else None)
+        if reason:
+            out[label] = {"applied": False, "reason": reason}
             log(f"abundance_trends: {label}: not applied: {out[label]['reason']}")
             continue
         fit = fit_trend(rows[label].to_numpy(), rows["fe_h"].to_numpy(), x,

@@ -96,6 +96,8 @@ def test_too_few_spectra_or_no_fe_h_leave_the_label_as_it_is_with_the_reason():
     fits = fit_abundance_trends(pred.drop(columns="fe_h"), ["teff", "logg", "mg_fe"], _cfg(),
                                 ["teff", "logg"], PIVOT, log=lambda s: None)
     assert not fits["mg_fe"]["applied"] and "[Fe/H]" in fits["mg_fe"]["reason"]
+    fits = fit_abundance_trends(pred, LABELS, _cfg(), [], PIVOT, log=lambda s: None)
+    assert not fits["mg_fe"]["applied"] and "terms is empty" in fits["mg_fe"]["reason"]
     assert _corrected(pred, {"mg_fe": fits["mg_fe"]}) == {}
 
 
