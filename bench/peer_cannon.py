@@ -157,8 +157,8 @@ def main() -> None:
 
             own = pandas.DataFrame({"split": "test",
                                     **{k: cannon[:, j] for j, k in enumerate(labels)}})
-            trend_cfg = config.section("reference_scale", {"abundance_trends": {
-                **scale["abundance_trends"], "labels": trended}})["abundance_trends"]
+            # the run's own validated settings, for The Cannon's ratios
+            trend_cfg = {**scale["abundance_trends"], "labels": trended}
             for k, fit in fit_abundance_trends(own, labels, trend_cfg, scale["terms"],
                                                scale["pivot"], log=C.say).items():
                 cannon_scale["labels"][k] = dict(fit, method="abundance_trend")

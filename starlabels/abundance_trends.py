@@ -16,11 +16,11 @@ by least squares with iterated clipping at ``clip_sigma`` robust σ (a chemicall
 population, such as Al-rich, Mg-poor giants, is clipped rather than fitted), inside
 ``fe_h_range`` (by default near solar, where the thin disc dominates: the predicted [Fe/H]
 selects and conditions, and its errors would otherwise lend the giants some of the metal-poor
-stars' chemistry). The polynomial carries the Galaxy's chemistry; the c_t are the trend with evolutionary state, which
-:func:`starlabels.reference_scale.apply_reference_scale` subtracts (the record has the same form
-as a reference-star trend with a constant of zero): stars at the pivot (the Sun) keep the
-catalogue's zero point, which nothing here can check. The trend's uncertainty at each star goes
-to ``<label>_err_scale``.
+stars' chemistry). The polynomial carries the Galaxy's chemistry; the c_t are the trend with
+evolutionary state, which :func:`starlabels.reference_scale.apply_reference_scale` subtracts
+(the record has the same form as a reference-star trend with a constant of zero): stars at the
+pivot (the Sun) keep the catalogue's zero point, which nothing here can check. The trend's
+uncertainty at each star goes to ``<label>_err_scale``.
 
 The assumption fails where the giants and dwarfs of a sample truly differ in [X/Fe] at fixed
 [Fe/H] (a magnitude-limited survey whose giants reach a population its dwarfs do not); the fitted
@@ -45,8 +45,8 @@ def fit_trend(values: np.ndarray, fe_h: np.ndarray, x: np.ndarray, degree: int,
               ) -> dict[str, Any]:
     """One label's trend (module docstring) from its predicted ``values``, the predicted
     ``fe_h`` and the reference-scale design ``x`` (a column of ones, then the scaled terms):
-    the term coefficients with a zero constant, their covariance, the polynomial, the number of
-    spectra used and the robust σ of the residuals. ``applied`` is False (with ``reason``) when
+    the term coefficients with a zero constant, their covariance (the constant's row and column
+    zero), the polynomial, the number of spectra used and the robust σ of the residuals. ``applied`` is False (with ``reason``) when
     fewer than ``min_spectra`` spectra remain."""
     values = np.asarray(values, dtype=np.float64)
     fe_h = np.asarray(fe_h, dtype=np.float64)
@@ -87,7 +87,6 @@ def fit_trend(values: np.ndarray, fe_h: np.ndarray, x: np.ndarray, degree: int,
     covariance[1:, 1:] = cov_full[n_poly:, n_poly:]
     return {"applied": True, "coefficients": coefficients.tolist(),
             "covariance": covariance.tolist(),
-            "coefficient_errors": np.sqrt(np.diag(covariance)).tolist(),
             "fe_h_polynomial": coef[:n_poly].tolist(), "n_used": int(used.sum()),
             "n_inside": int(inside.sum()), "residual_sigma": robust_spread(residual)}
 
@@ -118,8 +117,9 @@ def fit_abundance_trends(pred: pd.DataFrame, labels: Sequence[str], cfg: Mapping
                         cfg["fe_h_degree"], cfg["fe_h_range"], cfg["clip_sigma"],
                         cfg["min_spectra"])
         if fit["applied"]:
+            errors = np.sqrt(np.diag(fit["covariance"]))[1:]
             shown = ", ".join(f"{t} {c:+.4g} ± {e:.2g}" for t, c, e in
-                              zip(terms, fit["coefficients"][1:], fit["coefficient_errors"][1:]))
+                              zip(terms, fit["coefficients"][1:], errors))
             log(f"abundance_trends: {label}: {fit['n_used']} of {fit['n_inside']} spectra "
                 f"inside [Fe/H] {list(cfg['fe_h_range'])} (the rest clipped); trend per unit "
                 f"of each term: {shown}; residual robust σ {fit['residual_sigma']:.4g}")

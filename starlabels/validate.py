@@ -422,21 +422,18 @@ def reference_scale_summary(record: Mapping[str, Any]) -> dict[str, Any]:
         if not fit.get("applied"):
             out[label] = {"applied": False, "method": method, "reason": fit.get("reason", "")}
             continue
-        if method == "abundance_trend":
-            out[label] = {"applied": True, "method": method,
-                          "terms": ["constant", *record["terms"]],
-                          "coefficients": fit["coefficients"],
-                          "coefficient_errors": fit["coefficient_errors"],
-                          "n_used": fit["n_used"], "n_inside": fit["n_inside"],
-                          "residual_sigma": fit["residual_sigma"]}
-            continue
         out[label] = {"applied": True, "method": method, "terms": ["constant", *record["terms"]],
                       "coefficients": fit["coefficients"],
                       "coefficient_errors": np.sqrt(np.diag(fit["covariance"])).tolist(),
-                      "chi2_red": fit["chi2_red"], "n_used": fit["n_used"],
-                      "clipped": [name for name, u in zip(record["names"], fit["used"])
-                                  if not u],
-                      "before": fit["before"], "after_loo": fit["after_loo"]}
+                      "n_used": fit["n_used"]}
+        if method == "abundance_trend":
+            # fitted on the survey's own stars: how many, and how far they scatter about it
+            out[label].update(n_inside=fit["n_inside"], residual_sigma=fit["residual_sigma"])
+        else:
+            out[label].update(chi2_red=fit["chi2_red"],
+                              clipped=[name for name, u in zip(record["names"], fit["used"])
+                                       if not u],
+                              before=fit["before"], after_loo=fit["after_loo"])
     return out
 
 
